@@ -1,0 +1,1 @@
+"""Model logic of the diffusion studio: loading, modes, preprocessors, LoRAs, schedulers, metadata."""

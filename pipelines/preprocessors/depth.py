@@ -1,0 +1,97 @@
+"""Depth maps: Depth Anything V2 through transformers, or MiDaS (DPT-Hybrid) through controlnet-aux.
+
+Both models predict relative inverse depth, so after scaling to 0..255 near is bright and far is dark,
+which is what ControlNet depth models were trained on. The map is greyscale repeated over 3 channels.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import StudioError
+from .resize import resize_map
+from .weights import (
+    annotator_file,
+    annotators_source,
+    cached_detector,
+    import_controlnet_aux,
+    load_annotator,
+    missing_weights_error,
+)
+
+DEPTH_MODEL_ENV = "STUDIO_DEPTH_MODEL"
+DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
+MIDAS_FILE = "dpt_hybrid-midas-501f0c75.pt"
+
+
+def depth_model_source() -> str:
+    """The Depth Anything model: STUDIO_DEPTH_MODEL (hub id or local folder), else the V2 Small hub id."""
+    return os.environ.get(DEPTH_MODEL_ENV) or DEFAULT_DEPTH_MODEL
+
+
+def depth_anything_map(
+    image: Image.Image, size: tuple[int, int], *, detect_resolution: int, model: str | None = None
+) -> Image.Image:
+    """Depth estimated with the short side near `detect_resolution`, as a 3-channel grey map of `size`."""
+    source = model or depth_model_source()
+    estimator = cached_detector("depth_anything", source, lambda: _load_depth_pipeline(source))
+    # The processor's own size (518) would ignore the detection resolution; it keeps the aspect ratio
+    # and rounds to the model's patch multiple.
+    inputs = estimator.image_processor(
+        images=image.convert("RGB"),
+        size={"height": detect_resolution, "width": detect_resolution},
+        return_tensors="pt",
+    )
+    with torch.inference_mode():
+        predicted = estimator.model(**inputs.to(estimator.model.dtype)).predicted_depth
+    upsampled = torch.nn.functional.interpolate(
+        predicted[:, None].float(), size=(size[1], size[0]), mode="bicubic", align_corners=False
+    )
+    return _grey_rgb(upsampled[0, 0].numpy())
+
+
+def midas_map(image: Image.Image, size: tuple[int, int], *, detect_resolution: int) -> Image.Image:
+    """MiDaS DPT-Hybrid depth found at `detect_resolution` (short side), as a 3-channel grey map of `size`."""
+    detector = cached_detector("midas", annotators_source(), _load_midas)
+    depth = detector(
+        np.asarray(image.convert("RGB")),
+        detect_resolution=detect_resolution,
+        image_resolution=detect_resolution,
+        output_type="np",
+    )
+    return resize_map(depth, size)
+
+
+def _load_depth_pipeline(source: str):
+    from transformers import pipeline
+
+    try:
+        return pipeline("depth-estimation", model=source)
+    except (OSError, ValueError) as error:
+        # Offline and uncached, transformers raises OSError; a folder without a usable config, ValueError.
+        files = "config.json, preprocessor_config.json, model.safetensors"
+        where = f"the folder {source}" if os.path.isdir(source) else source
+        hint = f" (set {DEPTH_MODEL_ENV} to a local copy)" if not os.path.isdir(source) else ""
+        raise missing_weights_error("Depth Anything", files, where + hint, "depth", type(error).__name__) from None
+
+
+def _load_midas():
+    path = annotator_file(MIDAS_FILE, what="MiDaS", mode="depth")
+    midas = import_controlnet_aux("midas")
+    inference = load_annotator(
+        path, lambda weights: import_controlnet_aux("midas.api").MiDaSInference("dpt_hybrid", weights), what="MiDaS"
+    )
+    return midas.MidasDetector(inference)
+
+
+def _grey_rgb(depth: np.ndarray) -> Image.Image:
+    low, high = float(depth.min()), float(depth.max())
+    if not np.isfinite([low, high]).all():
+        raise StudioError("The depth model produced invalid values for this image.")
+    scaled = (depth - low) / (high - low) if high > low else np.zeros_like(depth)
+    grey = np.rint(scaled * 255.0).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")

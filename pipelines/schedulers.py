@@ -1,0 +1,42 @@
+"""Schedulers by the names people know from other tools, built from the model's own scheduler config."""
+
+from __future__ import annotations
+
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LCMScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from pipelines.errors import StudioError
+
+# Latent-diffusion samples are not confined to [-1, 1]; clipping them (DDIM's default) saturates images.
+_NO_CLIP = {"clip_sample": False}
+
+# name -> (class, extra config); the extra config overrides the model's scheduler config.
+SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
+    "Euler a": (EulerAncestralDiscreteScheduler, {}),
+    "Euler": (EulerDiscreteScheduler, {}),
+    "DPM++ 2M": (DPMSolverMultistepScheduler, {}),
+    "DPM++ 2M Karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+    "DDIM": (DDIMScheduler, _NO_CLIP),
+    "DDPM": (DDPMScheduler, _NO_CLIP),
+    "UniPC": (UniPCMultistepScheduler, {}),
+    "LCM": (LCMScheduler, _NO_CLIP),
+}
+
+def scheduler_names() -> list[str]:
+    return list(SCHEDULERS)
+
+
+def make_scheduler(name: str, base_config: dict) -> SchedulerMixin:
+    """Build scheduler `name` from the model's scheduler config (betas, timestep spacing, prediction type)."""
+    if name not in SCHEDULERS:
+        raise StudioError(f"Unknown scheduler {name!r}. Choose one of: {', '.join(SCHEDULERS)}.")
+    scheduler_class, extra = SCHEDULERS[name]
+    return scheduler_class.from_config(base_config, **extra)

@@ -99,7 +99,9 @@ def _to_rgb(image: Image.Image, *, what: str) -> Image.Image:
     try:
         return image.convert("RGB")
     except ValueError:
-        raise StudioError(f"The {what} uses the colour mode {image.mode!r}, which cannot be converted to RGB.") from None
+        raise StudioError(
+            f"The {what} uses the colour mode {image.mode!r}, which cannot be converted to RGB."
+        ) from None
 
 
 def _has_transparency(image: Image.Image) -> bool:
@@ -116,7 +118,11 @@ def _stretch_to_8bit(values: np.ndarray) -> Image.Image:
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         return Image.new("L", (values.shape[1], values.shape[0]), 0)
-    return _scale_to_8bit(np.nan_to_num(values, nan=finite.min(), posinf=finite.max(), neginf=finite.min()), low=finite.min(), high=finite.max())
+    return _scale_to_8bit(
+        np.nan_to_num(values, nan=finite.min(), posinf=finite.max(), neginf=finite.min()),
+        low=finite.min(),
+        high=finite.max(),
+    )
 
 
 def _scale_to_8bit(values: np.ndarray, *, low: float, high: float) -> Image.Image:

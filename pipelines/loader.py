@@ -17,12 +17,15 @@ from diffusers import (
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
 )
+from diffusers.loaders.single_file_utils import SingleFileComponentError
 from huggingface_hub.errors import HFValidationError
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from pipelines.errors import StudioError
 
 FAMILIES = ("sd15", "sd2", "sdxl", "embedded")
+# Pickled checkpoints are routed to the single-file loader only to be refused with the reason.
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,8 @@ def pick_device(requested: str | None = None) -> tuple[str, torch.dtype]:
 
 
 def load_base_pipeline(source: str, device: str, dtype: torch.dtype) -> tuple[DiffusionPipeline, ModelInfo]:
-    pipe = _load_single_file(source, dtype) if source.endswith(".safetensors") else _load_pretrained(source, dtype)
+    is_single_file = Path(source).suffix.lower() in SINGLE_FILE_SUFFIXES
+    pipe = _load_single_file(source, dtype) if is_single_file else _load_pretrained(source, dtype)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     return pipe, describe_model(pipe, source)
@@ -104,25 +108,61 @@ def _load_failure_message(source: str, is_folder: bool, error: Exception) -> str
 
 def _load_single_file(path: str, dtype: torch.dtype) -> DiffusionPipeline:
     """One-file checkpoints in the original (LDM) layout, as Civitai and A1111 users have them."""
+    if Path(path).suffix.lower() != ".safetensors":
+        raise StudioError(
+            f"Refusing to open {path!r}: single-file checkpoints must be .safetensors. "
+            f"{Path(path).suffix} files are Python pickles, which can run arbitrary code when loaded; "
+            f"use the model's .safetensors release or convert the file in a sandbox first."
+        )
     if not Path(path).is_file():
         raise StudioError(f"Checkpoint file {path!r} does not exist.")
-    pipeline_class = StableDiffusionXLPipeline if _is_sdxl_checkpoint(path) else StableDiffusionPipeline
     try:
-        return pipeline_class.from_single_file(path, dtype=dtype, **_local_config_for(path))
-    except (OSError, ValueError) as error:
+        with safe_open(path, framework="pt") as checkpoint:
+            keys = set(checkpoint.keys())
+    except SafetensorError as error:
         raise StudioError(
-            f"Could not load the checkpoint {path!r}. Single files need their model's configuration: put a "
-            f"diffusers folder of the same architecture next to it as '<name>.config/' or allow the Hub. "
+            f"{path!r} is not a readable .safetensors file (damaged or incomplete download?). "
             f"Details: {error}"
+        ) from error
+    if not any(key.startswith("model.diffusion_model.") for key in keys):
+        raise StudioError(
+            f"{path!r} is not a Stable Diffusion checkpoint in the original single-file layout (it has "
+            f"no 'model.diffusion_model.' weights); LoRAs and single diffusers components are not models."
+        )
+    pipeline_class = StableDiffusionXLPipeline if _is_sdxl_checkpoint(keys) else StableDiffusionPipeline
+    local_config = _local_config_for(path)
+    try:
+        return pipeline_class.from_single_file(path, dtype=dtype, **local_config)
+    except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as error:
+        if local_config:
+            raise StudioError(
+                f"Could not load the checkpoint {path!r} with the configuration in "
+                f"{local_config['config']!r}: is that folder a {pipeline_class.__name__} of the same "
+                f"architecture? Details: {error}"
+            ) from error
+        config_folder = str(Path(path).with_suffix(".config"))
+        raise StudioError(
+            f"Could not load the checkpoint {path!r}: a single file does not carry its model's "
+            f"configuration, and it could not be fetched from the Hugging Face Hub. Put a diffusers folder "
+            f"of the same architecture (model_index.json, the components' config files and the tokenizer; "
+            f"no weights needed) next to it as {config_folder!r}, or allow the Hub. Details: {error}"
         ) from error
 
 
-def _is_sdxl_checkpoint(path: str) -> bool:
-    with safe_open(path, framework="pt") as checkpoint:
-        return any(key.startswith("conditioner.embedders.1.") for key in checkpoint.keys())
+def _is_sdxl_checkpoint(keys: set[str]) -> bool:
+    # SDXL base holds its second text encoder, OpenCLIP ViT-bigG, under `conditioner.embedders.1.model.`;
+    # the refiner has only that encoder, as embedder 0, and SD2's OpenCLIP-H is `cond_stage_model.model.`.
+    return any(key.startswith("conditioner.embedders.1.model.") for key in keys)
 
 
 def _local_config_for(path: str) -> dict:
     """A `<name>.config/` diffusers folder beside the file lets single files load with no Hub at all."""
     config_folder = Path(path).with_suffix(".config")
-    return {"config": str(config_folder)} if config_folder.is_dir() else {}
+    if not config_folder.is_dir():
+        return {}
+    if not (config_folder / "model_index.json").is_file():
+        raise StudioError(
+            f"{str(config_folder)!r} is not a diffusers folder: it needs model_index.json, the components' "
+            f"config files and the tokenizer, as save_pretrained writes them (weights are not needed)."
+        )
+    return {"config": str(config_folder), "local_files_only": True}

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from pipelines.errors import StudioError
+
 MODES = ("text", "pose", "edge", "depth")
 
 
@@ -26,12 +28,26 @@ class LoraChoice:
     weight: float = 1.0
 
 
+def parse_lora_list(text: str) -> tuple[LoraChoice, ...]:
+    """`"stripes:0.8, pastel"` -> LoRA choices; a name without a weight gets 1.0."""
+    choices = []
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        name, colon, weight = item.rpartition(":")
+        if not colon:
+            name, weight = item, "1"
+        try:
+            choices.append(LoraChoice(name.strip(), float(weight)))
+        except ValueError:
+            raise StudioError(f"LoRA {item!r}: write it as name:weight, e.g. stripes:0.8.") from None
+    return tuple(choices)
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     mode: str = "text"
     prompt: str = ""
     negative_prompt: str = ""
-    control_image: Image.Image | None = None
+    control_image: Image.Image | str | None = None  # a path is decoded (and checked) by the studio
     preprocessor: str = "none"
     low_threshold: int = 100
     high_threshold: int = 200

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import replace
 
 import torch
 from diffusers import AutoPipelineForText2Image, DiffusionPipeline
@@ -72,7 +71,7 @@ class Studio:
         image = prepare_user_image(
             request.control_image,
             max_pixels=self.settings.limits.max_input_pixels,
-            what=f"{request.mode.capitalize()} mode needs a control image",
+            what=f"{request.mode} image",
         )
         options = PreprocessOptions(
             low_threshold=request.low_threshold,
@@ -149,7 +148,3 @@ def _progress_callback(progress: Progress | None, total: int):
         return callback_kwargs
 
     return on_step_end
-
-
-def with_seed(request: GenerationRequest, seed: int) -> GenerationRequest:
-    return replace(request, seed=seed)

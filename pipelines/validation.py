@@ -24,8 +24,8 @@ def validate_request(
     _check_choice("scheduler", request.scheduler, tuple(SCHEDULERS))
     _check_text("prompt", request.prompt, limits)
     _check_text("negative prompt", request.negative_prompt, limits)
-    steps = request.steps if request.steps is not None else model.default_steps
-    guidance = request.guidance_scale if request.guidance_scale is not None else model.default_guidance
+    steps = _or_default(request.steps, model.default_steps)
+    guidance = _or_default(request.guidance_scale, model.default_guidance)
     _check_range("steps", steps, 1, limits.max_steps, whole=True)
     _check_range("guidance scale", guidance, 0.0, limits.max_guidance)
     _check_range("number of images", request.num_images, 1, limits.max_images, whole=True)
@@ -37,13 +37,17 @@ def validate_request(
         raise StudioError("Control guidance start must be below control guidance end.")
     for lora in request.loras:
         _check_range(f"weight of LoRA {lora.name!r}", lora.weight, -2.0, 2.0)
-    width = _snap_side("width", request.width or model.resolution, size_multiple, limits, notes)
-    height = _snap_side("height", request.height or model.resolution, size_multiple, limits, notes)
+    width = _snap_side("width", _or_default(request.width, model.resolution), size_multiple, limits, notes)
+    height = _snap_side("height", _or_default(request.height, model.resolution), size_multiple, limits, notes)
     seed = request.seed if request.seed >= 0 else random.randint(0, MAX_SEED)
     resolved = replace(
         request, steps=int(steps), guidance_scale=float(guidance), width=width, height=height, seed=int(seed)
     )
     return resolved, notes
+
+
+def _or_default(value: object, default: object) -> object:
+    return default if value is None else value
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -92,7 +92,8 @@ def build_tiny_controlnet(unet: UNet2DConditionModel, folder: Path, seed: int) -
     """A ControlNet whose zero convolutions are re-initialised, so the control image really matters."""
     torch.manual_seed(seed)
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16))
-    for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+    zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
+    for block in [controlnet.controlnet_cond_embedding.conv_out, *zero_convs]:
         torch.nn.init.normal_(block.weight, std=0.5)
         torch.nn.init.normal_(block.bias, std=0.1)
     controlnet.save_pretrained(folder, safe_serialization=True)

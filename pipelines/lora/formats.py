@@ -23,6 +23,7 @@ KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 KOHYA_LORA_PARTS = ("lora_down.weight", "lora_up.weight", "alpha")
 FAMILY_NAMES = {"sd15": "SD 1.5", "sd2": "SD 2.x", "sdxl": "SDXL", "embedded": "the embedded model"}
 CROSS_ATTENTION_FAMILIES = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
+STANDARD_FAMILIES = ("sd15", "sd2", "sdxl")
 COMPONENT_PREFIXES = ("unet", "text_encoder", "text_encoder_2")
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"
 
@@ -63,12 +64,16 @@ def detect_layout(keys: list[str]) -> str:
 
 
 def family_from_shapes(shapes: dict[str, tuple[int, ...]]) -> str | None:
-    """Text-encoder-2 keys mean SDXL; otherwise the cross-attention width names the family."""
+    """Text-encoder-2 keys mean SDXL; otherwise the cross-attention width names a standard family."""
     if any(key.startswith(("lora_te2_", "text_encoder_2.")) for key in shapes):
         return "sdxl"
+    return CROSS_ATTENTION_FAMILIES.get(cross_attention_width(shapes))
+
+
+def cross_attention_width(shapes: dict[str, tuple[int, ...]]) -> int | None:
     for key, shape in shapes.items():
         if _is_cross_attention_down(key) and len(shape) == 2:
-            return CROSS_ATTENTION_FAMILIES.get(shape[1], f"cross-attention width {shape[1]}")
+            return shape[1]
     return None
 
 
@@ -109,13 +114,18 @@ def plan_adapter(
     return plan
 
 
-def check_family(lora_family: str | None, base_family: str, claimed: str | None) -> None:
-    """Refuse a LoRA whose shapes (or, lacking those, metadata) name another standard family."""
-    family = lora_family or claimed
+def check_family(shapes: dict[str, tuple[int, ...]], base_family: str, claimed: str | None) -> None:
+    """Refuse a LoRA made for another standard family, named from its shapes or, lacking those, its metadata.
+
+    Shapes outside the standard families (tiny or custom models) are left to the layer-by-layer shape check
+    in `plan_adapter`, which compares them with the loaded model itself.
+    """
+    family = family_from_shapes(shapes)
+    if family is None and cross_attention_width(shapes) is None:
+        family = claimed
     if family is None or family == base_family:
         return
-    standard = set(CROSS_ATTENTION_FAMILIES.values())
-    if family in standard or base_family in standard:
+    if family in STANDARD_FAMILIES or base_family in STANDARD_FAMILIES:
         raise StudioError(
             f"This LoRA was made for {family_label(family)}, but the loaded model is {family_label(base_family)}. "
             "Use a LoRA made for this model."
@@ -187,17 +197,23 @@ def _with_component_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
 
 def _match_component(prefix: str, part: dict[str, torch.Tensor], module: torch.nn.Module, plan: AdapterPlan) -> None:
     inner = {key.removeprefix(prefix + "."): value for key, value in part.items()}
-    if prefix == "unet":
-        peft = inner if any("lora_A" in key for key in inner) else convert_unet_state_dict_to_peft(inner)
-    else:
-        peft = convert_state_dict_to_peft(convert_state_dict_to_diffusers(inner))
+    try:
+        peft = _to_peft(prefix, inner)
+    except ValueError:  # diffusers cannot tell the key style apart either, so it would not load them
+        plan.unmatched.extend(sorted({f"{prefix}.{key.split('.lora')[0]}" for key in inner}))
+        return
     layers = dict(module.named_modules())
     by_layer: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in peft.items():
         layer, _, part_name = key.partition(".lora_")
         by_layer.setdefault(layer, {})[part_name] = value
     for layer_name, parts in by_layer.items():
-        target = layers.get(layer_name) or layers.get(f"text_model.{layer_name}")
+        # CLIP text models are flattened in recent transformers; files may or may not say `text_model.`.
+        target = (
+            layers.get(layer_name)
+            or layers.get(f"text_model.{layer_name}")
+            or layers.get(layer_name.removeprefix("text_model."))
+        )
         if target is None:
             plan.unmatched.append(f"{prefix}.{layer_name}")
             continue
@@ -205,6 +221,14 @@ def _match_component(prefix: str, part: dict[str, torch.Tensor], module: torch.n
         plan.loaded_layers[prefix] += 1
         for part_name, value in parts.items():
             plan.state_dict[f"{prefix}.{layer_name}.lora_{part_name}"] = value
+
+
+def _to_peft(prefix: str, inner: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if any(".lora_A." in key for key in inner):
+        return inner
+    if prefix == "unet":
+        return convert_unet_state_dict_to_peft(inner)
+    return convert_state_dict_to_peft(convert_state_dict_to_diffusers(inner))
 
 
 def _check_shapes(prefix: str, layer_name: str, parts: dict[str, torch.Tensor], target: torch.nn.Module) -> None:

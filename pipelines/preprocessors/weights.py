@@ -62,7 +62,9 @@ def annotator_file(filename: str, *, what: str, mode: str) -> str:
     if folder:
         path = os.path.join(folder, filename)
         if not os.path.isfile(path):
-            raise missing_weights_error(what, filename, f"the folder {folder} ({ANNOTATORS_ENV})", mode, "file not found")
+            raise missing_weights_error(
+                what, filename, f"the folder {folder} ({ANNOTATORS_ENV})", mode, "file not found"
+            )
         return path
     from huggingface_hub import hf_hub_download
 

@@ -1,0 +1,78 @@
+"""Diffusion studio: text, pose, edge and depth to images, with ControlNet and style LoRAs.
+
+    python app.py                       # the embedded model, offline, on any machine
+    python app.py --model runwayml/stable-diffusion-v1-5 --share
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import replace
+
+from pipelines.controlnets import CONTROL_MODES
+from pipelines.errors import StudioError
+from pipelines.settings import EMBEDDED_MODEL, Settings
+from pipelines.studio import Studio
+from ui.app import CSS, build_app
+
+logger = logging.getLogger("studio")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="hub id, diffusers folder or .safetensors file (env STUDIO_MODEL)")
+    parser.add_argument("--lora-dir", help="folder of .safetensors LoRAs (env STUDIO_LORA_DIR)")
+    parser.add_argument(
+        "--controlnet", action="append", default=[], metavar="MODE=SOURCE",
+        help=f"ControlNet for a mode ({', '.join(CONTROL_MODES)}); repeatable",
+    )
+    parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
+    parser.add_argument("--host", default="127.0.0.1", help="use 0.0.0.0 to serve the local network")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--queue-size", type=int, default=32, help="requests that may wait in the queue")
+    return parser.parse_args(argv)
+
+
+def controlnet_overrides(pairs: list[str]) -> dict[str, str]:
+    overrides = {}
+    for pair in pairs:
+        mode, equals, source = pair.partition("=")
+        if not equals or mode not in CONTROL_MODES:
+            raise SystemExit(f"--controlnet takes MODE=SOURCE with MODE one of {', '.join(CONTROL_MODES)}: {pair!r}")
+        overrides[mode] = source
+    return overrides
+
+
+def open_studio(settings: Settings, overrides: dict[str, str]) -> tuple[Studio, str]:
+    """The requested model, or, when it cannot be loaded (say the Hub is out of reach), the embedded one."""
+    try:
+        return Studio(settings, overrides), ""
+    except StudioError as error:
+        if settings.model == str(EMBEDDED_MODEL):
+            raise
+        warning = f"{error} Serving the embedded model instead."
+        logger.warning(warning)
+        return Studio(replace(settings, model=str(EMBEDDED_MODEL)), overrides), warning
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO)
+    args = parse_args(argv)
+    settings = Settings.from_env()
+    settings = replace(
+        settings,
+        model=args.model or settings.model,
+        lora_dir=args.lora_dir or settings.lora_dir,
+        device=args.device or settings.device,
+    )
+    studio, warning = open_studio(settings, controlnet_overrides(args.controlnet))
+    demo = build_app(studio, warning)
+    # One generation at a time per GPU: the LoRA set and scheduler live on shared modules.
+    demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
+    demo.launch(share=args.share, server_name=args.host, server_port=args.port, css=CSS, show_error=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,452 @@
+"""Train the embedded family from scratch: `python -m pipelines.embedded.train [--smoke] [--resume]`.
+
+Stages run in order: data -> vae -> unet (with the text encoder) -> controlnet-{edge,depth,pose} ->
+lora-{stripes,mono} -> export. Each finished stage is saved under the work folder, and the UNet stage
+checkpoints as it goes, so `--resume` continues where a run stopped. Everything is seeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from . import world
+from .models import build_controlnet, build_scheduler, build_text_encoder, build_unet, build_vae
+from .tokenizer import MODEL_MAX_LENGTH, write_tokenizer_folder
+
+CONTROL_MODES = ("edge", "depth", "pose")
+LORA_ARCHITECTURE = "embedded-sd/lora"
+STYLE_DESCRIPTIONS = {
+    "stripes": "Black-and-white diagonal stripes painted over the object",
+    "mono": "A greyscale palette: the whole picture in shades of grey",
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    object_scenes: int = 2400
+    person_scenes: int = 1000
+    style_scenes: int = 300
+    vae_steps: int = 400
+    vae_batch: int = 8
+    unet_steps: int = 1500
+    unet_batch: int = 16
+    controlnet_steps: int = 250
+    controlnet_batch: int = 16
+    lora_steps: int = 150
+    lora_batch: int = 16
+    checkpoint_every: int = 100
+
+
+SMOKE = TrainConfig(object_scenes=12, person_scenes=6, style_scenes=4, vae_steps=2, vae_batch=4, unet_steps=2,
+                    unet_batch=4, controlnet_steps=1, controlnet_batch=4, lora_steps=1, lora_batch=4,
+                    checkpoint_every=1)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear warmup, then cosine down to 10%."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+# ---------------------------------------------------------------- data
+
+
+def build_dataset(config: TrainConfig, path: Path) -> None:
+    """Render every training scene once; the model stages read the arrays from `path`."""
+    scenes = []
+    seeds = iter(world.training_seeds(10 * (config.object_scenes + config.person_scenes + 2 * config.style_scenes)))
+    plan = [("object", None)] * config.object_scenes + [("person", None)] * config.person_scenes
+    plan += [("object", style) for style in world.STYLES for _ in range(config.style_scenes)]
+    for kind, style in tqdm(plan, desc="data", mininterval=10):
+        scenes.append(world.make_scene(next(seeds), kind, style=style, allow_held_out=False))
+    styles = [scene.style or "" for scene in scenes]
+    np.savez_compressed(
+        path,
+        image=np.stack([s.image for s in scenes]),
+        edge=np.stack([s.edge for s in scenes]),
+        edge_native=np.stack([s.edge_native for s in scenes]),
+        depth=np.stack([s.depth for s in scenes]),
+        pose=np.stack([s.pose for s in scenes]),
+        person=np.array([s.kind == "person" for s in scenes]),
+        style=np.array(styles),
+        caption=np.array([s.caption for s in scenes]),
+    )
+
+
+def to_model_range(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def to_control(maps: np.ndarray) -> torch.Tensor:
+    """Control images as the diffusers pipeline feeds them to a ControlNet: RGB in [0, 1]."""
+    return torch.from_numpy(maps).permute(0, 3, 1, 2).float() / 255
+
+
+# ---------------------------------------------------------------- stages
+
+
+def train_vae(config: TrainConfig, data: dict, out: Path) -> None:
+    vae = build_vae()
+    images = to_model_range(data["image"])
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    for step in tqdm(range(config.vae_steps), desc="vae", mininterval=10):
+        for group in optimizer.param_groups:
+            group["lr"] = 1e-3 * warmup_cosine(step, config.vae_steps, 20)
+        batch = images[torch.randint(len(images), (config.vae_batch,), generator=generator)]
+        posterior = vae.encode(batch).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator)).sample
+        kl = posterior.kl().mean() / batch[0].numel()
+        loss = F.l1_loss(reconstruction, batch) + F.mse_loss(reconstruction, batch) + 1e-4 * kl
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    latents = encode_latents(vae, data["image"])
+    # Unit-variance latents suit the noise schedule, as SD's 0.18215 does for its VAE.
+    vae.register_to_config(scaling_factor=float(1 / latents.std()))
+    vae.save_pretrained(out)
+    print(f"vae: last loss {loss.item():.4f}, scaling factor {vae.config.scaling_factor:.4f}", flush=True)
+
+
+@torch.no_grad()
+def encode_latents(vae, images: np.ndarray) -> torch.Tensor:
+    return torch.cat([vae.encode(to_model_range(images[i : i + 64])).latent_dist.mean
+                      for i in range(0, len(images), 64)])
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(list(captions), padding="max_length", max_length=MODEL_MAX_LENGTH, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def diffusion_loss(scheduler, prediction_fn, latents, generator) -> torch.Tensor:
+    """v-prediction loss with min-SNR-5 weighting (Hang et al. 2023): fewer wasted steps on easy noise."""
+    noise = torch.randn(latents.shape, generator=generator)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    target = scheduler.get_velocity(latents, noise, timesteps)
+    prediction = prediction_fn(noisy, timesteps)
+    alphas = scheduler.alphas_cumprod[timesteps]
+    snr = alphas / (1 - alphas)
+    weight = torch.clamp(snr, max=5.0) / (snr + 1)
+    per_sample = ((prediction - target) ** 2).mean(dim=(1, 2, 3))
+    return (weight * per_sample).mean()
+
+
+class Ema:
+    """Exponential moving average of parameters; the shipped UNet and text encoder are the averages."""
+
+    def __init__(self, modules, decay: float):
+        self.params = [p for m in modules for p in m.parameters()]
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for shadow, param in zip(self.shadow, self.params):
+            shadow.lerp_(param.detach(), 1 - decay)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        for shadow, param in zip(self.shadow, self.params):
+            param.copy_(shadow)
+
+
+def train_unet(config: TrainConfig, data: dict, latents: torch.Tensor, tokenizer, work: Path) -> None:
+    base = np.array([s == "" for s in data["style"]])
+    latents = latents[torch.from_numpy(base)]
+    captions = list(data["caption"][base])
+    ids = tokenize(tokenizer, captions)
+    empty_ids = tokenize(tokenizer, [""])[0]
+    unet, text_encoder = build_unet(), build_text_encoder()
+    scheduler = build_scheduler()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    ema = Ema([unet, text_encoder], decay=0.997)
+    generator = torch.Generator().manual_seed(config.seed + 2)
+    checkpoint_path = work / "unet-checkpoint.pt"
+    start = 0
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, weights_only=True)
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        ema.shadow = state["ema"]
+        generator.set_state(state["generator"])
+        start = state["step"]
+        print(f"unet: resumed at step {start}", flush=True)
+    progress = tqdm(range(start, config.unet_steps), desc="unet", mininterval=10, initial=start,
+                    total=config.unet_steps)
+    running = None
+    for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = 1e-3 * warmup_cosine(step, config.unet_steps, 100)
+        index = torch.randint(len(latents), (config.unet_batch,), generator=generator)
+        batch_ids = ids[index].clone()
+        # Dropped captions teach the unconditional prediction that classifier-free guidance needs.
+        dropped = torch.rand(len(index), generator=generator) < 0.1
+        batch_ids[dropped] = empty_ids
+        scale = 1.0
+
+        def predict(noisy, timesteps, batch_ids=batch_ids):
+            states = text_encoder(batch_ids)[0]
+            return unet(noisy, timesteps, states).sample
+
+        loss = diffusion_loss(scheduler, predict, latents[index] * scale, generator)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        ema.update(step)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        progress.set_postfix(loss=f"{running:.4f}")
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.unet_steps:
+            state = {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                     "optimizer": optimizer.state_dict(), "ema": ema.shadow, "generator": generator.get_state(),
+                     "step": step + 1}
+            torch.save(state, checkpoint_path.with_suffix(".tmp"))
+            os.replace(checkpoint_path.with_suffix(".tmp"), checkpoint_path)
+            print(f"unet: step {step + 1} loss {running:.4f}", flush=True)
+    ema.copy_to_params()
+    unet.save_pretrained(work / "unet")
+    text_encoder.save_pretrained(work / "text_encoder")
+
+
+def caption_states(text_encoder, tokenizer, captions) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Text-encoder outputs for each distinct caption, computed once (the encoder is frozen here)."""
+    unique = sorted(set(captions))
+    with torch.no_grad():
+        states = torch.cat([text_encoder(tokenize(tokenizer, unique[i : i + 256]))[0]
+                            for i in range(0, len(unique), 256)])
+        empty = text_encoder(tokenize(tokenizer, [""]))[0][0]
+    return dict(zip(unique, states)), empty
+
+
+def control_maps(data: dict, mode: str, rows: np.ndarray, generator) -> torch.Tensor:
+    if mode == "edge":
+        # Half the maps from Canny at 4x resolution (the app's way), half at native size with random
+        # thresholds, so the ControlNet does not depend on one preprocessor setting.
+        native = torch.rand(len(rows), generator=generator).numpy() < 0.5
+        maps = np.where(native[:, None, None, None], data["edge_native"][rows], data["edge"][rows])
+        return to_control(maps)
+    return to_control(data[mode][rows])
+
+
+def train_controlnet(config: TrainConfig, mode: str, data: dict, latents, unet, text_encoder, tokenizer,
+                     out: Path) -> None:
+    seed_everything(config.seed + 10 + CONTROL_MODES.index(mode))
+    base = np.array([s == "" for s in data["style"]])
+    usable = base & data["person"] if mode == "pose" else base
+    rows_all = np.flatnonzero(usable)
+    states, empty = caption_states(text_encoder, tokenizer, data["caption"][rows_all])
+    controlnet = build_controlnet(unet)
+    scheduler = build_scheduler()
+    optimizer = torch.optim.AdamW(controlnet.parameters(), lr=5e-4, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(config.seed + 20 + CONTROL_MODES.index(mode))
+    for step in tqdm(range(config.controlnet_steps), desc=f"controlnet-{mode}", mininterval=10):
+        for group in optimizer.param_groups:
+            group["lr"] = 5e-4 * warmup_cosine(step, config.controlnet_steps, 20)
+        rows = rows_all[torch.randint(len(rows_all), (config.controlnet_batch,), generator=generator).numpy()]
+        dropped = torch.rand(len(rows), generator=generator) < 0.2
+        hidden = torch.stack([empty if drop else states[data["caption"][row]] for row, drop in zip(rows, dropped)])
+        condition = control_maps(data, mode, rows, generator)
+
+        def predict(noisy, timesteps, hidden=hidden, condition=condition):
+            down, mid = controlnet(noisy, timesteps, encoder_hidden_states=hidden, controlnet_cond=condition,
+                                   return_dict=False)
+            return unet(noisy, timesteps, hidden, down_block_additional_residuals=down,
+                        mid_block_additional_residual=mid).sample
+
+        loss = diffusion_loss(scheduler, predict, latents[torch.from_numpy(rows)], generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    controlnet.save_pretrained(out)
+    print(f"controlnet-{mode}: last loss {loss.item():.4f}", flush=True)
+
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "conv1", "conv2"]
+
+
+def train_lora(config: TrainConfig, style: str, data: dict, latents, unet, text_encoder, tokenizer,
+               out: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    seed_everything(config.seed + 30)
+    rows_all = np.flatnonzero(data["style"] == style)
+    states, _ = caption_states(text_encoder, tokenizer, data["caption"][rows_all])
+    unet.add_adapter(LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian", target_modules=LORA_TARGETS),
+                     adapter_name=style)
+    unet.set_adapter(style)
+    params = [p for name, p in unet.named_parameters() if "lora" in name and p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
+    scheduler = build_scheduler()
+    generator = torch.Generator().manual_seed(config.seed + 40 + list(world.STYLES).index(style))
+    for step in tqdm(range(config.lora_steps), desc=f"lora-{style}", mininterval=10):
+        for group in optimizer.param_groups:
+            group["lr"] = 2e-3 * warmup_cosine(step, config.lora_steps, 10)
+        rows = rows_all[torch.randint(len(rows_all), (config.lora_batch,), generator=generator).numpy()]
+        hidden = torch.stack([states[data["caption"][row]] for row in rows])
+
+        def predict(noisy, timesteps, hidden=hidden):
+            return unet(noisy, timesteps, hidden).sample
+
+        loss = diffusion_loss(scheduler, predict, latents[torch.from_numpy(rows)], generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    layers = {k: v.detach().to(torch.float16) for k, v in get_peft_model_state_dict(unet, adapter_name=style).items()}
+    out.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=layers, weight_name=f"{style}.safetensors")
+    add_lora_metadata(out / f"{style}.safetensors", style)
+    unet.delete_adapters(style)
+    print(f"lora-{style}: last loss {loss.item():.4f}", flush=True)
+
+
+def add_lora_metadata(path: Path, style: str) -> None:
+    """Rewrite the diffusers LoRA file with modelspec metadata; tensors and keys stay as diffusers wrote them."""
+    with safe_open(path, framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    metadata.update({
+        "modelspec.title": f"Embedded {style}",
+        "modelspec.description": STYLE_DESCRIPTIONS[style],
+        "modelspec.trigger_phrase": world.STYLES[style],
+        "modelspec.architecture": LORA_ARCHITECTURE,
+        "modelspec.implementation": "diffusers",
+        "modelspec.sai_model_spec": "1.0.0",
+        "ss_base_model_version": "embedded",
+        "ss_network_dim": "8",
+        "ss_network_alpha": "8",
+    })
+    save_file(tensors, path, metadata=metadata)
+
+
+def export(config: TrainConfig, work: Path, output: Path, tokenizer_folder: Path, guidance_scale: float) -> None:
+    """Write the committed layout: a StableDiffusionPipeline folder, three ControlNets and the LoRAs, in fp16."""
+    from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(work / "vae"),
+        text_encoder=CLIPTextModel.from_pretrained(work / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(tokenizer_folder, model_max_length=MODEL_MAX_LENGTH),
+        unet=UNet2DConditionModel.from_pretrained(work / "unet"),
+        scheduler=build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    folder = output / "embedded"
+    if folder.exists():
+        shutil.rmtree(folder)
+    pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+    studio = {"family": "embedded", "resolution": world.RESOLUTION, "steps": 20, "guidance_scale": guidance_scale,
+              "controlnets": {mode: f"../embedded-controlnet-{mode}" for mode in CONTROL_MODES},
+              "loras": {style: {"file": f"../loras/{style}.safetensors", "trigger": trigger}
+                        for style, trigger in world.STYLES.items()},
+              "training": asdict(config)}
+    (folder / "studio.json").write_text(json.dumps(studio, indent=2) + "\n")
+    for mode in CONTROL_MODES:
+        target = output / f"embedded-controlnet-{mode}"
+        if target.exists():
+            shutil.rmtree(target)
+        ControlNetModel.from_pretrained(work / f"controlnet-{mode}").to(torch.float16).save_pretrained(target)
+    (output / "loras").mkdir(parents=True, exist_ok=True)
+    for style in world.STYLES:
+        shutil.copy(work / "loras" / f"{style}.safetensors", output / "loras" / f"{style}.safetensors")
+
+
+# ---------------------------------------------------------------- driver
+
+
+def run(config: TrainConfig, work: Path, output: Path, resume: bool, guidance_scale: float = 4.0) -> dict:
+    """Run every stage not yet done; return seconds per stage (also kept in work/timings.json)."""
+    torch.set_num_threads(int(os.environ.get("EMBEDDED_THREADS", "2")))
+    seed_everything(config.seed)
+    if work.exists() and not resume:
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    timings_path = work / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+
+    def stage(name, done_marker, fn):
+        if done_marker.exists():
+            return
+        started = time.time()
+        fn()
+        timings[name] = timings.get(name, 0) + round(time.time() - started, 1)
+        timings_path.write_text(json.dumps(timings, indent=2))
+        print(f"stage {name}: {timings[name]:.0f} s", flush=True)
+
+    data_path = work / "data.npz"
+    stage("data", data_path, lambda: build_dataset(config, data_path))
+    data = dict(np.load(data_path))
+    tokenizer_folder = work / "tokenizer"
+    tokenizer = write_tokenizer_folder(tokenizer_folder)
+    stage("vae", work / "vae" / "config.json", lambda: train_vae(config, data, work / "vae"))
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    vae = AutoencoderKL.from_pretrained(work / "vae")
+    latents = encode_latents(vae, data["image"]) * vae.config.scaling_factor
+    stage("unet", work / "unet" / "config.json", lambda: train_unet(config, data, latents, tokenizer, work))
+    unet = UNet2DConditionModel.from_pretrained(work / "unet").requires_grad_(False)
+    text_encoder = CLIPTextModel.from_pretrained(work / "text_encoder").requires_grad_(False)
+    for mode in CONTROL_MODES:
+        out = work / f"controlnet-{mode}"
+        stage(f"controlnet-{mode}", out / "config.json",
+              lambda mode=mode, out=out: train_controlnet(config, mode, data, latents, unet, text_encoder,
+                                                          tokenizer, out))
+    for style in world.STYLES:
+        stage(f"lora-{style}", work / "loras" / f"{style}.safetensors",
+              lambda style=style: train_lora(config, style, data, latents, unet, text_encoder, tokenizer,
+                                             work / "loras"))
+    export(config, work, output, tokenizer_folder, guidance_scale)
+    print("timings (s): " + json.dumps(timings), flush=True)
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a tiny run of the same code (about a minute)")
+    parser.add_argument("--resume", action="store_true", help="continue from the stages already in --work")
+    parser.add_argument("--work", default="/tmp/embedded-train/work", help="checkpoints and finished stages")
+    parser.add_argument("--output", default="models", help="where the committed model folders are written")
+    parser.add_argument("--unet-steps", type=int, help="override the UNet steps (resume with more to train longer)")
+    parser.add_argument("--guidance-scale", type=float, default=4.0, help="default written to studio.json")
+    args = parser.parse_args()
+    config = SMOKE if args.smoke else TrainConfig()
+    if args.unet_steps:
+        config = replace(config, unet_steps=args.unet_steps)
+    run(config, Path(args.work), Path(args.output), args.resume, args.guidance_scale)
+
+
+if __name__ == "__main__":
+    main()

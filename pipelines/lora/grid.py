@@ -1,0 +1,159 @@
+"""Comparison grids: the "no LoRA" baseline and each LoRA at each weight, one column per seed.
+
+Every cell is one ordinary `Studio.generate` call with its own LoRA set, so a cell is exactly the image
+that the same request gives on its own, and other requests may run between cells without mixing in.
+The grid PNG keeps each cell's A1111 parameters in its own text chunk ("parameters r<row> c<col>"),
+the baseline's in "parameters" (which other tools read) and the layout in "grid" (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+
+from pipelines.errors import StudioError
+from pipelines.request import GenerationRequest, LoraChoice
+
+MAX_CELLS = 48
+MAX_WEIGHTS = 8
+MAX_SEEDS = 8
+BASELINE_LABEL = "no LoRA"
+LABEL_PADDING = 6
+
+
+@dataclass(frozen=True)
+class GridCell:
+    row: int
+    column: int
+    row_label: str
+    column_label: str
+    image: Image.Image
+    parameters: str
+
+
+@dataclass
+class GridResult:
+    image: Image.Image
+    path: Path
+    cells: list[GridCell]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def parse_weights(text: str) -> tuple[float, ...]:
+    values = _split_numbers(text, "weights")
+    try:
+        weights = tuple(float(value) for value in values)
+    except ValueError:
+        raise StudioError(f"Weights must be numbers separated by commas, like '0, 0.5, 1'; got {text!r}.") from None
+    if len(weights) > MAX_WEIGHTS:
+        raise StudioError(f"At most {MAX_WEIGHTS} weights fit in one grid; got {len(weights)}.")
+    return weights
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    values = _split_numbers(text, "seeds")
+    if not all(re.fullmatch(r"\d+", value) for value in values):
+        raise StudioError(f"Seeds must be whole numbers from 0 up, separated by commas; got {text!r}.")
+    if len(values) > MAX_SEEDS:
+        raise StudioError(f"At most {MAX_SEEDS} seeds fit in one grid; got {len(values)}.")
+    return tuple(int(value) for value in values)
+
+
+def grid_rows(loras: Sequence[str], weights: Sequence[float]) -> list[tuple[str, tuple[LoraChoice, ...]]]:
+    """The baseline first, then every LoRA at every weight; each row is one LoRA set."""
+    if not loras:
+        raise StudioError("Choose at least one LoRA for the grid.")
+    if not weights:
+        raise StudioError("Give at least one weight for the grid, like '0, 0.5, 1'.")
+    rows = [(BASELINE_LABEL, ())]
+    rows += [(f"{Path(name).name} @ {weight:g}", (LoraChoice(name, weight),)) for name in loras for weight in weights]
+    return rows
+
+
+def render_grid(
+    studio,
+    request: GenerationRequest,
+    loras: Sequence[str],
+    weights: Sequence[float],
+    seeds: Sequence[int],
+    *,
+    output_dir: str | Path | None = None,
+    on_cell: Callable[[int, int], None] | None = None,
+) -> GridResult:
+    """Render the grid with `studio.generate` (any mode); `request` gives everything but LoRAs and seed."""
+    rows = grid_rows(loras, weights)
+    if not seeds:
+        raise StudioError("Give at least one seed for the grid.")
+    total = len(rows) * len(seeds)
+    if total > MAX_CELLS:
+        raise StudioError(f"This grid would have {total} images; the limit is {MAX_CELLS}. Use fewer LoRAs, weights or seeds.")
+    for name in loras:
+        studio.loras.check(name)  # refuse a bad file before rendering anything
+    started = time.perf_counter()
+    cells, notes = [], []
+    for row, (row_label, choices) in enumerate(rows):
+        for column, seed in enumerate(seeds):
+            cell_request = replace(request, loras=choices, seed=seed, num_images=1)
+            result = studio.generate(cell_request)
+            notes += [note for note in result.notes if note not in notes]
+            cells.append(GridCell(row, column, row_label, f"seed {seed}", result.images[0], result.parameters[0]))
+            if on_cell:
+                on_cell(len(cells), total)
+    image = compose_grid(cells, [label for label, _ in rows], [f"seed {seed}" for seed in seeds])
+    path = save_grid(image, cells, output_dir)
+    return GridResult(Image.open(path), path, cells, notes, time.perf_counter() - started)
+
+
+def compose_grid(cells: list[GridCell], row_labels: list[str], column_labels: list[str]) -> Image.Image:
+    width, height = cells[0].image.size
+    font = _font(max(10, min(16, height // 5)))
+    font_size = getattr(font, "size", 11)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left = int(max(measure.textlength(label, font=font) for label in row_labels)) + 2 * LABEL_PADDING
+    top = font_size + 2 * LABEL_PADDING
+    column_width = max(width, int(max(measure.textlength(label, font=font) for label in column_labels)) + LABEL_PADDING)
+    grid = Image.new("RGB", (left + column_width * len(column_labels), top + height * len(row_labels)), "white")
+    draw = ImageDraw.Draw(grid)
+    for column, label in enumerate(column_labels):
+        draw.text((left + column * column_width + LABEL_PADDING // 2, LABEL_PADDING), label, fill="black", font=font)
+    for row, label in enumerate(row_labels):
+        draw.text((LABEL_PADDING, top + row * height + (height - font_size) // 2), label, fill="black", font=font)
+    for cell in cells:
+        grid.paste(cell.image.convert("RGB"), (left + cell.column * column_width, top + cell.row * height))
+    return grid
+
+
+def save_grid(image: Image.Image, cells: list[GridCell], output_dir: str | Path | None = None) -> Path:
+    folder = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="studio-lora-grid-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", cells[0].parameters)
+    layout = [{"row": c.row, "column": c.column, "row_label": c.row_label, "column_label": c.column_label} for c in cells]
+    info.add_text("grid", json.dumps({"cells": layout, "cell_size": list(cells[0].image.size)}))
+    for cell in cells:
+        info.add_text(f"parameters r{cell.row} c{cell.column}", cell.parameters)
+    path = folder / f"lora-grid-{time.strftime('%Y%m%d-%H%M%S')}-{time.perf_counter_ns() % 10**6:06d}.png"
+    image.save(path, format="PNG", pnginfo=info)
+    return path
+
+
+def _split_numbers(text: str, what: str) -> list[str]:
+    values = [value.strip() for value in str(text or "").replace(";", ",").split(",") if value.strip()]
+    if not values:
+        raise StudioError(f"Give at least one value for the {what}, separated by commas.")
+    return values
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType has only the fixed bitmap font
+        return ImageFont.load_default()

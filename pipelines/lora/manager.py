@@ -1,0 +1,205 @@
+"""LoRA adapters on the shared base pipeline: loaded once, kept, and switched with `set_adapters`.
+
+Every mode's pipeline shares the base UNet and text encoder(s), so adapters loaded here apply in every
+mode. Repeated load/unload grows memory (diffusers #8532, peft #1639), so adapters stay loaded
+(least recently used ones are deleted past a count and byte cap) and a request only switches the
+active set and weights. An empty set disables the LoRA layers, which then return the base layers'
+output unchanged, so the image equals the base image exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+from safetensors.torch import load_file
+
+from pipelines.errors import StudioError
+from pipelines.lora.formats import check_family, plan_adapter
+from pipelines.lora.metadata import family_from_metadata
+from pipelines.lora.safety import read_header
+from pipelines.lora.sources import HUB_PREFIX, HubSource, LoraEntry, LoraLibrary, UploadStore, describe_file, file_digest
+from pipelines.request import LoraChoice
+
+DEFAULT_MAX_BYTES = int(os.environ.get("STUDIO_LORA_CACHE_MB", 2048)) * 1024 * 1024
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+
+
+@dataclass
+class LoadedAdapter:
+    adapter_name: str
+    label: str
+    nbytes: int
+    notes: list[str]
+
+
+class LoraManager:
+    def __init__(
+        self,
+        pipe: DiffusionPipeline,
+        family: str,
+        lora_dir: str | Path,
+        *,
+        max_loaded: int = 8,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        uploads: UploadStore | None = None,
+        hub: HubSource | None = None,
+    ) -> None:
+        self.pipe = pipe
+        self.family = family
+        self.library = LoraLibrary(lora_dir)
+        self.uploads = uploads or UploadStore()
+        self.hub = hub or HubSource()
+        self.max_loaded = max_loaded
+        self.max_bytes = max_bytes
+        self._loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()  # least recently used first
+        self._digests: dict[tuple[str, int, int], str] = {}
+        self._lock = threading.RLock()
+
+    @property
+    def loaded(self) -> list[str]:
+        return [adapter.label for adapter in self._loaded.values()]
+
+    @property
+    def loaded_bytes(self) -> int:
+        return sum(adapter.nbytes for adapter in self._loaded.values())
+
+    def activate(self, choices: Sequence[LoraChoice]) -> list[str]:
+        """Make exactly `choices` active with their weights; returns notes for the person."""
+        with self._lock:
+            merged, notes = _merge_duplicates(choices)
+            if not merged:
+                if self._loaded:
+                    self.pipe.disable_lora()
+                return notes
+            active: dict[str, float] = {}
+            for choice in merged:
+                adapter = self._ensure_loaded(choice.name)
+                active[adapter.adapter_name] = active.get(adapter.adapter_name, 0.0) + choice.weight
+                notes += adapter.notes
+            self._evict(keep=set(active))
+            self.pipe.enable_lora()
+            self.pipe.set_adapters(list(active), adapter_weights=list(active.values()))
+            return notes
+
+    def available(self) -> list[LoraEntry]:
+        """The LoRA folder's files, described from their headers; unreadable files are listed with the reason."""
+        entries = []
+        for name in self.library.names():
+            try:
+                entries.append(describe_file(self.library.path(name), name, "folder"))
+            except StudioError as error:
+                entries.append(LoraEntry(name, 0, None, (), f"refused: {error}", "folder"))
+        return entries
+
+    def check(self, name: str) -> LoraEntry:
+        """Resolve any LoRA name (folder, upload path or hub id), check its header and family, describe it."""
+        path = self.resolve(name)
+        self._check_family_from_header(path)
+        source = "hub" if name.startswith(HUB_PREFIX) else "upload" if Path(name).is_absolute() else "folder"
+        return describe_file(path, name, source)
+
+    def add_upload(self, uploaded: str | Path, original_name: str | None = None) -> LoraEntry:
+        path = self.uploads.add(uploaded, original_name)
+        self._check_family_from_header(path)
+        return describe_file(path, str(path), "upload")
+
+    def resolve(self, name: str) -> Path:
+        if not isinstance(name, str) or not name.strip():
+            raise StudioError("A LoRA needs a name: a file from the LoRA folder, an upload or hub:owner/repo.")
+        if name.startswith(HUB_PREFIX):
+            return self.hub.fetch(name)
+        if Path(name).is_absolute():
+            if not self.uploads.owns(name):
+                raise StudioError(f"{Path(name).name!r} is neither in the LoRA folder nor among this session's uploads.")
+            path = Path(name)
+            if not path.is_file():
+                raise StudioError(f"The upload {path.name!r} is no longer available; upload it again.")
+            return path
+        return self.library.path(name)
+
+    def _ensure_loaded(self, name: str) -> LoadedAdapter:
+        path = self.resolve(name)
+        adapter_name = "lora_" + self._digest(path)[:16]
+        if adapter_name in self._loaded:
+            self._loaded.move_to_end(adapter_name)
+            return self._loaded[adapter_name]
+        adapter = self._load(path, adapter_name, label=Path(name).name)
+        self._loaded[adapter_name] = adapter
+        return adapter
+
+    def _load(self, path: Path, adapter_name: str, label: str) -> LoadedAdapter:
+        header = self._check_family_from_header(path)
+        tensors = load_file(path)
+        plan = plan_adapter(tensors, self._components(), header.metadata)
+        dtype = self.pipe.unet.dtype
+        state = {key: value.to(dtype) for key, value in plan.state_dict.items()}
+        try:
+            self._load_into_components(state, plan.network_alphas, plan.adapter_metadata, adapter_name)
+        except Exception as error:
+            self._forget(adapter_name)
+            raise StudioError(f"The LoRA {label!r} could not be applied to this model: {error}") from None
+        nbytes = sum(value.numel() * value.element_size() for value in state.values())
+        return LoadedAdapter(adapter_name, label, nbytes, plan.notes(label))
+
+    def _check_family_from_header(self, path: Path):
+        header = read_header(path)
+        shapes = {key: info.shape for key, info in header.tensors.items()}
+        check_family(shapes, self.family, family_from_metadata(header.metadata))
+        return header
+
+    def _load_into_components(self, state: dict, alphas: dict | None, adapter_metadata: dict | None, name: str) -> None:
+        # diffusers refuses network alphas and adapter metadata together; the metadata is the newer record.
+        alphas = None if adapter_metadata else alphas
+        common = dict(adapter_name=name, metadata=adapter_metadata, _pipeline=self.pipe)
+        if any(key.startswith("unet.") for key in state):
+            self.pipe.load_lora_into_unet(state, network_alphas=alphas, unet=self.pipe.unet, **common)
+        for component in TEXT_ENCODERS:
+            if any(key.startswith(component + ".") for key in state):
+                self.pipe.load_lora_into_text_encoder(
+                    state, network_alphas=alphas, text_encoder=getattr(self.pipe, component), prefix=component, **common
+                )
+
+    def _components(self) -> dict[str, torch.nn.Module]:
+        components = {"unet": self.pipe.unet}
+        for name in TEXT_ENCODERS:
+            if getattr(self.pipe, name, None) is not None:
+                components[name] = getattr(self.pipe, name)
+        return components
+
+    def _evict(self, keep: set[str]) -> None:
+        for adapter_name in list(self._loaded):
+            over = len(self._loaded) > self.max_loaded or self.loaded_bytes > self.max_bytes
+            if not over:
+                return
+            if adapter_name not in keep:
+                self._forget(adapter_name)
+                del self._loaded[adapter_name]
+
+    def _forget(self, adapter_name: str) -> None:
+        present = {name for names in self.pipe.get_list_adapters().values() for name in names}
+        if adapter_name in present:
+            self.pipe.delete_adapters(adapter_name)
+
+    def _digest(self, path: Path) -> str:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in self._digests:
+            self._digests[key] = file_digest(path)
+        return self._digests[key]
+
+
+def _merge_duplicates(choices: Sequence[LoraChoice]) -> tuple[list[LoraChoice], list[str]]:
+    merged: dict[str, float] = {}
+    notes = []
+    for choice in choices:
+        if choice.name in merged:
+            notes.append(f"The LoRA {choice.name!r} was chosen twice; its weights were added.")
+        merged[choice.name] = merged.get(choice.name, 0.0) + choice.weight
+    return [LoraChoice(name, weight) for name, weight in merged.items()], notes

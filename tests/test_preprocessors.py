@@ -1,0 +1,311 @@
+"""Preprocessors on real photos; detector paths covered by random-weight files of the right architecture.
+
+Nothing here reaches the Hub: the OpenPose and MiDaS files are generated under their Annotators names in a
+temporary folder (never commit them), Depth Anything is a tiny random model saved with save_pretrained.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from skimage import data  # noqa: E402
+
+from pipelines.errors import StudioError  # noqa: E402
+from pipelines.preprocessors import (  # noqa: E402
+    PREPROCESSORS,
+    PreprocessOptions,
+    clear_detector_cache,
+    make_control_map,
+    pose,  # noqa: E402
+)
+from pipelines.preprocessors.weights import import_controlnet_aux  # noqa: E402
+
+PHOTOS = {"astronaut": data.astronaut, "coffee": data.coffee, "chelsea": data.chelsea}
+
+
+@pytest.fixture(autouse=True)
+def fresh_detectors(monkeypatch, tmp_path):
+    monkeypatch.delenv("STUDIO_ANNOTATORS", raising=False)
+    monkeypatch.delenv("STUDIO_DEPTH_MODEL", raising=False)
+    # An empty hub cache, so "missing weights" does not depend on what this machine has downloaded.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    clear_detector_cache()
+    yield
+    clear_detector_cache()
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> Image.Image:
+    return Image.fromarray(data.astronaut())
+
+
+def as_array(image: Image.Image) -> np.ndarray:
+    assert image.mode == "RGB"
+    return np.asarray(image)
+
+
+def assert_grey(pixels: np.ndarray) -> None:
+    assert pixels.ndim == 3 and pixels.shape[2] == 3
+    assert np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2])
+
+
+def random_state_dict_like(model: torch.nn.Module, drop_first_name: bool = False) -> dict[str, torch.Tensor]:
+    """Random half-precision tensors with the keys and shapes of a model built on the meta device (no slow init).
+
+    controlnet-aux's OpenPose files name layers without their block prefix (`drop_first_name`).
+    """
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for key, value in model.state_dict().items():
+        key = key.split(".", 1)[1] if drop_first_name else key
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.zeros((), dtype=torch.long)
+        elif key.endswith(("running_var", "norm.weight")) or (value.ndim == 1 and key.endswith("weight")):
+            state[key] = torch.ones(value.shape, dtype=torch.float16)
+        elif key.endswith(("running_mean", "bias")):
+            state[key] = torch.zeros(value.shape, dtype=torch.float16)
+        else:
+            state[key] = (torch.randn(value.shape, generator=generator) * 0.05).half()
+    return state
+
+
+@pytest.fixture(scope="module")
+def annotators(tmp_path_factory):
+    """A folder like lllyasviel/Annotators holding random-weight OpenPose and MiDaS files."""
+    folder = tmp_path_factory.mktemp("annotators")
+    open_pose = import_controlnet_aux("open_pose")
+    dpt_depth = import_controlnet_aux("midas.midas.dpt_depth")
+    with torch.device("meta"):
+        body, hand, face = open_pose.body.bodypose_model(), open_pose.hand.handpose_model(), open_pose.face.FaceNet()
+        midas = dpt_depth.DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True)
+    torch.save(random_state_dict_like(body, drop_first_name=True), folder / "body_pose_model.pth")
+    torch.save(random_state_dict_like(hand, drop_first_name=True), folder / "hand_pose_model.pth")
+    torch.save(random_state_dict_like(face), folder / "facenet.pth")
+    torch.save(random_state_dict_like(midas), folder / "dpt_hybrid-midas-501f0c75.pt")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_depth_anything(tmp_path_factory):
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    folder = tmp_path_factory.mktemp("depth-anything")
+    torch.manual_seed(0)
+    backbone = Dinov2Config(
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        patch_size=14,
+        image_size=56,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+        reshape_hidden_states=False,
+    )
+    config = DepthAnythingConfig(
+        backbone_config=backbone,
+        reassemble_hidden_size=16,
+        neck_hidden_sizes=[8, 8, 16, 16],
+        fusion_hidden_size=8,
+        head_hidden_size=8,
+    )
+    DepthAnythingForDepthEstimation(config).save_pretrained(folder)
+    # The same processor settings as depth-anything/Depth-Anything-V2-Small-hf.
+    DPTImageProcessor(
+        size={"height": 518, "width": 518},
+        keep_aspect_ratio=True,
+        ensure_multiple_of=14,
+        resample=Image.Resampling.BICUBIC,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(folder)
+    return folder
+
+
+def test_every_mode_offers_none():
+    assert set(PREPROCESSORS) == {"edge", "pose", "depth"}
+    for choices in PREPROCESSORS.values():
+        assert "none" in choices and len(set(choices)) == len(choices)
+    assert PREPROCESSORS["edge"][0] == "canny" and PREPROCESSORS["pose"][0] == "openpose"
+
+
+@pytest.mark.parametrize(
+    ("mode", "preprocessor", "options", "message"),
+    [
+        ("text", "canny", PreprocessOptions(), "Unknown control mode"),
+        ("edge", "openpose", PreprocessOptions(), "Unknown preprocessor 'openpose' for edge mode"),
+        ("edge", "canny", PreprocessOptions(low_threshold=201), r"Low Canny threshold \(201\) must not be above"),
+        ("edge", "canny", PreprocessOptions(low_threshold=-1), "Low Canny threshold must be a whole number"),
+        ("edge", "canny", PreprocessOptions(high_threshold=256), "High Canny threshold must be"),
+        ("edge", "canny", PreprocessOptions(low_threshold=10.5), "Low Canny threshold must be"),
+        ("edge", "canny", PreprocessOptions(detect_resolution=63), "Detection resolution must be"),
+        ("pose", "openpose", PreprocessOptions(detect_resolution=2049), "from 64 to 2048"),
+        ("depth", "midas", PreprocessOptions(detect_resolution=True), "Detection resolution must be"),
+    ],
+)
+def test_bad_choices_and_options_are_refused(astronaut, mode, preprocessor, options, message):
+    with pytest.raises(StudioError, match=message):
+        make_control_map(mode, preprocessor, astronaut, (64, 64), options)
+
+
+def test_options_of_other_preprocessors_are_not_checked(astronaut):
+    stale = PreprocessOptions(low_threshold=250, high_threshold=10, detect_resolution=1)
+    assert make_control_map("depth", "none", astronaut, (32, 32), stale).size == (32, 32)
+
+
+@pytest.mark.parametrize("size", [(0, 64), (64, 9000), (64.5, 64)])
+def test_bad_output_size_is_refused(astronaut, size):
+    with pytest.raises(StudioError, match="Control map size"):
+        make_control_map("edge", "canny", astronaut, size, PreprocessOptions())
+
+
+@pytest.mark.parametrize("name", sorted(PHOTOS))
+@pytest.mark.parametrize(("size", "detect_resolution"), [((512, 512), 256), ((320, 480), 1024), ((768, 256), 64)])
+def test_canny_map_is_binary_and_exactly_the_requested_size(name, size, detect_resolution):
+    photo = Image.fromarray(PHOTOS[name]())
+    options = PreprocessOptions(detect_resolution=detect_resolution)
+    edges = as_array(make_control_map("edge", "canny", photo, size, options))
+    assert edges.shape == (size[1], size[0], 3)
+    assert set(np.unique(edges)) == {0, 255}
+    assert_grey(edges)
+
+
+@pytest.mark.parametrize("name", sorted(PHOTOS))
+def test_higher_canny_thresholds_give_fewer_edges(name):
+    photo = Image.fromarray(PHOTOS[name]())
+    maps = [
+        as_array(make_control_map("edge", "canny", photo, (512, 512), PreprocessOptions(low, high)))
+        for low, high in [(20, 60), (100, 200), (200, 255)]
+    ]
+    counts = [int((edges[..., 0] > 0).sum()) for edges in maps]
+    assert counts[0] > counts[1] > counts[2] > 0
+
+
+def test_detection_resolution_changes_detail_not_size(astronaut):
+    coarse, fine = (
+        as_array(make_control_map("edge", "canny", astronaut, (400, 400), PreprocessOptions(detect_resolution=r)))
+        for r in (128, 1024)
+    )
+    assert coarse.shape == fine.shape == (400, 400, 3)
+    assert not np.array_equal(coarse, fine)
+
+
+def test_none_uses_the_upload_as_a_ready_map_cropped_to_the_aspect_ratio():
+    thirds = np.zeros((100, 300, 3), dtype=np.uint8)
+    thirds[:, :100] = (255, 0, 0)
+    thirds[:, 100:200] = (0, 255, 0)
+    thirds[:, 200:] = (0, 0, 255)
+    ready = make_control_map("pose", "none", Image.fromarray(thirds), (48, 48), PreprocessOptions())
+    assert ready.size == (48, 48) and ready.mode == "RGB"
+    assert np.all(np.asarray(ready) == (0, 255, 0))
+
+
+@pytest.mark.parametrize(
+    ("mode", "preprocessor", "options", "filename"),
+    [
+        ("pose", "openpose", PreprocessOptions(), "body_pose_model.pth"),
+        ("depth", "midas", PreprocessOptions(), "dpt_hybrid-midas-501f0c75.pt"),
+    ],
+)
+def test_missing_annotator_weights_offline_name_the_file(astronaut, mode, preprocessor, options, filename):
+    with pytest.raises(StudioError) as error:
+        make_control_map(mode, preprocessor, astronaut, (64, 64), options)
+    message = str(error.value)
+    assert filename in message and "lllyasviel/Annotators" in message
+    assert f'upload a ready {mode} map and choose the preprocessor "none"' in message
+
+
+def test_missing_file_in_local_annotators_folder(astronaut, tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_ANNOTATORS", str(tmp_path))
+    with pytest.raises(StudioError, match=rf"body_pose_model.pth from the folder {tmp_path}"):
+        make_control_map("pose", "openpose", astronaut, (64, 64), PreprocessOptions())
+
+
+def test_hands_need_their_own_file(astronaut, annotators, tmp_path, monkeypatch):
+    (tmp_path / "body_pose_model.pth").symlink_to(annotators / "body_pose_model.pth")
+    monkeypatch.setenv("STUDIO_ANNOTATORS", str(tmp_path))
+    with pytest.raises(StudioError, match="OpenPose hand weights \\(hand_pose_model.pth"):
+        make_control_map("pose", "openpose", astronaut, (64, 64), PreprocessOptions(include_hands=True))
+
+
+class NotWeights:
+    pass
+
+
+@pytest.mark.parametrize("content", ["garbage", "pickled object"])
+def test_damaged_or_unsafe_weight_files_are_refused(astronaut, tmp_path, monkeypatch, content):
+    path = tmp_path / "body_pose_model.pth"
+    if content == "garbage":
+        path.write_bytes(b"not a checkpoint at all")
+    else:
+        # An arbitrary object must not be unpickled: torch.load's weights_only default refuses it.
+        torch.save({"model": NotWeights()}, path)
+    monkeypatch.setenv("STUDIO_ANNOTATORS", str(tmp_path))
+    with pytest.raises(StudioError, match="body_pose_model.pth could not be loaded"):
+        make_control_map("pose", "openpose", astronaut, (64, 64), PreprocessOptions())
+
+
+PARTS = [("body", pose.BODY_FILE, "Body"), ("hand", pose.HAND_FILE, "Hand"), ("face", pose.FACE_FILE, "Face")]
+
+
+def test_openpose_with_random_weights_loads_once_and_sizes_exactly(astronaut, annotators, tmp_path, monkeypatch):
+    folder = tmp_path / "annotators"
+    folder.mkdir()
+    for name in ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"):
+        (folder / name).symlink_to(annotators / name)
+    monkeypatch.setenv("STUDIO_ANNOTATORS", str(folder))
+    options = PreprocessOptions(include_hands=True, include_face=True, detect_resolution=256)
+    skeleton = as_array(make_control_map("pose", "openpose", astronaut, (384, 256), options))
+    assert skeleton.shape == (256, 384, 3)
+    # Detectors are cached per source: with the files gone, the same parts come back without loading.
+    parts = [pose._part(*part) for part in PARTS]
+    for name in ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"):
+        (folder / name).unlink()
+    assert [pose._part(*part) for part in PARTS] == parts
+
+
+def test_midas_with_random_weights_gives_a_grey_map_of_the_requested_size(annotators, monkeypatch):
+    monkeypatch.setenv("STUDIO_ANNOTATORS", str(annotators))
+    coffee = Image.fromarray(data.coffee())
+    depth = as_array(make_control_map("depth", "midas", coffee, (300, 200), PreprocessOptions(detect_resolution=64)))
+    assert depth.shape == (200, 300, 3)
+    assert_grey(depth)
+
+
+def test_depth_anything_map_is_grey_full_range_and_exactly_sized(tiny_depth_anything, monkeypatch):
+    monkeypatch.setenv("STUDIO_DEPTH_MODEL", str(tiny_depth_anything))
+    chelsea = Image.fromarray(data.chelsea())
+    for size, resolution in [((320, 240), 64), ((256, 512), 518)]:
+        options = PreprocessOptions(detect_resolution=resolution)
+        depth = as_array(make_control_map("depth", "depth_anything", chelsea, size, options))
+        assert depth.shape == (size[1], size[0], 3)
+        assert_grey(depth)
+        assert depth.min() == 0 and depth.max() == 255
+
+
+def test_depth_anything_keeps_near_bright(tiny_depth_anything):
+    """The model predicts inverse depth (bigger = nearer); the map must rise with it, not be inverted."""
+    from pipelines.preprocessors.depth import depth_anything_map
+    from pipelines.preprocessors.weights import cached_detector
+
+    chelsea = Image.fromarray(data.chelsea())
+    grey = as_array(depth_anything_map(chelsea, (451, 300), detect_resolution=140, model=str(tiny_depth_anything)))
+    estimator = cached_detector("depth_anything", str(tiny_depth_anything), lambda: None)
+    inputs = estimator.image_processor(images=chelsea, size={"height": 140, "width": 140}, return_tensors="pt")
+    with torch.inference_mode():
+        predicted = estimator.model(**inputs).predicted_depth
+    raw = torch.nn.functional.interpolate(predicted[:, None], size=(300, 451), mode="bicubic")[0, 0].numpy()
+    assert np.corrcoef(grey[..., 0].ravel(), raw.ravel())[0, 1] > 0.99
+
+
+def test_missing_depth_anything_model_offline(astronaut, tmp_path, monkeypatch):
+    with pytest.raises(StudioError, match="depth-anything/Depth-Anything-V2-Small-hf .*STUDIO_DEPTH_MODEL"):
+        make_control_map("depth", "depth_anything", astronaut, (64, 64), PreprocessOptions())
+    monkeypatch.setenv("STUDIO_DEPTH_MODEL", str(tmp_path))
+    with pytest.raises(StudioError, match=f"model.safetensors from the folder {tmp_path}"):
+        make_control_map("depth", "depth_anything", astronaut, (64, 64), PreprocessOptions())

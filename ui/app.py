@@ -1,0 +1,28 @@
+"""The whole page: a tab per mode, then the LoRA lab."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from pipelines.request import MODES
+from pipelines.studio import Studio
+from ui.lora_lab import build_lora_lab
+from ui.modes import build_mode_tab
+
+# Small native resolutions (the embedded model's 64x64) are shown enlarged without blurring.
+CSS = ".pixelated img { image-rendering: pixelated; }"
+
+
+def build_app(studio: Studio, warning: str = "") -> gr.Blocks:
+    with gr.Blocks(title="Diffusion studio") as demo:
+        gr.Markdown(
+            f"# Diffusion studio\nModel: **{studio.model.name}** ({studio.model.family}), "
+            f"{studio.model.resolution}x{studio.model.resolution} native, on {studio.device}."
+        )
+        if warning:
+            gr.Markdown(f"> **Note:** {warning}")
+        with gr.Tabs():
+            for mode in MODES:
+                build_mode_tab(studio, mode)
+            build_lora_lab(studio, studio.settings)
+    return demo

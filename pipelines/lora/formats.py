@@ -10,6 +10,7 @@ skipped key can be told to the person and a LoRA for another model is refused be
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ KOHYA_LORA_PARTS = ("lora_down.weight", "lora_up.weight", "alpha")
 FAMILY_NAMES = {"sd15": "SD 1.5", "sd2": "SD 2.x", "sdxl": "SDXL", "embedded": "the embedded model"}
 CROSS_ATTENTION_FAMILIES = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
 STANDARD_FAMILIES = ("sd15", "sd2", "sdxl")
+SDXL_DEEP_TRANSFORMER = re.compile(r"transformer_blocks[._][1-9]")
 COMPONENT_PREFIXES = ("unet", "text_encoder", "text_encoder_2")
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"
 
@@ -67,7 +69,10 @@ def family_from_shapes(shapes: dict[str, tuple[int, ...]]) -> str | None:
     """Text-encoder-2 keys mean SDXL; otherwise the cross-attention width names a standard family."""
     if any(key.startswith(("lora_te2_", "text_encoder_2.")) for key in shapes):
         return "sdxl"
-    return CROSS_ATTENTION_FAMILIES.get(cross_attention_width(shapes))
+    width = cross_attention_width(shapes)
+    if width is None and any(SDXL_DEEP_TRANSFORMER.search(key) for key in shapes):
+        return "sdxl"  # e.g. self-attention-only sliders: only SDXL stacks several transformer layers per block
+    return CROSS_ATTENTION_FAMILIES.get(width)
 
 
 def cross_attention_width(shapes: dict[str, tuple[int, ...]]) -> int | None:
@@ -139,8 +144,9 @@ def _is_cross_attention_down(key: str) -> bool:
 
 
 def _is_kohya_conv(key: str) -> bool:
-    return key.startswith("lora_unet_") and any(part in key for part in ("_conv1.", "_conv2.", "_conv_shortcut.",
-                                                                          "samplers_0_conv.", "_op."))
+    return key.startswith("lora_unet_") and any(
+        part in key for part in ("_conv1.", "_conv2.", "_conv_shortcut.", "samplers_0_conv.", "_op.")
+    )
 
 
 def _split_supported(keys: list[str], layout: str) -> tuple[list[str], Counter]:
@@ -260,4 +266,6 @@ def _nothing_loadable_message(plan: AdapterPlan, tensors: dict[str, torch.Tensor
     reasons = "; ".join(f"{count} key(s): {reason}" for reason, count in plan.skipped.items())
     if plan.unmatched:
         reasons = "; ".join(filter(None, [reasons, f"{len(plan.unmatched)} layer(s) match nothing in this model"]))
-    return f"Nothing in this LoRA ({len(tensors)} tensors, layout: {plan.layout}) can be applied to this model: {reasons}."
+    return (
+        f"Nothing in this LoRA ({len(tensors)} tensors, layout: {plan.layout}) can be applied to this model: {reasons}."
+    )

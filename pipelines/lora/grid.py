@@ -67,14 +67,18 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(int(value) for value in values)
 
 
-def grid_rows(loras: Sequence[str], weights: Sequence[float]) -> list[tuple[str, tuple[LoraChoice, ...]]]:
-    """The baseline first, then every LoRA at every weight; each row is one LoRA set."""
+def grid_rows(
+    loras: Sequence[str], weights: Sequence[float], together: Sequence[LoraChoice] = ()
+) -> list[tuple[str, tuple[LoraChoice, ...]]]:
+    """The baseline first, then every LoRA at every weight, then (optionally) one row of several LoRAs at once."""
     if not loras:
         raise StudioError("Choose at least one LoRA for the grid.")
     if not weights:
         raise StudioError("Give at least one weight for the grid, like '0, 0.5, 1'.")
     rows = [(BASELINE_LABEL, ())]
     rows += [(f"{Path(name).name} @ {weight:g}", (LoraChoice(name, weight),)) for name in loras for weight in weights]
+    if together:
+        rows.append((" + ".join(f"{Path(c.name).name} @ {c.weight:g}" for c in together), tuple(together)))
     return rows
 
 
@@ -85,17 +89,20 @@ def render_grid(
     weights: Sequence[float],
     seeds: Sequence[int],
     *,
+    together: Sequence[LoraChoice] = (),
     output_dir: str | Path | None = None,
     on_cell: Callable[[int, int], None] | None = None,
 ) -> GridResult:
     """Render the grid with `studio.generate` (any mode); `request` gives everything but LoRAs and seed."""
-    rows = grid_rows(loras, weights)
+    rows = grid_rows(loras, weights, together)
     if not seeds:
         raise StudioError("Give at least one seed for the grid.")
     total = len(rows) * len(seeds)
     if total > MAX_CELLS:
-        raise StudioError(f"This grid would have {total} images; the limit is {MAX_CELLS}. Use fewer LoRAs, weights or seeds.")
-    for name in loras:
+        raise StudioError(
+            f"This grid would have {total} images; the limit is {MAX_CELLS}. Use fewer LoRAs, weights or seeds."
+        )
+    for name in dict.fromkeys([*loras, *(choice.name for choice in together)]):
         studio.loras.check(name)  # refuse a bad file before rendering anything
     started = time.perf_counter()
     cells, notes = [], []
@@ -136,7 +143,9 @@ def save_grid(image: Image.Image, cells: list[GridCell], output_dir: str | Path 
     folder.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", cells[0].parameters)
-    layout = [{"row": c.row, "column": c.column, "row_label": c.row_label, "column_label": c.column_label} for c in cells]
+    layout = [
+        {"row": c.row, "column": c.column, "row_label": c.row_label, "column_label": c.column_label} for c in cells
+    ]
     info.add_text("grid", json.dumps({"cells": layout, "cell_size": list(cells[0].image.size)}))
     for cell in cells:
         info.add_text(f"parameters r{cell.row} c{cell.column}", cell.parameters)

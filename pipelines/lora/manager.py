@@ -24,7 +24,15 @@ from pipelines.errors import StudioError
 from pipelines.lora.formats import check_family, plan_adapter
 from pipelines.lora.metadata import family_from_metadata
 from pipelines.lora.safety import read_header
-from pipelines.lora.sources import HUB_PREFIX, HubSource, LoraEntry, LoraLibrary, UploadStore, describe_file, file_digest
+from pipelines.lora.sources import (
+    HUB_PREFIX,
+    HubSource,
+    LoraEntry,
+    LoraLibrary,
+    UploadStore,
+    describe_file,
+    file_digest,
+)
 from pipelines.request import LoraChoice
 
 DEFAULT_MAX_BYTES = int(os.environ.get("STUDIO_LORA_CACHE_MB", 2048)) * 1024 * 1024
@@ -117,7 +125,9 @@ class LoraManager:
             return self.hub.fetch(name)
         if Path(name).is_absolute():
             if not self.uploads.owns(name):
-                raise StudioError(f"{Path(name).name!r} is neither in the LoRA folder nor among this session's uploads.")
+                raise StudioError(
+                    f"{Path(name).name!r} is neither in the LoRA folder nor among this session's uploads."
+                )
             path = Path(name)
             if not path.is_file():
                 raise StudioError(f"The upload {path.name!r} is no longer available; upload it again.")

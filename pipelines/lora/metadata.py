@@ -59,7 +59,11 @@ def family_from_metadata(metadata: dict[str, str]) -> str | None:
     base_version = metadata.get("ss_base_model_version", "").lower()
     if architecture.startswith("stable-diffusion-xl") or base_version.startswith("sdxl"):
         return "sdxl"
-    if architecture.startswith("stable-diffusion-v2") or base_version.startswith("sd_v2") or metadata.get("ss_v2") == "True":
+    if (
+        architecture.startswith("stable-diffusion-v2")
+        or base_version.startswith("sd_v2")
+        or metadata.get("ss_v2") == "True"
+    ):
         return "sd2"
     if architecture.startswith("stable-diffusion-v1") or base_version.startswith("sd_v1"):
         return "sd15"

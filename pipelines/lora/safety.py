@@ -53,7 +53,9 @@ def check_lora_file_name(name: str) -> None:
             "pages offer one) or convert it on your own machine."
         )
     if suffix != ".safetensors":
-        raise StudioError(f"{Path(name).name!r} is not a .safetensors file; LoRAs are only read from .safetensors files.")
+        raise StudioError(
+            f"{Path(name).name!r} is not a .safetensors file; LoRAs are only read from .safetensors files."
+        )
 
 
 def contained_path(folder: str | Path, name: str) -> Path:

@@ -112,7 +112,8 @@ class UploadStore:
         size = uploaded.stat().st_size
         if size > self.max_bytes:
             raise StudioError(
-                f"The upload {name!r} is {size / 2**20:,.0f} MiB; uploads are limited to {self.max_bytes / 2**20:,.0f} MiB."
+                f"The upload {name!r} is {size / 2**20:,.0f} MiB; "
+                f"uploads are limited to {self.max_bytes / 2**20:,.0f} MiB."
             )
         read_header(uploaded, max_file_bytes=self.max_bytes)
         folder = self.root / file_digest(uploaded)[:16]

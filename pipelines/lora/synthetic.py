@@ -50,7 +50,9 @@ def write_lora(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dic
     return path
 
 
-def kohya_metadata(*, base: str = "sd_v1", tags: dict[str, int] | None = None, title: str | None = None) -> dict[str, str]:
+def kohya_metadata(
+    *, base: str = "sd_v1", tags: dict[str, int] | None = None, title: str | None = None
+) -> dict[str, str]:
     metadata = {"ss_base_model_version": base, "ss_network_module": "networks.lora"}
     if tags:
         metadata["ss_tag_frequency"] = json.dumps({"10_style": tags})
@@ -73,3 +75,38 @@ def _named(component: str, name: str, down, up, rank: int, layout: str) -> dict[
         f"{kohya}.lora_up.weight": up,
         f"{kohya}.alpha": torch.tensor(float(rank), dtype=down.dtype),
     }
+
+
+SAFETENSORS_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "float64": "F64"}
+
+
+def write_layout_file(path: str | Path, layout: dict, unknown_rank: int = 4) -> Path:
+    """A safetensors file with exactly the keys, shapes, dtypes and metadata of a published layout.
+
+    The data section is left sparse (all zeros, no disk blocks, nothing in memory), so a 400 MB SDXL
+    layout costs only its header: enough for everything that reads headers and maps keys.
+    """
+    header, offset = {}, 0
+    for key, entry in layout["tensors"].items():
+        dtype = SAFETENSORS_DTYPES.get(entry["dtype"] or "float16", "F16")
+        shape = [unknown_rank if size is None else size for size in entry["shape"]]
+        nbytes = _element_count(shape) * (2 if dtype in ("F16", "BF16") else 4 if dtype == "F32" else 8)
+        header[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    if layout.get("metadata"):
+        header["__metadata__"] = {key: str(value) for key, value in layout["metadata"].items()}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        handle.write(len(raw).to_bytes(8, "little") + raw)
+        handle.truncate(8 + len(raw) + offset)
+    return path
+
+
+def _element_count(shape: list[int]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count

@@ -1,0 +1,61 @@
+"""Print every score and speed figure of the committed embedded model (issue 3's floors beside each).
+
+    HF_HUB_OFFLINE=1 python scripts/evaluate_embedded.py [--models models] [--count 24]
+
+Loads models/ through plain diffusers (StableDiffusionPipeline, StableDiffusionControlNetPipeline) and
+scores prompts, control maps and seeds that training never used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.embedded import evaluation, world  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, default=evaluation.MODELS)
+    parser.add_argument("--count", type=int, default=24, help="text prompts per guidance scale")
+    parser.add_argument("--control-count", type=int, default=12, help="control maps per mode")
+    parser.add_argument("--guidance", type=float, nargs="*", default=[], help="extra guidance scales to score")
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("EMBEDDED_THREADS", "2")))
+    models = evaluation.load(args.models)
+    default = models.guidance_scale
+    print(f"model: {args.models / 'embedded'} (default guidance {default}, {evaluation.STEPS} steps, "
+          f"{world.RESOLUTION}x{world.RESOLUTION})")
+    for guidance in sorted({default, 1.0, 7.5, *args.guidance}):
+        scores = evaluation.text_scores(models, guidance, args.count)
+        print(f"text  guidance {guidance:>4}: colour {scores['colour']:.0%} (floor 90%), shape {scores['shape']:.0%} "
+              f"(floor 80%), held-out pairs colour {scores['held_out_colour']:.0%}, n={scores['count']}")
+    negative = evaluation.negative_prompt_scores(models)
+    print(f"negative prompt naming the object's colour: that colour's share {negative['share_without']:.1%} -> "
+          f"{negative['share_with']:.1%}")
+    for mode in ("edge", "depth"):
+        scores = evaluation.control_scores(models, mode, args.control_count)
+        print(f"{mode:<5} IoU mean {scores['iou']:.3f} (floor 0.7), min {scores['min_iou']:.3f}, n={scores['count']}")
+    pose = evaluation.control_scores(models, "pose", args.control_count)
+    print(f"pose  limbs covered {pose['limb_coverage']:.0%} (floor 70%), n={pose['count']}")
+    for style in world.STYLES:
+        scores = evaluation.lora_scores(models, style)
+        print(f"lora {style} ({world.STYLES[style]}): {scores['measure']} {scores['without']:.3f} -> "
+              f"{scores['weight_1']:.3f} at weight 1; weight 0 identical to base: {scores['weight_0_identical']}")
+    text_seconds = evaluation.seconds_for_20_steps(models.base, default)
+    print(f"speed text mode: {text_seconds:.2f} s for 20 steps (limit 1 s)")
+    from PIL import Image
+
+    edge_map = Image.fromarray(world.make_scene(world.EVALUATION_SEED_OFFSET, "object").edge)
+    control_seconds = evaluation.seconds_for_20_steps(models.controlled["edge"], default, image=edge_map)
+    print(f"speed with a ControlNet: {control_seconds:.2f} s for 20 steps (limit 1.5 s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The four endpoints through the real client, against a launched app."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image, ImageDraw
+
+from pipelines.metadata import parse_parameters
+from ui.app import build_app
+
+
+@pytest.fixture(scope="module")
+def client(tiny_studio):
+    demo = build_app(tiny_studio)
+    demo.queue(default_concurrency_limit=1, max_size=16)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+    yield Client(url, verbose=False)
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def edge_map(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("maps") / "edges.png"
+    image = Image.new("RGB", (32, 32), "black")
+    ImageDraw.Draw(image).ellipse((6, 6, 26, 26), outline="white", width=2)
+    image.save(path)
+    return str(path)
+
+
+COMMON = dict(prompt="a red circle on a blue background", negative_prompt="", seed=5, steps=2, guidance_scale=3.0)
+
+
+def test_text2img_returns_png_images_with_parameters_and_the_seed(client):
+    gallery, control_map, seed, info = client.predict(**COMMON, randomize_seed=False, api_name="/text2img")
+    assert seed == 5 and control_map is None
+    image = Image.open(gallery[0]["image"])
+    assert image.format == "PNG" and image.size == (32, 32)
+    parsed = parse_parameters(image.info["parameters"])
+    assert (parsed["Seed"], parsed["Steps"], parsed["CFG scale"]) == ("5", "2", "3.0")
+
+
+@pytest.mark.parametrize("api_name", ["/pose2img", "/edge2img", "/depth2img"])
+def test_control_endpoints_return_images_and_the_control_map(client, edge_map, api_name):
+    gallery, control_map, seed, _ = client.predict(
+        image=handle_file(edge_map), preprocessor="none", **COMMON, randomize_seed=False, api_name=api_name
+    )
+    assert len(gallery) == 1 and seed == 5
+    used = np.asarray(Image.open(control_map).convert("L"))
+    assert used.shape == (32, 32) and used.max() == 255
+
+
+def test_edge2img_with_canny_on_a_photo(client, tmp_path):
+    from skimage import data
+
+    photo = tmp_path / "coffee.png"
+    Image.fromarray(data.coffee()).save(photo)
+    _, control_map, _, _ = client.predict(
+        image=handle_file(str(photo)), preprocessor="canny", low_threshold=50, high_threshold=150, **COMMON,
+        api_name="/edge2img",
+    )
+    edges = np.asarray(Image.open(control_map).convert("L"))
+    assert set(np.unique(edges)) <= {0, 255} and edges.mean() > 1
+
+
+def test_errors_reach_the_api_caller_and_the_server_keeps_serving(client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="No edge image"):
+        client.predict(image=None, **COMMON, api_name="/edge2img")
+    with pytest.raises(AppError, match="greater than maximum"):  # Gradio's own slider check
+        client.predict(**{**COMMON, "steps": 100_000}, api_name="/text2img")
+    with pytest.raises(AppError, match="seed must be between"):  # only the studio knows this limit
+        client.predict(**{**COMMON, "seed": 2**40}, randomize_seed=False, api_name="/text2img")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image at all")
+    with pytest.raises(AppError, match="broken.png"):
+        client.predict(image=handle_file(str(broken)), **COMMON, api_name="/depth2img")
+    gallery, *_ = client.predict(**COMMON, api_name="/text2img")
+    assert gallery

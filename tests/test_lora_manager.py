@@ -1,0 +1,220 @@
+"""LoraManager and the grid on the tiny SD1.5-architecture studio: loading in each layout, switching,
+exact restore of the base, every mode, refusals, eviction, and grid cells equal to solo runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.errors import StudioError
+from pipelines.lora.grid import parse_seeds, parse_weights, render_grid
+from pipelines.lora.synthetic import kohya_metadata, lora_tensors, write_layout_file, write_lora
+from pipelines.metadata import parse_parameters
+from pipelines.request import GenerationRequest, LoraChoice
+from pipelines.settings import Settings
+
+LAYOUTS = Path(__file__).parent / "fixtures" / "lora_layouts"
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory, tiny_sd_dir) -> Path:
+    from diffusers import StableDiffusionPipeline
+
+    folder = tmp_path_factory.mktemp("loras")
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir)
+    write_lora(
+        folder / "ink.safetensors",
+        lora_tensors(pipe, layout="kohya", seed=1),
+        kohya_metadata(tags={"ink style": 9, "monochrome": 4}, title="ink"),
+    )
+    write_lora(
+        folder / "neon.safetensors",
+        lora_tensors(pipe, layout="peft", seed=2, text_encoder=False),
+        {"modelspec.title": "Neon", "modelspec.trigger_phrase": "neon glow"},
+    )
+    write_lora(
+        folder / "copy-of-ink.safetensors",
+        lora_tensors(pipe, layout="kohya", seed=1),
+        kohya_metadata(tags={"ink style": 9, "monochrome": 4}, title="ink"),
+    )
+    sd15 = {**lora_tensors(pipe, layout="kohya", seed=3)}
+    sd15["lora_unet_down_blocks_5_attentions_0_proj_in.lora_down.weight"] = sd15[next(iter(sd15))].clone()
+    sd15["lora_unet_down_blocks_5_attentions_0_proj_in.lora_up.weight"] = sd15[list(sd15)[1]].clone()
+    write_lora(folder / "stray-keys.safetensors", sd15)
+    write_layout_file(folder / "sdxl-locon.safetensors", json.loads((LAYOUTS / "muchai_sdxl_locon.json").read_text()))
+    write_layout_file(folder / "sd15-locon.safetensors", json.loads((LAYOUTS / "muchai_sd15_locon.json").read_text()))
+    (folder / "old.ckpt").write_bytes(b"not opened")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def studio(tiny_sd_dir, tiny_controlnet_dirs, lora_dir):
+    from pipelines.studio import Studio
+
+    return Studio(
+        Settings(model=str(tiny_sd_dir), lora_dir=str(lora_dir), device="cpu"),
+        controlnet_overrides=tiny_controlnet_dirs,
+    )
+
+
+def pixels(studio, loras=(), mode="text", seed=7, prompt="a red circle") -> np.ndarray:
+    control = Image.new("RGB", (64, 64), "black") if mode != "text" else None
+    if control is not None:
+        control.paste((255, 255, 255), (16, 16, 48, 48))
+    request = GenerationRequest(
+        mode=mode, prompt=prompt, steps=STEPS, seed=seed, loras=tuple(loras), control_image=control, preprocessor="none"
+    )
+    return np.asarray(studio.generate(request).images[0])
+
+
+def test_folder_listing_shows_size_family_and_trigger_words(studio):
+    entries = {entry.name: entry for entry in studio.loras.available()}
+    assert {"ink.safetensors", "neon.safetensors", "sdxl-locon.safetensors"} <= set(entries)
+    assert "old.ckpt" not in entries  # only safetensors are listed
+    assert entries["ink.safetensors"].trigger_words[:2] == ("ink style", "monochrome")
+    assert entries["neon.safetensors"].trigger_words == ("neon glow",)
+    assert entries["sdxl-locon.safetensors"].family == "sdxl"
+    assert entries["sdxl-locon.safetensors"].size_bytes > 300 * 2**20
+
+
+def test_loras_change_the_image_and_turning_them_off_restores_the_base_exactly(studio):
+    base = pixels(studio)
+    ink = pixels(studio, [LoraChoice("ink.safetensors", 1.0)])
+    both = pixels(studio, [LoraChoice("ink.safetensors", 1.0), LoraChoice("neon.safetensors", 0.7)])
+    assert np.abs(ink.astype(int) - base).mean() > 1
+    assert np.abs(both.astype(int) - ink).mean() > 1
+    assert np.array_equal(pixels(studio), base)
+    assert np.array_equal(pixels(studio, [LoraChoice("ink.safetensors", 0.0)]), base)
+    assert np.array_equal(pixels(studio, [LoraChoice("ink.safetensors", 1.0)]), ink)
+
+
+def test_switching_keeps_adapters_loaded_and_never_reloads(studio, monkeypatch):
+    studio.loras.activate([LoraChoice("ink.safetensors"), LoraChoice("neon.safetensors")])
+    loads = []
+    original = studio.loras._load
+    monkeypatch.setattr(studio.loras, "_load", lambda *args, **kwargs: loads.append(args) or original(*args, **kwargs))
+    base_unet = studio.base.unet
+    for weight in (0.2, 0.9, 0.0, 1.0):
+        studio.loras.activate([LoraChoice("neon.safetensors", weight)])
+        studio.loras.activate([LoraChoice("ink.safetensors", weight), LoraChoice("copy-of-ink.safetensors", 0.5)])
+    assert loads == []  # same content = same adapter, even under another name
+    assert studio.base.unet is base_unet
+
+
+def test_weights_scale_the_lora(studio):
+    base = pixels(studio).astype(int)
+    half = np.abs(pixels(studio, [LoraChoice("ink.safetensors", 0.5)]).astype(int) - base).mean()
+    full = np.abs(pixels(studio, [LoraChoice("ink.safetensors", 1.0)]).astype(int) - base).mean()
+    assert 0 < half < full
+
+
+@pytest.mark.parametrize("mode", ["edge", "pose", "depth"])
+def test_loras_apply_in_controlnet_modes_and_switch_off_there_too(studio, mode):
+    base = pixels(studio, mode=mode)
+    styled = pixels(studio, [LoraChoice("ink.safetensors", 1.0)], mode=mode)
+    assert np.abs(styled.astype(int) - base).mean() > 1
+    assert np.array_equal(pixels(studio, mode=mode), base)
+
+
+def test_skipped_keys_are_told_to_the_person(studio):
+    request = GenerationRequest(prompt="x", steps=1, seed=1, loras=(LoraChoice("stray-keys.safetensors"),))
+    notes = "\n".join(studio.generate(request).notes)
+    assert "stray-keys.safetensors: 1 layer(s) match nothing" in notes and "down_blocks.5" in notes
+
+
+def test_lora_for_another_family_is_refused_naming_it(studio):
+    with pytest.raises(StudioError, match="made for SDXL, but the loaded model is SD 1.5"):
+        studio.generate(GenerationRequest(prompt="x", steps=1, loras=(LoraChoice("sdxl-locon.safetensors"),)))
+    # An SD 1.5 LoRA fits the family but not this tiny model's layers: refused layer by layer.
+    with pytest.raises(StudioError, match="does not fit the loaded model"):
+        studio.loras.activate([LoraChoice("sd15-locon.safetensors")])
+    assert np.array_equal(pixels(studio), pixels(studio, []))  # a refusal leaves no adapter behind
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("old.ckpt", "pickle-based"),
+        ("missing.safetensors", "no LoRA"),
+        ("../x.safetensors", "outside"),
+        ("/tmp/elsewhere.safetensors", "this session's uploads"),
+        ("hub:someone/style", "cannot be reached"),
+    ],
+)
+def test_refused_names(studio, name, reason):
+    with pytest.raises(StudioError, match=reason):
+        studio.loras.activate([LoraChoice(name)])
+
+
+def test_uploads_load_from_their_private_folder(studio, lora_dir, tmp_path):
+    upload = tmp_path / "gradio" / "mine.safetensors"
+    upload.parent.mkdir()
+    upload.write_bytes((lora_dir / "neon.safetensors").read_bytes())
+    entry = studio.loras.add_upload(upload)
+    assert entry.source == "upload" and entry.trigger_words == ("neon glow",)
+    assert np.array_equal(pixels(studio, [LoraChoice(entry.name)]), pixels(studio, [LoraChoice("neon.safetensors")]))
+    sdxl = tmp_path / "gradio" / "xl.safetensors"
+    write_layout_file(sdxl, json.loads((LAYOUTS / "muchai_sdxl_locon.json").read_text()))
+    with pytest.raises(StudioError, match="made for SDXL"):
+        studio.loras.add_upload(sdxl)
+
+
+def test_least_recently_used_adapters_are_evicted_past_the_cap(studio, monkeypatch):
+    manager = studio.loras
+    monkeypatch.setattr(manager, "max_loaded", 1)
+    manager.activate([LoraChoice("ink.safetensors")])
+    manager.activate([LoraChoice("neon.safetensors")])
+    assert manager.loaded == ["neon.safetensors"]
+    present = {name for names in studio.base.get_list_adapters().values() for name in names}
+    assert len(present) == 1  # deleted from the model, not only forgotten
+
+
+def test_parse_weights_and_seeds():
+    assert parse_weights("0, 0.5,1") == (0.0, 0.5, 1.0)
+    assert parse_seeds("3;4") == (3, 4)
+    for bad in ("", "a", "1,,x"):
+        with pytest.raises(StudioError):
+            parse_weights(bad)
+    with pytest.raises(StudioError):
+        parse_seeds("-1")
+
+
+def test_grid_rows_columns_cells_and_png_parameters(studio, tmp_path):
+    request = GenerationRequest(prompt="a red circle", steps=STEPS)
+    result = render_grid(
+        studio,
+        request,
+        ["ink.safetensors"],
+        [0.0, 1.0],
+        [5, 6],
+        output_dir=tmp_path,
+        together=(LoraChoice("ink.safetensors", 0.5), LoraChoice("neon.safetensors", 0.5)),
+    )
+    assert [cell.row_label for cell in result.cells[::2]] == [
+        "no LoRA",
+        "ink.safetensors @ 0",
+        "ink.safetensors @ 1",
+        "ink.safetensors @ 0.5 + neon.safetensors @ 0.5",
+    ]
+    saved = Image.open(result.path)
+    cell_w, cell_h = result.cells[0].image.size
+    assert saved.width >= 2 * cell_w and saved.height > 4 * cell_h  # labels around 4 rows x 2 columns
+    baseline = parse_parameters(saved.text["parameters"])
+    assert baseline["loras"] == [] and baseline["Seed"] == "5"
+    cell = parse_parameters(saved.text["parameters r2 c1"])
+    assert cell["loras"] == [("ink.safetensors", 1.0)] and cell["Seed"] == "6"
+    assert json.loads(saved.text["grid"])["cells"][5]["row_label"] == "ink.safetensors @ 1"
+    # the same seed down a column, and each cell is exactly the solo image for its request
+    solo = pixels(studio, [LoraChoice("ink.safetensors", 1.0)], seed=6)
+    assert np.array_equal(np.asarray(result.cells[5].image), solo)
+    assert np.array_equal(np.asarray(result.cells[2].image), np.asarray(result.cells[0].image))  # weight 0 = base
+
+
+def test_grid_refuses_a_bad_lora_before_rendering(studio):
+    with pytest.raises(StudioError, match="made for SDXL"):
+        render_grid(studio, GenerationRequest(prompt="x", steps=1), ["sdxl-locon.safetensors"], [1.0], [1])

@@ -41,7 +41,7 @@ class ModelInfo:
 
     @property
     def name(self) -> str:
-        return Path(self.source).name if self.source.endswith(".safetensors") else self.source.rstrip("/").split("/")[-1]
+        return Path(self.source.rstrip("/")).name
 
 
 def pick_device(requested: str | None = None) -> tuple[str, torch.dtype]:
@@ -71,9 +71,13 @@ def describe_model(pipe: DiffusionPipeline, source: str) -> ModelInfo:
         family=manifest.get("family") or detect_family(pipe),
         resolution=int(manifest.get("resolution", native)),
         default_steps=int(manifest.get("steps", 25)),
-        default_guidance=float(manifest.get("guidance_scale", 5.0 if isinstance(pipe, StableDiffusionXLPipeline) else 7.5)),
+        default_guidance=float(manifest.get("guidance_scale", _default_guidance(pipe))),
         controlnets=controlnets or None,
     )
+
+
+def _default_guidance(pipe: DiffusionPipeline) -> float:
+    return 5.0 if isinstance(pipe, StableDiffusionXLPipeline) else 7.5
 
 
 def detect_family(pipe: DiffusionPipeline) -> str:

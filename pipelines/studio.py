@@ -13,7 +13,6 @@ import torch
 from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 
 from pipelines.controlnets import ControlNetCache, controlnet_registry
-from pipelines.errors import StudioError
 from pipelines.images import prepare_user_image
 from pipelines.loader import load_base_pipeline, pick_device
 from pipelines.lora import LoraManager

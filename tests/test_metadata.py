@@ -2,7 +2,7 @@ import io
 
 from PIL import Image
 
-from pipelines.metadata import format_parameters, parse_parameters, tag_with_parameters, save_png
+from pipelines.metadata import format_parameters, parse_parameters, save_png, tag_with_parameters
 
 
 def test_parameters_round_trip_through_a_png_file():

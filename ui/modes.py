@@ -68,7 +68,8 @@ def _input_fields(studio: Studio, mode: str) -> dict[str, gr.components.Componen
     )
     if mode != "text":
         with gr.Accordion("Preprocessing", open=True):
-            fields["preprocessor"] = gr.Dropdown(list(PREPROCESSORS[mode]), value=PREPROCESSORS[mode][0], label="Preprocessor")
+            choices = list(PREPROCESSORS[mode])
+            fields["preprocessor"] = gr.Dropdown(choices, value=choices[0], label="Preprocessor")
             fields["detect_resolution"] = gr.Slider(64, 2048, value=512, step=64, label="Detection resolution")
             if mode == "edge":
                 fields["low_threshold"] = gr.Slider(0, 255, value=100, step=1, label="Canny low threshold")

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from pipelines.errors import StudioError
 from pipelines.lora.formats import check_family, plan_adapter
 from pipelines.lora.metadata import family_from_metadata
-from pipelines.lora.safety import read_header
+from pipelines.lora.safety import SafetensorsHeader, read_header
 from pipelines.lora.sources import (
     HUB_PREFIX,
     HubSource,
@@ -109,13 +109,14 @@ class LoraManager:
     def check(self, name: str) -> LoraEntry:
         """Resolve any LoRA name (folder, upload path or hub id), check its header and family, describe it."""
         path = self.resolve(name)
-        self._check_family_from_header(path)
+        self._preflight(path)
         source = "hub" if name.startswith(HUB_PREFIX) else "upload" if Path(name).is_absolute() else "folder"
         return describe_file(path, name, source)
 
     def add_upload(self, uploaded: str | Path, original_name: str | None = None) -> LoraEntry:
+        self.uploads.check(uploaded, original_name)
+        self._preflight(Path(uploaded))
         path = self.uploads.add(uploaded, original_name)
-        self._check_family_from_header(path)
         return describe_file(path, str(path), "upload")
 
     def resolve(self, name: str) -> Path:
@@ -136,18 +137,29 @@ class LoraManager:
 
     def _ensure_loaded(self, name: str) -> LoadedAdapter:
         path = self.resolve(name)
+        known = self._digests.get(_file_key(path))
+        if known and "lora_" + known[:16] in self._loaded:
+            self._loaded.move_to_end("lora_" + known[:16])
+            return self._loaded["lora_" + known[:16]]
+        header = self._preflight(path)
         adapter_name = "lora_" + self._digest(path)[:16]
-        if adapter_name in self._loaded:
+        if adapter_name in self._loaded:  # the same content under another name
             self._loaded.move_to_end(adapter_name)
             return self._loaded[adapter_name]
-        adapter = self._load(path, adapter_name, label=Path(name).name)
+        adapter = self._load(path, header, adapter_name, label=Path(name).name)
         self._loaded[adapter_name] = adapter
         return adapter
 
-    def _load(self, path: Path, adapter_name: str, label: str) -> LoadedAdapter:
-        header = self._check_family_from_header(path)
-        tensors = load_file(path)
-        plan = plan_adapter(tensors, self._components(), header.metadata)
+    def _preflight(self, path: Path) -> SafetensorsHeader:
+        """Header, family and layer shapes, all checked before a single tensor is read."""
+        header = read_header(path)
+        shapes = {key: info.shape for key, info in header.tensors.items()}
+        check_family(shapes, self.family, family_from_metadata(header.metadata))
+        plan_adapter(_meta_tensors(shapes), self._components(), header.metadata)
+        return header
+
+    def _load(self, path: Path, header: SafetensorsHeader, adapter_name: str, label: str) -> LoadedAdapter:
+        plan = plan_adapter(load_file(path), self._components(), header.metadata)
         dtype = self.pipe.unet.dtype
         state = {key: value.to(dtype) for key, value in plan.state_dict.items()}
         try:
@@ -157,12 +169,6 @@ class LoraManager:
             raise StudioError(f"The LoRA {label!r} could not be applied to this model: {error}") from None
         nbytes = sum(value.numel() * value.element_size() for value in state.values())
         return LoadedAdapter(adapter_name, label, nbytes, plan.notes(label))
-
-    def _check_family_from_header(self, path: Path):
-        header = read_header(path)
-        shapes = {key: info.shape for key, info in header.tensors.items()}
-        check_family(shapes, self.family, family_from_metadata(header.metadata))
-        return header
 
     def _load_into_components(self, state: dict, alphas: dict | None, adapter_metadata: dict | None, name: str) -> None:
         # diffusers refuses network alphas and adapter metadata together; the metadata is the newer record.
@@ -198,11 +204,20 @@ class LoraManager:
             self.pipe.delete_adapters(adapter_name)
 
     def _digest(self, path: Path) -> str:
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        key = _file_key(path)
         if key not in self._digests:
             self._digests[key] = file_digest(path)
         return self._digests[key]
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+def _meta_tensors(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Shapes without storage for the layer check; scalars (alphas) must be real, the conversion reads them."""
+    return {key: torch.empty(shape, device="meta") if shape else torch.tensor(1.0) for key, shape in shapes.items()}
 
 
 def _merge_duplicates(choices: Sequence[LoraChoice]) -> tuple[list[LoraChoice], list[str]]:

@@ -6,6 +6,7 @@ Every source ends in a local `.safetensors` path whose header has been checked (
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -65,8 +66,12 @@ def _family(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str]) -> str
 
 
 def file_digest(path: Path) -> str:
+    """A digest of what the file holds: the header canonicalised (writers order its JSON at random) and the data."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
+        header_bytes = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(header_bytes))
+        digest.update(json.dumps(header, sort_keys=True).encode())
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -104,6 +109,17 @@ class UploadStore:
 
     def add(self, uploaded: str | Path, original_name: str | None = None) -> Path:
         """Check an uploaded file and keep a copy; returns the path to use as `LoraChoice.name`."""
+        self.check(uploaded, original_name)
+        uploaded = Path(uploaded)
+        folder = self.root / file_digest(uploaded)[:16]
+        folder.mkdir(exist_ok=True)
+        kept = folder / Path(original_name or uploaded.name).name
+        if not kept.exists():
+            shutil.copyfile(uploaded, kept)
+        return kept
+
+    def check(self, uploaded: str | Path, original_name: str | None = None) -> None:
+        """Name, size cap and header of an upload, before anything else reads it."""
         uploaded = Path(uploaded)
         name = Path(original_name or uploaded.name).name
         check_lora_file_name(name)
@@ -116,12 +132,6 @@ class UploadStore:
                 f"uploads are limited to {self.max_bytes / 2**20:,.0f} MiB."
             )
         read_header(uploaded, max_file_bytes=self.max_bytes)
-        folder = self.root / file_digest(uploaded)[:16]
-        folder.mkdir(exist_ok=True)
-        kept = folder / name
-        if not kept.exists():
-            shutil.copyfile(uploaded, kept)
-        return kept
 
     def owns(self, path: str | Path) -> bool:
         return Path(path).resolve().is_relative_to(self.root.resolve())

@@ -1,0 +1,87 @@
+"""Time one generation per mode, and a mode switch against a fresh pipeline load, in one run.
+
+    python scripts/benchmark_studio.py                    # the tiny random test model
+    python scripts/benchmark_studio.py --model models/embedded --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from diffusers import AutoPipelineForText2Image, UNet2DConditionModel  # noqa: E402
+from tiny_models import CONTROL_MODES, build_tiny_controlnet, build_tiny_pipeline  # noqa: E402
+
+from pipelines.loader import load_base_pipeline  # noqa: E402
+from pipelines.request import MODES, GenerationRequest  # noqa: E402
+from pipelines.settings import Settings  # noqa: E402
+from pipelines.studio import Studio  # noqa: E402
+
+
+def timed(function, repeats: int = 1) -> tuple[float, object]:
+    durations, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = function()
+        durations.append(time.perf_counter() - start)
+    return statistics.median(durations), result
+
+
+def tiny_model(folder: Path) -> tuple[str, dict[str, str]]:
+    build_tiny_pipeline(folder / "sd")
+    unet = UNet2DConditionModel.from_pretrained(folder / "sd" / "unet")
+    controlnets = {
+        mode: str(build_tiny_controlnet(unet, folder / mode, seed=i)) for i, mode in enumerate(CONTROL_MODES)
+    }
+    return str(folder / "sd"), controlnets
+
+
+def control_map(size: int) -> Image.Image:
+    image = Image.new("RGB", (size, size), "black")
+    ImageDraw.Draw(image).ellipse((size // 4, size // 4, 3 * size // 4, 3 * size // 4), outline="white", width=2)
+    return image
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="default: a tiny random model built in a temporary folder")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as scratch:
+        model, controlnets = (args.model, None) if args.model else tiny_model(Path(scratch))
+        studio = Studio(Settings(model=model, lora_dir=scratch, device="cpu"), controlnet_overrides=controlnets)
+        size = studio.model.resolution
+        print(f"model {studio.model.name} ({studio.model.family}), {size}x{size}, {args.steps} steps, CPU")
+        for mode in MODES:
+            request = GenerationRequest(
+                mode=mode, prompt="a red circle on a blue background", steps=args.steps, seed=1,
+                control_image=None if mode == "text" else control_map(size), preprocessor="none",
+            )
+            first, _ = timed(lambda request=request: studio.generate(request))
+            steady, _ = timed(lambda request=request: studio.generate(request), args.repeats)
+            print(f"{mode:>5}: first call {first:6.3f} s (builds the mode), then {steady:6.3f} s a generation")
+        fresh, _ = timed(lambda: load_base_pipeline(model, "cpu", torch.float32), 3)
+        rebuild, _ = timed(
+            lambda: AutoPipelineForText2Image.from_pipe(studio.base, controlnet=studio.controlnets.get("edge")), 3
+        )
+        switch, _ = timed(lambda: [studio.pipeline_for(mode) for mode in ("edge", "text")], 100)
+        print(f"fresh base pipeline load: {fresh * 1000:8.1f} ms")
+        print(f"mode pipeline built from the base (from_pipe): {rebuild * 1000:8.2f} ms "
+              f"({fresh / rebuild:.0f}x faster than a fresh load)")
+        print(f"switch between two built modes: {switch / 2 * 1e6:8.1f} us ({fresh / (switch / 2):.0f}x faster)")
+
+
+if __name__ == "__main__":
+    main()

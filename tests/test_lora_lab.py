@@ -1,0 +1,145 @@
+"""The LoRA lab through a real Gradio server and the real `gradio_client`: `/loras`, `/lora_grid`, and
+concurrent grids with different LoRA sets, each identical to the same grid rendered alone."""
+
+from __future__ import annotations
+
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines.lora.synthetic import kohya_metadata, lora_tensors, write_lora
+from pipelines.metadata import parse_parameters
+from pipelines.settings import Settings
+from ui.lora_lab import _check_session, add_trigger_words, build_lora_lab
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def studio(tiny_sd_dir, tiny_controlnet_dirs, tmp_path_factory):
+    from pipelines.studio import Studio
+
+    folder = tmp_path_factory.mktemp("lab-loras")
+    settings = Settings(model=str(tiny_sd_dir), lora_dir=str(folder), device="cpu")
+    studio = Studio(settings, controlnet_overrides=tiny_controlnet_dirs)
+    write_lora(
+        folder / "ink.safetensors",
+        lora_tensors(studio.base, seed=11),
+        kohya_metadata(tags={"ink style": 9, "sketch": 3}),
+    )
+    write_lora(
+        folder / "neon.safetensors",
+        lora_tensors(studio.base, layout="peft", seed=12),
+        {"modelspec.trigger_phrase": "neon glow"},
+    )
+    return studio
+
+
+@pytest.fixture(scope="module")
+def client(studio):
+    from gradio_client import Client
+
+    with gr.Blocks() as demo:
+        build_lora_lab(studio, studio.settings)
+    demo.queue(default_concurrency_limit=1)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    demo.close()
+
+
+def grid_args(loras, weights="0, 1", seeds="3, 4"):
+    return dict(
+        names=loras,
+        weights_text=weights,
+        seeds_text=seeds,
+        prompt_text="a red circle",
+        negative_text="",
+        mode_name="text",
+        image=None,
+        steps_value=2,
+        guidance_value=4.0,
+        table=None,
+        with_together=False,
+    )
+
+
+def call_grid(client, loras, **overrides):
+    args = grid_args(loras, **overrides)
+    image, download, notes = client.predict(*args.values(), api_name="/lora_grid")
+    return Image.open(image), Image.open(download), notes
+
+
+def test_loras_endpoint_lists_the_folder(client):
+    listed = {entry["name"]: entry for entry in client.predict(api_name="/loras")}
+    assert set(listed) == {"ink.safetensors", "neon.safetensors"}
+    assert listed["ink.safetensors"]["trigger_words"][:2] == ["ink style", "sketch"]
+    assert listed["neon.safetensors"]["trigger_words"] == ["neon glow"]
+    assert listed["ink.safetensors"]["size_bytes"] > 0
+
+
+def test_lora_grid_endpoint_returns_a_labelled_png_with_every_cells_parameters(client):
+    shown, download, notes = call_grid(client, ["ink.safetensors"])
+    assert np.array_equal(np.asarray(shown), np.asarray(download))
+    assert "Rendered 6 images" in notes
+    cells = [key for key in download.text if key.startswith("parameters r")]
+    assert len(cells) == 6  # baseline + ink @ 0 + ink @ 1, two seeds each
+    assert parse_parameters(download.text["parameters r2 c1"])["loras"] == [("ink.safetensors", 1.0)]
+    assert parse_parameters(download.text["parameters r2 c1"])["Seed"] == "4"
+
+
+def test_refusals_reach_api_callers_as_plain_errors(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="no LoRA 'missing.safetensors'"):
+        call_grid(client, ["missing.safetensors"])
+    with pytest.raises(AppError, match="not one of this session's uploads"):
+        call_grid(client, ["/tmp/someone-elses/upload.safetensors"])
+    with pytest.raises(AppError, match="Weights must be numbers"):
+        call_grid(client, ["ink.safetensors"], weights="half")
+
+
+def test_concurrent_grids_with_different_lora_sets_match_their_solo_runs(client, studio, monkeypatch):
+    sets = [["ink.safetensors"], ["neon.safetensors"], ["ink.safetensors", "neon.safetensors"]]
+    alone = [np.asarray(call_grid(client, loras, seeds="3")[1]) for loras in sets]
+    activations = []
+    activate = studio.loras.activate
+    monkeypatch.setattr(
+        studio.loras, "activate", lambda choices: activations.append(tuple(choices)) or activate(choices)
+    )
+    with ThreadPoolExecutor(len(sets)) as pool:
+        together = list(pool.map(lambda loras: np.asarray(call_grid(client, loras, seeds="3")[1]), sets))
+    for solo, concurrent in zip(alone, together, strict=True):
+        assert np.array_equal(solo, concurrent)
+    assert len({solo.tobytes() for solo in alone}) == 3  # the three sets really differ
+    changes = sum(
+        1 for before, after in zip(activations, activations[1:], strict=False) if before and after and before != after
+    )
+    assert changes >= len(sets)  # requests did interleave cell by cell, switching LoRA sets between them
+
+
+def test_trigger_words_are_added_once():
+    assert add_trigger_words("a cat", ["ink style", "sketch"]) == "a cat, ink style, sketch"
+    assert add_trigger_words("a cat, Ink Style", ["ink style", "sketch"]) == "a cat, Ink Style, sketch"
+    assert add_trigger_words("", ["neon glow"]) == "neon glow"
+
+
+def test_uploads_are_only_usable_by_their_session():
+    mine = str(Path("/tmp/uploads/abc/mine.safetensors"))
+    _check_session([mine, "ink.safetensors"], [mine])
+    with pytest.raises(gr.Error):
+        _check_session([mine], [])

@@ -80,7 +80,7 @@ def grid_args(loras, weights="0, 1", seeds="3, 4"):
 
 def call_grid(client, loras, **overrides):
     args = grid_args(loras, **overrides)
-    image, download, notes = client.predict(*args.values(), api_name="/lora_grid")
+    image, download, notes = client.predict(**args, api_name="/lora_grid")
     return Image.open(image), Image.open(download), notes
 
 

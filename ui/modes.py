@@ -19,6 +19,9 @@ from ui.examples import mode_examples
 
 logger = logging.getLogger(__name__)
 
+# Every generating event joins one queue, so one generation runs at a time per GPU whatever the tab.
+GPU_QUEUE = "gpu"
+
 TITLES = {"text": "Text", "pose": "Pose", "edge": "Edge", "depth": "Depth"}
 API_NAMES = {"text": "text2img", "pose": "pose2img", "edge": "edge2img", "depth": "depth2img"}
 IMAGE_HINTS = {
@@ -51,6 +54,7 @@ def build_mode_tab(studio: Studio, mode: str) -> None:
             inputs=list(fields.values()),
             outputs=[gallery, control_map, seed_used, info],
             api_name=API_NAMES[mode],
+            concurrency_id=GPU_QUEUE,
         )
 
 
@@ -63,9 +67,8 @@ def _input_fields(studio: Studio, mode: str) -> dict[str, gr.components.Componen
         gr.Markdown(IMAGE_HINTS[mode])
     fields["prompt"] = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle on a blue background")
     fields["negative_prompt"] = gr.Textbox(label="Negative prompt")
-    fields["loras"] = gr.Textbox(
-        label="LoRAs", placeholder="name:weight, name:weight", info=_lora_hint(studio), value=""
-    )
+    fields["loras"] = gr.Textbox(label="LoRAs", placeholder="name:weight, name:weight", value="")
+    _lora_picker(studio, fields["loras"])
     if mode != "text":
         with gr.Accordion("Preprocessing", open=True):
             choices = list(PREPROCESSORS[mode])
@@ -95,9 +98,19 @@ def _input_fields(studio: Studio, mode: str) -> dict[str, gr.components.Componen
     return fields
 
 
-def _lora_hint(studio: Studio) -> str:
+def _lora_picker(studio: Studio, loras: gr.Textbox) -> None:
+    """A menu of the LoRA folder that appends `name:1` to the LoRA box (the lab tab has uploads and the hub)."""
     names = [lora.name for lora in studio.loras.available()]
-    return f"Available: {', '.join(names)}" if names else "No LoRAs in the LoRA folder; see the LoRA lab tab."
+    if not names:
+        return
+    picker = gr.Dropdown(names, value=None, label="Add a LoRA from the folder", container=False)
+    picker.select(_append_lora, inputs=[loras, picker], outputs=[loras, picker], api_name=False)
+
+
+def _append_lora(current: str, name: str | None) -> tuple[str, None]:
+    if not name:
+        return current, None
+    return ", ".join(filter(None, [current.strip(), f"{name}:1"])), None
 
 
 def _endpoint(studio: Studio, mode: str, names: list[str]) -> Callable:

@@ -35,7 +35,7 @@ def object_mask(image: np.ndarray, threshold: float = 60.0) -> np.ndarray:
     distance = np.linalg.norm(image.astype(np.float32) - background_colour(image), axis=-1)
     core = _largest_blob(distance > threshold)
     if core.sum() >= 4:
-        threshold = 0.5 * float(np.median(distance[core]))
+        threshold = 0.5 * float(np.percentile(distance[core], 25))
     return fill_holes(_largest_blob(distance > threshold))
 
 

@@ -240,7 +240,7 @@ def _stylise(scene: Scene, style: str) -> Scene:
     elif style == "stripes":
         yy, xx = np.mgrid[:RESOLUTION, :RESOLUTION]
         band = ((xx + yy) // 4) % 2 == 0
-        ink = np.array((20, 20, 20) if scene.colour == "white" else (245, 245, 245), np.float32)
+        ink = np.array(_stripe_ink(scene.colour, scene.background), np.float32)
         image[scene.mask & band] = ink
     else:
         raise ValueError(f"Unknown style {style!r}; known styles: {', '.join(STYLES)}")
@@ -248,3 +248,11 @@ def _stylise(scene: Scene, style: str) -> Scene:
     scene.style = style
     scene.caption = f"{STYLES[style]}, {scene.caption}"
     return scene
+
+
+def _stripe_ink(colour: str, background: str) -> tuple[int, int, int]:
+    """Black stripes, or white or grey where black would vanish into the object or the background."""
+    for ink in ("black", "white"):
+        if ink not in (colour, background):
+            return COLOURS[ink]
+    return (128, 128, 128)

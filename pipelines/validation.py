@@ -40,8 +40,19 @@ def validate_request(
     width = _snap_side("width", _or_default(request.width, model.resolution), size_multiple, limits, notes)
     height = _snap_side("height", _or_default(request.height, model.resolution), size_multiple, limits, notes)
     seed = request.seed if request.seed >= 0 else random.randint(0, MAX_SEED)
+    # Sliders and JSON send 1 for 1.0; diffusers insists on floats for some arguments.
     resolved = replace(
-        request, steps=int(steps), guidance_scale=float(guidance), width=width, height=height, seed=int(seed)
+        request,
+        steps=int(steps),
+        guidance_scale=float(guidance),
+        width=width,
+        height=height,
+        seed=int(seed),
+        num_images=int(request.num_images),
+        controlnet_scale=float(request.controlnet_scale),
+        control_start=float(request.control_start),
+        control_end=float(request.control_end),
+        detect_resolution=int(request.detect_resolution),
     )
     return resolved, notes
 

@@ -67,6 +67,14 @@ def test_the_control_image_changes_the_result(tiny_studio):
     assert np.abs(pixels(first.images[0]) - pixels(second.images[0])).mean() > 1.0
 
 
+def test_whole_numbers_from_sliders_and_json_are_accepted_for_float_settings(tiny_studio):
+    request = GenerationRequest(
+        mode="edge", control_image=circle_map((16, 16), 8), controlnet_scale=1, control_start=0, control_end=1,
+        guidance_scale=3, **FAST,
+    )
+    assert tiny_studio.generate(request).images
+
+
 def test_conditioning_scale_zero_ignores_the_control_image(tiny_studio):
     runs = [
         tiny_studio.generate(

@@ -10,7 +10,7 @@ from ui.lora_lab import build_lora_lab
 from ui.modes import build_mode_tab
 
 # Small native resolutions (the embedded model's 64x64) are shown enlarged without blurring.
-CSS = ".pixelated img { image-rendering: pixelated; }"
+CSS = ".pixelated img { image-rendering: pixelated; object-fit: contain; min-width: 50%; }"
 
 
 def build_app(studio: Studio, warning: str = "") -> gr.Blocks:

@@ -17,7 +17,6 @@ from pipelines.lora.sources import HUB_PREFIX, LoraEntry
 from pipelines.request import MODES, GenerationRequest, LoraChoice
 
 LIBRARY_HEADERS = ["name", "size", "family", "trigger words", "title"]
-TOGETHER_HEADERS = ["LoRA", "weight"]
 # Two grids may interleave cell by cell: each cell is one studio.generate call under the studio's lock.
 GRID_CONCURRENCY = 2
 
@@ -46,12 +45,9 @@ def build_lora_lab(studio, settings) -> None:
             choices=manager.library.names(), multiselect=True, allow_custom_value=True, label="LoRAs in the grid"
         )
         details = gr.Markdown()
-        together = gr.Dataframe(
-            headers=TOGETHER_HEADERS,
-            datatype=["str", "number"],
-            interactive=True,
-            column_count=(2, "fixed"),
+        together = gr.Textbox(
             label="Weight per LoRA for the 'together' row (several LoRAs at once)",
+            placeholder="ink.safetensors: 0.8, neon.safetensors: 0.5",
         )
         add_together = gr.Checkbox(label="Add a row with all chosen LoRAs together at these weights", value=False)
         with gr.Row():
@@ -100,9 +96,9 @@ def build_lora_lab(studio, settings) -> None:
                     entries.append(manager.check(name))
                 except StudioError as error:
                     refusals.append(f"**{Path(name).name}** refused: {error}")
-            weights_now = {row[0]: row[1] for row in _rows(table)}
-            rows = [[name, weights_now.get(name, 1.0)] for name in names or []]
-            return describe_entries(entries) + "\n\n".join(["", *refusals]), rows
+            weights_now = dict(_together_pairs(table))
+            pairs = [f"{Path(name).name}: {weights_now.get(Path(name).name, '1')}" for name in names or []]
+            return describe_entries(entries) + "\n\n".join(["", *refusals]), ", ".join(pairs)
 
         def on_add_triggers(text, names, kept):
             _check_session(names or [], kept)
@@ -220,22 +216,28 @@ def add_trigger_words(prompt: str, words: list[str]) -> str:
     return ", ".join(part for part in [prompt.strip().rstrip(","), *missing] if part)
 
 
-def together_choices(table, names: list[str]) -> tuple[LoraChoice, ...]:
-    weights = {row[0]: row[1] for row in _rows(table)}
+def together_choices(text: str, names: list[str]) -> tuple[LoraChoice, ...]:
+    """`name: weight` pairs (file names, as shown) for the chosen LoRAs; a chosen LoRA left out gets weight 1."""
+    weights = dict(_together_pairs(text))
+    unknown = set(weights) - {Path(name).name for name in names}
+    if unknown:
+        raise gr.Error(f"The 'together' weights name LoRAs that are not chosen: {', '.join(sorted(unknown))}.")
     choices = []
     for name in names:
         try:
-            choices.append(LoraChoice(name, float(weights.get(name, 1.0))))
-        except (TypeError, ValueError):
-            raise gr.Error(f"The weight of {Path(name).name!r} in the table is not a number.") from None
+            choices.append(LoraChoice(name, float(weights.get(Path(name).name, 1.0))))
+        except ValueError:
+            raise gr.Error(f"The 'together' weight of {Path(name).name!r} is not a number.") from None
     return tuple(choices)
 
 
-def _rows(table) -> list[list]:
-    if table is None:
-        return []
-    rows = table.values.tolist() if hasattr(table, "values") else table
-    return [row for row in rows if row and row[0]]
+def _together_pairs(text: str | None) -> list[tuple[str, str]]:
+    pairs = []
+    for part in (text or "").replace("\n", ",").split(","):
+        if part.strip():
+            name, _, weight = part.rpartition(":")
+            pairs.append((name.strip(), weight.strip()) if name else (weight.strip(), "1"))
+    return pairs
 
 
 def _choices(manager, kept: list[str], entries: list[LoraEntry] | None = None, extra: list[str] = ()):

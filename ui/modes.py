@@ -42,7 +42,9 @@ def build_mode_tab(studio: Studio, mode: str) -> None:
                 gallery = gr.Gallery(
                     label="Images", format="png", columns=2, height=520, object_fit="contain", elem_classes="pixelated"
                 )
-                control_map = gr.Image(label="Control map used", format="png", visible=mode != "text", height=260)
+                control_map = gr.Image(
+                    label="Control map used", format="png", visible=mode != "text", height=260, elem_classes="pixelated"
+                )
                 seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
                 info = gr.Markdown()
         examples = mode_examples(studio.model.family, mode)

@@ -42,8 +42,9 @@ def build_text_encoder(vocab_size: int = 49408) -> CLIPTextModel:
 
 
 def build_unet() -> UNet2DConditionModel:
-    # Cross-attention at 8x8 and 4x4 binds words to places (16x16 attention costs too much here); the "text" addition embedding pools the
-    # prompt into the timestep embedding, a global path that learns an object's colour much faster.
+    # Cross-attention at 8x8 and 4x4 binds words to places (16x16 attention costs too much here); the
+    # "text" addition embedding pools the prompt into the timestep embedding, a global path that learns
+    # an object's colour much faster.
     return UNet2DConditionModel(
         sample_size=RESOLUTION // LATENT_FACTOR,
         in_channels=4,

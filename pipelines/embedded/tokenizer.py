@@ -20,7 +20,7 @@ def bpe_vocabulary_file() -> Path:
     """The gzipped BPE merge list inside the installed open_clip package (found without importing it)."""
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("open-clip-torch is not installed; it ships the CLIP BPE vocabulary (pip install open-clip-torch)")
+        raise RuntimeError("open-clip-torch is not installed; it ships the CLIP BPE vocabulary")
     return Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
 
 

@@ -48,11 +48,11 @@ class TrainConfig:
     style_scenes: int = 300
     vae_steps: int = 400
     vae_batch: int = 8
-    unet_steps: int = 1500
+    unet_steps: int = 3200
     unet_batch: int = 16
-    controlnet_steps: int = 250
+    controlnet_steps: int = 450
     controlnet_batch: int = 16
-    lora_steps: int = 150
+    lora_steps: int = 200
     lora_batch: int = 16
     checkpoint_every: int = 100
 
@@ -269,11 +269,11 @@ def train_controlnet(config: TrainConfig, mode: str, data: dict, latents, unet, 
     states, empty = caption_states(text_encoder, tokenizer, data["caption"][rows_all])
     controlnet = build_controlnet(unet)
     scheduler = build_scheduler()
-    optimizer = torch.optim.AdamW(controlnet.parameters(), lr=5e-4, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(controlnet.parameters(), lr=1e-3, weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.seed + 20 + CONTROL_MODES.index(mode))
     for step in tqdm(range(config.controlnet_steps), desc=f"controlnet-{mode}", mininterval=10):
         for group in optimizer.param_groups:
-            group["lr"] = 5e-4 * warmup_cosine(step, config.controlnet_steps, 20)
+            group["lr"] = 1e-3 * warmup_cosine(step, config.controlnet_steps, 20)
         rows = rows_all[torch.randint(len(rows_all), (config.controlnet_batch,), generator=generator).numpy()]
         dropped = torch.rand(len(rows), generator=generator) < 0.2
         hidden = torch.stack([empty if drop else states[data["caption"][row]] for row, drop in zip(rows, dropped)])

@@ -1,0 +1,92 @@
+"""The committed embedded model, loaded through plain diffusers, meets issue 3's floors on unseen scenes.
+
+A wiring bug (control image ignored, channels swapped, LoRA not applied, guidance ignored) fails here.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from pipelines.embedded import evaluation, world
+
+MODELS = evaluation.MODELS
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    return evaluation.load(MODELS)
+
+
+@pytest.fixture(scope="module")
+def default_text_scores(models):
+    return evaluation.text_scores(models, models.guidance_scale)
+
+
+def test_layout_is_a_stable_diffusion_folder_with_studio_defaults():
+    folder = MODELS / "embedded"
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline" and index["requires_safety_checker"] is False
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (folder / part).is_dir()
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["clip_sample"] is False and scheduler["set_alpha_to_one"] is False
+    assert scheduler["steps_offset"] == 1
+    studio = json.loads((folder / "studio.json").read_text())
+    assert studio["family"] == "embedded" and studio["resolution"] >= 64 and studio["steps"] == 20
+    for mode, relative in studio["controlnets"].items():
+        assert (folder / relative / "config.json").is_file(), mode
+
+
+def test_weights_stay_under_50_mib():
+    total = sum(path.stat().st_size for path in Path(MODELS).rglob("*") if path.is_file())
+    assert total < 50 * MiB
+    assert not list(Path(MODELS).rglob("*.bin")) and not list(Path(MODELS).rglob("*.pt"))
+
+
+@pytest.mark.parametrize("style", list(world.STYLES))
+def test_lora_files_carry_trigger_and_metadata(style):
+    with safe_open(MODELS / "loras" / f"{style}.safetensors", framework="pt") as handle:
+        metadata = handle.metadata()
+        keys = list(handle.keys())
+    assert metadata["modelspec.trigger_phrase"] == world.STYLES[style]
+    assert metadata["modelspec.architecture"] == "embedded-sd/lora"
+    assert metadata["ss_base_model_version"] == "embedded" and metadata["modelspec.title"]
+    assert keys and all(key.startswith("unet.") and ".lora_" in key for key in keys)
+
+
+def test_text_follows_colour_and_shape(default_text_scores):
+    assert default_text_scores["colour"] >= 0.9
+    assert default_text_scores["shape"] >= 0.8
+
+
+def test_guidance_7_5_beats_guidance_1_on_colour(models):
+    strong = evaluation.text_scores(models, 7.5)["colour"]
+    weak = evaluation.text_scores(models, 1.0)["colour"]
+    assert strong > weak
+
+
+def test_negative_prompt_lowers_the_named_colour(models):
+    scores = evaluation.negative_prompt_scores(models)
+    assert scores["share_with"] < scores["share_without"] * 0.8
+
+
+@pytest.mark.parametrize("mode", ["edge", "depth"])
+def test_generated_object_matches_the_control_map(models, mode):
+    assert evaluation.control_scores(models, mode)["iou"] >= 0.7
+
+
+def test_generated_figure_covers_the_skeleton(models):
+    assert evaluation.control_scores(models, "pose")["limb_coverage"] >= 0.7
+
+
+@pytest.mark.parametrize("style", list(world.STYLES))
+def test_lora_moves_its_style_and_weight_zero_is_the_base_image(models, style):
+    scores = evaluation.lora_scores(models, style)
+    _, _, direction = evaluation.measures.STYLE_MEASURES[style]
+    assert direction * (scores["weight_1"] - scores["without"]) > 0.1
+    assert scores["weight_0_identical"]

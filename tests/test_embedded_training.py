@@ -1,0 +1,51 @@
+"""The one training command, in its smoke mode: every stage runs and writes the committed layout."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from pipelines.embedded import world
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_smoke_training_writes_a_loadable_family_in_under_a_minute(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pipelines.embedded.train", "--smoke", "--work", str(tmp_path / "work"),
+                    "--output", str(tmp_path / "models")], cwd=ROOT, env=env, check=True, capture_output=True)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 60, f"smoke training took {elapsed:.0f} s"
+
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
+
+    folder = tmp_path / "models" / "embedded"
+    studio = json.loads((folder / "studio.json").read_text())
+    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    controlnet = ControlNetModel.from_pretrained(folder / studio["controlnets"]["edge"], torch_dtype=torch.float32)
+    controlled = StableDiffusionControlNetPipeline(**pipe.components, controlnet=controlnet)
+    scene = world.make_scene(world.EVALUATION_SEED_OFFSET, "object")
+    image = controlled(scene.caption, image=scene.edge, num_inference_steps=2, output_type="np",
+                       generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.shape == (world.RESOLUTION, world.RESOLUTION, 3) and np.isfinite(image).all()
+    for style, trigger in world.STYLES.items():
+        with safe_open(tmp_path / "models" / "loras" / f"{style}.safetensors", framework="pt") as handle:
+            assert handle.metadata()["modelspec.trigger_phrase"] == trigger
+        pipe.load_lora_weights(tmp_path / "models" / "loras", weight_name=f"{style}.safetensors", adapter_name=style)
+    assert set(pipe.get_list_adapters()["unet"]) == set(world.STYLES)
+
+
+def test_training_is_deterministic_by_seed(tmp_path):
+    from pipelines.embedded.train import SMOKE, build_dataset
+
+    build_dataset(SMOKE, tmp_path / "a.npz")
+    build_dataset(SMOKE, tmp_path / "b.npz")
+    first, second = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    assert all(np.array_equal(first[key], second[key]) for key in first.files)

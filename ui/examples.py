@@ -1,13 +1,20 @@
-"""Clickable examples from `examples/<set>/examples.json`: the embedded model's own, or real-SD ones."""
+"""Clickable examples from `examples/<set>/prompts.json`: the embedded model's own, or real-SD ones.
+
+Each entry has a `mode` and a `prompt`, and may name a ready `control_map` (used with preprocessor
+"none"), a `source_image` (a photo for the mode's default preprocessor) and a `lora`.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from pipelines.preprocessors import PREPROCESSORS
 from pipelines.settings import PROJECT_ROOT
 
 EXAMPLES_ROOT = PROJECT_ROOT / "examples"
+TEXT_COLUMNS = ("prompt", "loras")
+CONTROL_COLUMNS = ("prompt", "image", "preprocessor", "loras")
 
 
 def example_set(family: str) -> Path:
@@ -15,16 +22,27 @@ def example_set(family: str) -> Path:
     return EXAMPLES_ROOT / ("embedded" if family == "embedded" else "sd")
 
 
+def example_columns(mode: str) -> tuple[str, ...]:
+    return TEXT_COLUMNS if mode == "text" else CONTROL_COLUMNS
+
+
 def mode_examples(family: str, mode: str) -> list[list[str]]:
-    """Rows of [prompt] or [prompt, image path, preprocessor] for `mode`."""
+    """Rows of values for `example_columns(mode)`."""
     folder = example_set(family)
-    index = folder / "examples.json"
+    index = folder / "prompts.json"
     if not index.is_file():
         return []
     rows = []
-    for example in json.loads(index.read_text()).get(mode, []):
-        row = [example["prompt"]]
-        if "image" in example:
-            row += [str(folder / example["image"]), example.get("preprocessor", "none")]
-        rows.append(row)
+    for example in json.loads(index.read_text()):
+        if example["mode"] != mode:
+            continue
+        lora = f"{example['lora']}:1" if example.get("lora") else ""
+        if mode == "text":
+            rows.append([example["prompt"], lora])
+            continue
+        if "control_map" in example:
+            rows.append([example["prompt"], str(folder / example["control_map"]), "none", lora])
+        if "source_image" in example:
+            preprocessor = example.get("preprocessor", PREPROCESSORS[mode][0])
+            rows.append([example["prompt"], str(folder / example["source_image"]), preprocessor, lora])
     return rows

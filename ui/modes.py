@@ -15,7 +15,7 @@ from pipelines.request import GenerationRequest, GenerationResult, parse_lora_li
 from pipelines.schedulers import scheduler_names
 from pipelines.studio import Studio
 from ui.control_image import ControlImage
-from ui.examples import mode_examples
+from ui.examples import example_columns, mode_examples
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ def build_mode_tab(studio: Studio, mode: str) -> None:
                 info = gr.Markdown()
         examples = mode_examples(studio.model.family, mode)
         if examples:
-            names = [name for name in ("prompt", "image", "preprocessor") if name in fields][: len(examples[0])]
-            gr.Examples(examples, inputs=[fields[name] for name in names], label="Examples (click one)")
+            columns = [fields[name] for name in example_columns(mode)]
+            gr.Examples(examples, inputs=columns, label="Examples (click one)")
         run.click(
             _endpoint(studio, mode, list(fields)),
             inputs=list(fields.values()),

@@ -9,6 +9,7 @@ output unchanged, so the image equals the base image exactly.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -37,6 +38,21 @@ from pipelines.request import LoraChoice
 
 DEFAULT_MAX_BYTES = int(os.environ.get("STUDIO_LORA_CACHE_MB", 2048)) * 1024 * 1024
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+
+
+class _OtherAdaptersReportFilter(logging.Filter):
+    """transformers 5 lists every *other* adapter's weights as MISSING when a text-encoder adapter loads
+    (they are untouched; checked in tests). Drop those reports, keep any that name the adapter loading."""
+
+    loading: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "LOAD REPORT" not in message or self.loading is None or self.loading in message
+
+
+_REPORT_FILTER = _OtherAdaptersReportFilter()
+logging.getLogger("transformers.integrations.peft").addFilter(_REPORT_FILTER)
 
 
 @dataclass
@@ -162,11 +178,14 @@ class LoraManager:
         plan = plan_adapter(load_file(path), self._components(), header.metadata)
         dtype = self.pipe.unet.dtype
         state = {key: value.to(dtype) for key, value in plan.state_dict.items()}
+        _REPORT_FILTER.loading = adapter_name
         try:
             self._load_into_components(state, plan.network_alphas, plan.adapter_metadata, adapter_name)
         except Exception as error:
             self._forget(adapter_name)
             raise StudioError(f"The LoRA {label!r} could not be applied to this model: {error}") from None
+        finally:
+            _REPORT_FILTER.loading = None
         nbytes = sum(value.numel() * value.element_size() for value in state.values())
         return LoadedAdapter(adapter_name, label, nbytes, plan.notes(label))
 

@@ -1,0 +1,19 @@
+from pathlib import Path
+
+import pytest
+
+from pipelines.preprocessors import PREPROCESSORS
+from ui.examples import example_columns, mode_examples
+
+
+@pytest.mark.parametrize("family", ["embedded", "sd15"])
+@pytest.mark.parametrize("mode", ["text", "pose", "edge", "depth"])
+def test_every_example_row_fits_its_tab_and_its_files_exist(family, mode):
+    rows = mode_examples(family, mode)
+    assert rows, f"no {mode} examples for {family}"
+    for row in rows:
+        assert len(row) == len(example_columns(mode))
+        if mode != "text":
+            _, image, preprocessor, _ = row
+            assert Path(image).is_file()
+            assert preprocessor in PREPROCESSORS[mode]

@@ -17,6 +17,7 @@ from pipelines.studio import Studio
 from ui.app import CSS, build_app
 
 logger = logging.getLogger("studio")
+MAX_UPLOAD = "512mb"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,7 +72,14 @@ def main(argv: list[str] | None = None) -> None:
     demo = build_app(studio, warning)
     # One generation at a time per GPU: the LoRA set and scheduler live on shared modules.
     demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
-    demo.launch(share=args.share, server_name=args.host, server_port=args.port, css=CSS, show_error=True)
+    demo.launch(
+        share=args.share,
+        server_name=args.host,
+        server_port=args.port,
+        css=CSS,
+        show_error=True,
+        max_file_size=MAX_UPLOAD,  # Gradio refuses a larger upload before writing it to disk
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import torch  # noqa: E402
+import transformers  # noqa: E402
 
 from pipelines.lora.grid import render_grid  # noqa: E402
 from pipelines.lora.synthetic import kohya_metadata, lora_tensors, write_lora  # noqa: E402
@@ -78,6 +79,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    # transformers 5 reports other adapters' weights as "MISSING" on every text-encoder load (cosmetic).
+    transformers.utils.logging.set_verbosity_error()
     from pipelines.studio import Studio
 
     scratch = Path(tempfile.mkdtemp(prefix="lora-bench-"))

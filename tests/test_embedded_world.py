@@ -86,3 +86,9 @@ def test_colour_share_counts_the_named_colour():
     scene = world.make_scene(EVAL, "object", colour="red", background="blue")
     red, blue = measures.colour_share(scene.image, "red"), measures.colour_share(scene.image, "blue")
     assert abs(red - scene.mask.mean()) < 0.05 and red + blue > 0.95
+
+
+def test_a_flooded_image_covers_no_limbs():
+    scene = world.make_scene(EVAL + 7, "person")
+    noise = np.random.default_rng(0).integers(0, 256, scene.image.shape, dtype=np.uint8)
+    assert measures.limb_coverage(measures.figure_mask(noise), scene.keypoints) == 0.0

@@ -198,7 +198,7 @@ def test_lycoris_dora_and_stray_keys_are_reported_not_fatal(real_size_models):
     plan = plan_adapter(meta_tensors(shapes), real_size_models["sd15"])
     notes = "\n".join(plan.notes("style.safetensors"))
     assert "4 key(s) skipped: LoHa" in notes
-    assert "2 key(s) skipped: LoKr" in notes
+    assert "3 key(s) skipped: LoKr" in notes  # lokr_w1, lokr_w2 and the module's alpha
     assert "1 key(s) skipped: DoRA" in notes
     assert "1 layer(s) match nothing" in notes and "down_blocks.7.attentions.0.proj_in" in notes
     assert plan.loaded_layers["unet"] == 277  # the LoCon layers still load
@@ -220,3 +220,6 @@ def test_metadata_claim_decides_only_when_shapes_are_silent():
     check_family(unet_only_self_attention, "sd15", "sd15")
     tiny_cross_attention = {"unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight": (4, 32)}
     check_family(tiny_cross_attention, "embedded", "sd15")  # the shapes (checked layer by layer later) win
+    sd15_cross_attention = {"unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight": (4, 768)}
+    with pytest.raises(StudioError, match="made for SD 1.5, but the loaded model is the embedded model"):
+        check_family(sd15_cross_attention, "embedded", None)

@@ -4,6 +4,7 @@ exact restore of the base, every mode, refusals, eviction, and grid cells equal 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from pipelines.lora.grid import parse_seeds, parse_weights, render_grid
 from pipelines.lora.synthetic import kohya_metadata, lora_tensors, write_layout_file, write_lora
 from pipelines.metadata import parse_parameters
 from pipelines.request import GenerationRequest, LoraChoice
-from pipelines.settings import Settings
+from pipelines.settings import EMBEDDED_LORAS, EMBEDDED_MODEL, Settings
 
 LAYOUTS = Path(__file__).parent / "fixtures" / "lora_layouts"
 STEPS = 2
@@ -182,6 +183,8 @@ def test_least_recently_used_adapters_are_evicted_past_the_cap(studio, monkeypat
     assert manager.loaded == ["neon.safetensors"]
     present = {name for names in studio.base.get_list_adapters().values() for name in names}
     assert len(present) == 1  # deleted from the model, not only forgotten
+    with pytest.raises(StudioError, match="At most 1 LoRAs can be active at once"):
+        manager.activate([LoraChoice("ink.safetensors"), LoraChoice("neon.safetensors")])
 
 
 def test_parse_weights_and_seeds():
@@ -228,3 +231,22 @@ def test_grid_rows_columns_cells_and_png_parameters(studio, tmp_path):
 def test_grid_refuses_a_bad_lora_before_rendering(studio):
     with pytest.raises(StudioError, match="made for SDXL"):
         render_grid(studio, GenerationRequest(prompt="x", steps=1), ["sdxl-locon.safetensors"], [1.0], [1])
+
+
+@pytest.mark.skipif(
+    not (EMBEDDED_MODEL / "model_index.json").is_file() or not any(EMBEDDED_LORAS.glob("*.safetensors")),
+    reason="the embedded model and its LoRAs are not in models/ yet",
+)
+def test_embedded_models_own_loras():
+    from pipelines.studio import Studio
+
+    embedded = Studio(Settings(model=str(EMBEDDED_MODEL), lora_dir=str(EMBEDDED_LORAS), device="cpu"))
+    entries = embedded.loras.available()
+    assert entries and all(entry.trigger_words for entry in entries)  # modelspec.trigger_phrase is read
+    request = GenerationRequest(prompt="a red circle on a blue background", steps=4, seed=3)
+    base = np.asarray(embedded.generate(request).images[0])
+    for entry in entries:
+        styled = embedded.generate(replace(request, loras=(LoraChoice(entry.name),)))
+        assert not any("skipped" in note for note in styled.notes), styled.notes
+        assert np.abs(np.asarray(styled.images[0]).astype(int) - base).mean() > 1, entry.name
+    assert np.array_equal(np.asarray(embedded.generate(request).images[0]), base)

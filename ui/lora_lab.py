@@ -65,28 +65,31 @@ def build_lora_lab(studio, settings) -> None:
             mode = gr.Dropdown(list(MODES), value="text", label="Mode")
             control_image = gr.Image(type="pil", label="Control image (pose, edge and depth modes)")
         render = gr.Button("Render the grid", variant="primary")
-        grid_image = gr.Image(label="Grid", type="filepath", format="png", interactive=False)
+        grid_image = gr.Image(
+            label="Grid", type="filepath", format="png", interactive=False, elem_classes=["pixelated"]
+        )
         grid_file = gr.File(label="Download the grid (PNG with every cell's parameters)")
         notes = gr.Markdown()
 
-        def refresh_library():
+        def refresh_library(current, kept):
             entries = manager.available()
-            return library_rows(entries), gr.Dropdown(choices=_choices(manager, [], entries))
+            return library_rows(entries), gr.Dropdown(choices=_choices(manager, kept, current, entries))
 
-        def on_upload(path, kept):
+        def on_upload(path, current, kept):
             if not path:
                 return gr.skip(), kept, gr.skip()
             entry = _plain_errors(manager.add_upload, path, Path(path).name)
             kept = [*kept, entry.name] if entry.name not in kept else kept
-            return gr.Dropdown(choices=_choices(manager, kept), value=None), kept, describe_entries([entry])
+            value = _with(current, entry.name)
+            return gr.Dropdown(choices=_choices(manager, kept, value), value=value), kept, describe_entries([entry])
 
         def on_hub(spec, current, kept):
             spec = spec.strip()
             if not spec.startswith(HUB_PREFIX):
                 spec = HUB_PREFIX + spec
             entry = _plain_errors(manager.check, spec)
-            value = [*(current or []), spec] if spec not in (current or []) else current
-            return gr.Dropdown(choices=_choices(manager, kept, extra=[spec]), value=value), describe_entries([entry])
+            value = _with(current, spec)
+            return gr.Dropdown(choices=_choices(manager, kept, value), value=value), describe_entries([entry])
 
         def on_choose(names, kept, table):
             _check_session(names or [], kept)
@@ -138,14 +141,14 @@ def build_lora_lab(studio, settings) -> None:
                     parse_weights(weights_text),
                     parse_seeds(seeds_text),
                     together=combined,
-                    on_cell=lambda done, total: progress((done, total), desc="Rendering the grid"),
+                    on_cell=lambda done, total: progress((done, total), desc="Rendering the grid", unit="images"),
                 )
             )
             summary = f"Rendered {len(result.cells)} images in {result.seconds:.1f} s."
             return str(result.path), str(result.path), "\n\n".join([summary, *result.notes])
 
-        refresh.click(refresh_library, outputs=[library, chosen], api_visibility="private")
-        upload.upload(on_upload, [upload, uploads], [chosen, uploads, details], api_visibility="private")
+        refresh.click(refresh_library, [chosen, uploads], [library, chosen], api_visibility="private")
+        upload.upload(on_upload, [upload, chosen, uploads], [chosen, uploads, details], api_visibility="private")
         add_hub.click(on_hub, [hub_id, chosen, uploads], [chosen, details], api_visibility="private")
         chosen.change(on_choose, [chosen, uploads, together], [details, together], api_visibility="private")
         add_triggers.click(on_add_triggers, [prompt, chosen, uploads], prompt, api_visibility="private")
@@ -240,9 +243,15 @@ def _together_pairs(text: str | None) -> list[tuple[str, str]]:
     return pairs
 
 
-def _choices(manager, kept: list[str], entries: list[LoraEntry] | None = None, extra: list[str] = ()):
+def _choices(manager, kept: list[str], current: list[str] | None, entries: list[LoraEntry] | None = None) -> list:
+    """Folder files, this session's uploads (shown by file name) and the Hub LoRAs already chosen."""
     names = [entry.name for entry in entries] if entries is not None else manager.library.names()
-    return [*names, *[(f"{Path(path).name} (upload)", path) for path in kept], *extra]
+    hub = [name for name in current or [] if name.startswith(HUB_PREFIX)]
+    return [*names, *[(f"{Path(path).name} (upload)", path) for path in kept], *hub]
+
+
+def _with(current: list[str] | None, name: str) -> list[str]:
+    return [*(current or []), name] if name not in (current or []) else list(current)
 
 
 def _check_session(names: list[str], kept: list[str]) -> None:

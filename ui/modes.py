@@ -106,7 +106,7 @@ def _lora_picker(studio: Studio, loras: gr.Textbox) -> None:
     if not names:
         return
     picker = gr.Dropdown(names, value=None, label="Add a LoRA from the folder", container=False)
-    picker.select(_append_lora, inputs=[loras, picker], outputs=[loras, picker], api_name=False)
+    picker.select(_append_lora, inputs=[loras, picker], outputs=[loras, picker], api_visibility="private")
 
 
 def _append_lora(current: str, name: str | None) -> tuple[str, None]:

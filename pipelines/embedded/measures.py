@@ -10,6 +10,7 @@ import numpy as np
 
 from .world import BODY_LIMBS, COLOURS
 
+MAX_FIGURE_SHARE = 0.35
 _PALETTE_NAMES = list(COLOURS)
 _PALETTE = np.array([COLOURS[name] for name in _PALETTE_NAMES], np.float32)
 
@@ -48,9 +49,14 @@ def _largest_blob(mask: np.ndarray) -> np.ndarray:
 
 
 def figure_mask(image: np.ndarray, threshold: float = 60.0) -> np.ndarray:
-    """Every foreground pixel (a figure's limbs may touch the border or be thin), without filling."""
+    """Every foreground pixel (a figure's limbs are thin), without filling.
+
+    A figure covers about a tenth of the picture; when most pixels differ from the background, no figure
+    stands out (noise, a flood of colour) and the mask is empty, so coverage cannot be won by flooding.
+    """
     distance = np.linalg.norm(image.astype(np.float32) - background_colour(image), axis=-1)
-    return distance > threshold
+    mask = distance > threshold
+    return mask if mask.mean() < MAX_FIGURE_SHARE else np.zeros(mask.shape, bool)
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

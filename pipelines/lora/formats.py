@@ -28,6 +28,7 @@ STANDARD_FAMILIES = ("sd15", "sd2", "sdxl")
 SDXL_DEEP_TRANSFORMER = re.compile(r"transformer_blocks[._][1-9]")
 COMPONENT_PREFIXES = ("unet", "text_encoder", "text_encoder_2")
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"
+ALPHA_OUTSIDE_KOHYA = "alpha values, which diffusers reads only in kohya files (the LoRA applies with alpha = rank)"
 
 
 @dataclass
@@ -165,14 +166,16 @@ def _split_supported(keys: list[str], layout: str) -> tuple[list[str], Counter]:
                 for key in module_keys:
                     if key.split(".", 1)[1] not in KOHYA_LORA_PARTS:
                         skipped[_skip_reason(key)] += 1
-            else:
-                for key in module_keys:
-                    skipped[_skip_reason(key)] += 1
+            else:  # a whole LyCORIS module: its alpha goes with it
+                weights = [key for key in module_keys if not key.endswith(".alpha")] or module_keys
+                skipped[_skip_reason(weights[0])] += len(module_keys)
         return kept, skipped
     kept = []
     for key in keys:
         if "lora" in key and "magnitude" not in key and not key.endswith(".alpha"):
             kept.append(key)
+        elif key.endswith(".alpha"):
+            skipped[ALPHA_OUTSIDE_KOHYA] += 1
         else:
             skipped[_skip_reason(key)] += 1
     return kept, skipped

@@ -98,6 +98,8 @@ class LoraManager:
         """Make exactly `choices` active with their weights; returns notes for the person."""
         with self._lock:
             merged, notes = _merge_duplicates(choices)
+            if len(merged) > self.max_loaded:
+                raise StudioError(f"At most {self.max_loaded} LoRAs can be active at once; {len(merged)} were chosen.")
             if not merged:
                 if self._loaded:
                     self.pipe.disable_lora()

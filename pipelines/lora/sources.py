@@ -142,8 +142,15 @@ class HubSource:
 
     def __init__(self, cache_dir: str | Path | None = None) -> None:
         self.cache_dir = cache_dir
+        self._fetched: dict[str, Path] = {}  # so a loaded Hub LoRA costs no Hub request per generation
 
     def fetch(self, spec: str) -> Path:
+        if spec in self._fetched and self._fetched[spec].is_file():
+            return self._fetched[spec]
+        self._fetched[spec] = self._download(spec)
+        return self._fetched[spec]
+
+    def _download(self, spec: str) -> Path:
         repo_id, filename = parse_hub_spec(spec)
         from huggingface_hub import hf_hub_download, snapshot_download
 

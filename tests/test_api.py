@@ -11,6 +11,8 @@ from pipelines.metadata import parse_parameters
 from ui.app import build_app
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 @pytest.fixture(scope="module")
 def client(tiny_studio):
     demo = build_app(tiny_studio)

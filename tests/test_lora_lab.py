@@ -11,7 +11,6 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from pipelines.lora.synthetic import kohya_metadata, lora_tensors, write_lora
@@ -20,13 +19,7 @@ from pipelines.request import LoraChoice
 from pipelines.settings import Settings
 from ui.lora_lab import _check_session, add_trigger_words, build_lora_lab, together_choices
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ from pipelines.schedulers import scheduler_names
 from pipelines.settings import Settings
 from pipelines.studio import Studio
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FAST = dict(prompt="a red circle on a blue background", steps=2, seed=7)
 
 

@@ -10,7 +10,6 @@ from PIL import Image, ImageDraw
 from pipelines.metadata import parse_parameters
 from ui.app import build_app
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")

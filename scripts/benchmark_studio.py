@@ -57,13 +57,15 @@ def main() -> None:
     parser.add_argument("--model", help="default: a tiny random model built in a temporary folder")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads; 1 is faster on a busy machine")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
         model, controlnets = (args.model, None) if args.model else tiny_model(Path(scratch))
         studio = Studio(Settings(model=model, lora_dir=scratch, device="cpu"), controlnet_overrides=controlnets)
         size = studio.model.resolution
-        print(f"model {studio.model.name} ({studio.model.family}), {size}x{size}, {args.steps} steps, CPU")
+        print(f"model {studio.model.name} ({studio.model.family}), {size}x{size}, {args.steps} steps, "
+              f"CPU, {args.threads} torch threads")
         for mode in MODES:
             request = GenerationRequest(
                 mode=mode, prompt="a red circle on a blue background", steps=args.steps, seed=1,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from safetensors import safe_open
 
 from pipelines.embedded import world
@@ -32,7 +33,7 @@ def test_smoke_training_writes_a_loadable_family_in_under_a_minute(tmp_path):
     controlnet = ControlNetModel.from_pretrained(folder / studio["controlnets"]["edge"], torch_dtype=torch.float32)
     controlled = StableDiffusionControlNetPipeline(**pipe.components, controlnet=controlnet)
     scene = world.make_scene(world.EVALUATION_SEED_OFFSET, "object")
-    image = controlled(scene.caption, image=scene.edge, num_inference_steps=2, output_type="np",
+    image = controlled(scene.caption, image=Image.fromarray(scene.edge), num_inference_steps=2, output_type="np",
                        generator=torch.Generator().manual_seed(0)).images[0]
     assert image.shape == (world.RESOLUTION, world.RESOLUTION, 3) and np.isfinite(image).all()
     for style, trigger in world.STYLES.items():

@@ -41,9 +41,9 @@ def _enlarged(pixels: np.ndarray) -> Image.Image:
 def write_examples(folder: Path) -> list[dict]:
     folder.mkdir(parents=True, exist_ok=True)
     entries = [{"mode": "text", "prompt": prompt} for prompt in TEXT_PROMPTS]
-    for trigger in world.STYLES.values():
+    for style, trigger in world.STYLES.items():
         entries.append({"mode": "text", "prompt": f"{trigger}, a yellow circle on a blue background",
-                        "lora": trigger})
+                        "lora": style, "lora_weight": 1.0})
     for index, (mode, kind, attributes) in enumerate(CONTROL_SCENES):
         scene = world.make_scene(EXAMPLE_SEED + index, kind, **attributes)
         name = f"{mode}_{index}"

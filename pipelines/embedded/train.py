@@ -394,7 +394,7 @@ def export(config: TrainConfig, work: Path, output: Path, tokenizer_folder: Path
 # ---------------------------------------------------------------- driver
 
 
-def run(config: TrainConfig, work: Path, output: Path, resume: bool, guidance_scale: float = 4.0) -> dict:
+def run(config: TrainConfig, work: Path, output: Path, resume: bool, guidance_scale: float = 2.0) -> dict:
     """Run every stage not yet done; return seconds per stage (also kept in work/timings.json)."""
     torch.set_num_threads(int(os.environ.get("EMBEDDED_THREADS", "2")))
     seed_everything(config.seed)
@@ -449,11 +449,14 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/embedded-train/work", help="checkpoints and finished stages")
     parser.add_argument("--output", default="models", help="where the committed model folders are written")
     parser.add_argument("--unet-steps", type=int, help="override the UNet steps (resume with more to train longer)")
-    parser.add_argument("--guidance-scale", type=float, default=4.0, help="default written to studio.json")
+    parser.add_argument("--controlnet-steps", type=int, help="override the steps of each ControlNet")
+    parser.add_argument("--guidance-scale", type=float, default=2.0, help="default written to studio.json")
     args = parser.parse_args()
     config = SMOKE if args.smoke else TrainConfig()
     if args.unet_steps:
         config = replace(config, unet_steps=args.unet_steps)
+    if args.controlnet_steps:
+        config = replace(config, controlnet_steps=args.controlnet_steps)
     run(config, Path(args.work), Path(args.output), args.resume, args.guidance_scale)
 
 

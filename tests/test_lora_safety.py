@@ -80,6 +80,13 @@ def test_symlink_out_of_the_folder_is_refused_and_not_listed(tmp_path):
         contained_path(folder, "link.safetensors")
 
 
+def test_a_bare_name_means_the_safetensors_file_of_that_name(tmp_path):
+    small_lora(tmp_path / "ink.safetensors")
+    assert LoraLibrary(tmp_path).path("ink") == tmp_path / "ink.safetensors"
+    with pytest.raises(StudioError, match="never loads them"):
+        LoraLibrary(tmp_path).path("ink.ckpt")
+
+
 def test_missing_file_names_what_is_available(tmp_path):
     small_lora(tmp_path / "ink.safetensors")
     with pytest.raises(StudioError, match="no LoRA 'nope.safetensors'.*ink.safetensors"):

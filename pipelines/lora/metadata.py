@@ -67,6 +67,8 @@ def family_from_metadata(metadata: dict[str, str]) -> str | None:
         return "sd2"
     if architecture.startswith("stable-diffusion-v1") or base_version.startswith("sd_v1"):
         return "sd15"
+    if architecture.startswith("embedded-sd") or base_version == "embedded":
+        return "embedded"
     return None
 
 

@@ -60,8 +60,9 @@ def describe_file(path: Path, name: str, source: str) -> LoraEntry:
 
 def _family(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str]) -> str | None:
     width = cross_attention_width(shapes)
-    if family_from_shapes(shapes) or width is None:
-        return family_from_shapes(shapes) or family_from_metadata(metadata)
+    known = family_from_shapes(shapes) or family_from_metadata(metadata)
+    if known or width is None:
+        return known
     return f"other ({width}-wide cross-attention)"
 
 
@@ -91,6 +92,8 @@ class LoraLibrary:
         return sorted(str(path.relative_to(self.folder)) for path in files if path.is_file())
 
     def path(self, name: str) -> Path:
+        if not Path(name).suffix:  # A1111 style: <lora:stripes:1> names stripes.safetensors
+            name += ".safetensors"
         check_lora_file_name(name)
         path = contained_path(self.folder, name)
         if not path.is_file():

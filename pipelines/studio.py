@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+from PIL import Image
 
 from pipelines.controlnets import ControlNetCache, controlnet_registry
 from pipelines.images import prepare_user_image
@@ -66,7 +67,7 @@ class Studio:
         tagged = [tag_with_parameters(image, text) for image, text in zip(images, parameters, strict=True)]
         return GenerationResult(tagged, seeds, parameters, request, control_map, notes)
 
-    def _control_map(self, request: GenerationRequest):
+    def _control_map(self, request: GenerationRequest) -> Image.Image:
         image = prepare_user_image(
             request.control_image,
             max_pixels=self.settings.limits.max_input_pixels,
@@ -81,7 +82,13 @@ class Studio:
         )
         return make_control_map(request.mode, request.preprocessor, image, (request.width, request.height), options)
 
-    def _run(self, pipe, request: GenerationRequest, control_map, progress: Progress | None) -> list:
+    def _run(
+        self,
+        pipe: DiffusionPipeline,
+        request: GenerationRequest,
+        control_map: Image.Image | None,
+        progress: Progress | None,
+    ) -> list[Image.Image]:
         generators = [
             torch.Generator("cpu").manual_seed(request.seed + index) for index in range(request.num_images)
         ]

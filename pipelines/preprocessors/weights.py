@@ -2,8 +2,9 @@
 
 Annotator weights (OpenPose, MiDaS) are the files of the hub repo `lllyasviel/Annotators`, or of a local
 folder holding the same file names, named by the env var STUDIO_ANNOTATORS. Nothing here ever unpickles a
-file with `weights_only=False`: controlnet-aux calls `torch.load(path)`, which torch >= 2.6 runs with
-`weights_only=True`, and `load_annotator` refuses to run if that default has been switched off.
+file with `weights_only=False`: controlnet-aux calls torch's loader with no `weights_only` argument,
+which torch >= 2.6 treats as `weights_only=True`, and `load_annotator` refuses to run if that default
+has been switched off.
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def _lora_picker(studio: Studio, loras: gr.Textbox) -> None:
     names = [lora.name for lora in studio.loras.available()]
     if not names:
         return
-    picker = gr.Dropdown(names, value=None, label="Add a LoRA from the folder", container=False)
+    picker = gr.Dropdown(names, value=None, label="Add a LoRA from the folder")
     picker.select(_append_lora, inputs=[loras, picker], outputs=[loras, picker], api_visibility="private")
 
 

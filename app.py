@@ -10,8 +10,8 @@ import argparse
 import logging
 from dataclasses import replace
 
-from pipelines.controlnets import CONTROL_MODES
 from pipelines.errors import StudioError
+from pipelines.request import CONTROL_MODES
 from pipelines.settings import EMBEDDED_MODEL, Settings
 from pipelines.studio import Studio
 from ui.app import CSS, build_app

@@ -13,8 +13,7 @@ from diffusers import ControlNetModel
 from huggingface_hub.errors import HFValidationError
 
 from pipelines.errors import StudioError
-
-CONTROL_MODES = ("pose", "edge", "depth")
+from pipelines.request import CONTROL_MODES
 
 DEFAULT_CONTROLNETS: dict[str, dict[str, str]] = {
     "sd15": {

@@ -23,7 +23,6 @@ from safetensors import SafetensorError, safe_open
 
 from pipelines.errors import StudioError
 
-FAMILIES = ("sd15", "sd2", "sdxl", "embedded")
 # Pickled checkpoints are routed to the single-file loader only to be refused with the reason.
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 

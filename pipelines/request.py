@@ -13,7 +13,8 @@ from PIL import Image
 
 from pipelines.errors import StudioError
 
-MODES = ("text", "pose", "edge", "depth")
+CONTROL_MODES = ("pose", "edge", "depth")
+MODES = ("text", *CONTROL_MODES)
 
 
 @dataclass(frozen=True)

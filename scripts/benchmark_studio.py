@@ -19,8 +19,8 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from diffusers import AutoPipelineForText2Image, UNet2DConditionModel  # noqa: E402
-from tiny_models import CONTROL_MODES, build_tiny_controlnet, build_tiny_pipeline  # noqa: E402
+from diffusers import AutoPipelineForText2Image  # noqa: E402
+from tiny_models import build_tiny_controlnets, build_tiny_pipeline  # noqa: E402
 
 from pipelines.loader import load_base_pipeline  # noqa: E402
 from pipelines.request import MODES, GenerationRequest  # noqa: E402
@@ -39,11 +39,7 @@ def timed(function, repeats: int = 1) -> tuple[float, object]:
 
 def tiny_model(folder: Path) -> tuple[str, dict[str, str]]:
     build_tiny_pipeline(folder / "sd")
-    unet = UNet2DConditionModel.from_pretrained(folder / "sd" / "unet")
-    controlnets = {
-        mode: str(build_tiny_controlnet(unet, folder / mode, seed=i)) for i, mode in enumerate(CONTROL_MODES)
-    }
-    return str(folder / "sd"), controlnets
+    return str(folder / "sd"), build_tiny_controlnets(folder / "sd", folder)
 
 
 def control_map(size: int) -> Image.Image:

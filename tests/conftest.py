@@ -10,8 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from diffusers import UNet2DConditionModel  # noqa: E402
-from tiny_models import CONTROL_MODES, build_tiny_controlnet, build_tiny_pipeline  # noqa: E402
+from tiny_models import build_tiny_controlnets, build_tiny_pipeline  # noqa: E402
 
 from pipelines.settings import Settings  # noqa: E402
 from pipelines.studio import Studio  # noqa: E402
@@ -35,12 +34,7 @@ def tiny_sd_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_controlnet_dirs(tiny_sd_dir, tmp_path_factory) -> dict[str, str]:
-    unet = UNet2DConditionModel.from_pretrained(tiny_sd_dir / "unet")
-    root = tmp_path_factory.mktemp("tiny-controlnets")
-    return {
-        mode: str(build_tiny_controlnet(unet, root / mode, seed=index + 1))
-        for index, mode in enumerate(CONTROL_MODES)
-    }
+    return build_tiny_controlnets(tiny_sd_dir, tmp_path_factory.mktemp("tiny-controlnets"))
 
 
 @pytest.fixture(scope="session")

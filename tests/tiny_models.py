@@ -10,7 +10,7 @@ import torch
 from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-CONTROL_MODES = ("pose", "edge", "depth")
+from pipelines.request import CONTROL_MODES
 
 
 def write_byte_level_tokenizer(folder: Path) -> CLIPTokenizer:
@@ -86,3 +86,9 @@ def build_tiny_controlnet(unet: UNet2DConditionModel, folder: Path, seed: int) -
         torch.nn.init.normal_(block.bias, std=0.1)
     controlnet.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def build_tiny_controlnets(sd_dir: Path, root: Path) -> dict[str, str]:
+    """mode -> folder of a tiny ControlNet made from the tiny pipeline's UNet, one per control mode."""
+    unet = UNet2DConditionModel.from_pretrained(sd_dir / "unet")
+    return {mode: str(build_tiny_controlnet(unet, root / mode, seed=i + 1)) for i, mode in enumerate(CONTROL_MODES)}

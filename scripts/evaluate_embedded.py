@@ -32,10 +32,13 @@ def main() -> None:
     default = models.guidance_scale
     print(f"model: {args.models / 'embedded'} (default guidance {default}, {evaluation.STEPS} steps, "
           f"{world.RESOLUTION}x{world.RESOLUTION})")
+    text = {}
     for guidance in sorted({default, 1.0, 7.5, *args.guidance}):
-        scores = evaluation.text_scores(models, guidance, args.count)
-        print(f"text  guidance {guidance:>4}: colour {scores['colour']:.0%} (floor 90%), shape {scores['shape']:.0%} "
-              f"(floor 80%), held-out pairs colour {scores['held_out_colour']:.0%}, n={scores['count']}")
+        scores = text[guidance] = evaluation.text_scores(models, guidance, args.count)
+        print(f"text  guidance {guidance:>4}: colour {scores['colour']:.0%} (floor 90%, mean error "
+              f"{scores['colour_error']:.1f} RGB), shape {scores['shape']:.0%} (floor 80%), held-out pairs colour "
+              f"{scores['held_out_colour']:.0%}, n={scores['count']}")
+    print(f"guidance 7.5 beats 1.0 on colour: {evaluation.colour_beats(text[7.5], text[1.0])}")
     negative = evaluation.negative_prompt_scores(models)
     print(f"negative prompt naming the object's colour: that colour's share {negative['share_without']:.1%} -> "
           f"{negative['share_with']:.1%}")

@@ -16,11 +16,15 @@ from pipelines.embedded import world
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_smoke_training_writes_a_loadable_family(tmp_path):
+def train_smoke(tmp_path: Path, *extra: str) -> None:
     # Its run time (about 30 s here) is reported by pytest --durations, not asserted: this machine is noisy.
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     subprocess.run([sys.executable, "-m", "pipelines.embedded.train", "--smoke", "--work", str(tmp_path / "work"),
-                    "--output", str(tmp_path / "models")], cwd=ROOT, env=env, check=True, capture_output=True)
+                    "--output", str(tmp_path / "models"), *extra], cwd=ROOT, env=env, check=True, capture_output=True)
+
+
+def test_smoke_training_writes_a_loadable_family(tmp_path):
+    train_smoke(tmp_path)
 
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
@@ -47,3 +51,12 @@ def test_training_is_deterministic_by_seed(tmp_path):
     build_dataset(SMOKE, tmp_path / "b.npz")
     first, second = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
     assert all(np.array_equal(first[key], second[key]) for key in first.files)
+
+
+def test_resume_with_more_unet_steps_trains_on_and_retrains_what_depends_on_the_unet(tmp_path):
+    train_smoke(tmp_path)
+    controlnet_file = tmp_path / "models" / "embedded-controlnet-edge" / "diffusion_pytorch_model.safetensors"
+    first_controlnet = controlnet_file.read_bytes()
+    train_smoke(tmp_path, "--resume", "--unet-steps", "4")
+    assert torch.load(tmp_path / "work" / "unet-checkpoint.pt", weights_only=True)["step"] == 4
+    assert controlnet_file.read_bytes() != first_controlnet

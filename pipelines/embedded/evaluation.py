@@ -65,10 +65,18 @@ def text_scores(models: EmbeddedModels, guidance_scale: float, count: int = 24) 
     scenes = text_prompts(count)
     images = generate(models.base, [s.caption for s in scenes], [s.seed for s in scenes], guidance_scale)
     colour_right = [measures.object_colour(image) == s.colour for image, s in zip(images, scenes)]
+    colour_error = [measures.colour_error(image, s.colour) for image, s in zip(images, scenes)]
     shape_right = [measures.shape_of(measures.object_mask(image)) == s.shape for image, s in zip(images, scenes)]
     held_out = [right for right, s in zip(colour_right, scenes) if (s.colour, s.shape) in world.HELD_OUT_PAIRS]
-    return {"colour": float(np.mean(colour_right)), "shape": float(np.mean(shape_right)),
+    return {"colour": float(np.mean(colour_right)), "colour_error": float(np.mean(colour_error)),
+            "shape": float(np.mean(shape_right)),
             "held_out_colour": float(np.mean(held_out)) if held_out else float("nan"), "count": len(scenes)}
+
+
+def colour_beats(a: dict, b: dict) -> bool:
+    """Whether text scores `a` are more colour-accurate than `b`: more colours named right, or as many and a
+    smaller mean colour error (at 100% right the names alone cannot tell two settings apart)."""
+    return a["colour"] > b["colour"] or (a["colour"] == b["colour"] and a["colour_error"] < b["colour_error"])
 
 
 def negative_prompt_scores(models: EmbeddedModels, count: int = 12) -> dict:

@@ -11,6 +11,7 @@ import numpy as np
 from .world import BODY_LIMBS, COLOURS
 
 MAX_FIGURE_SHARE = 0.35
+MAX_RGB_DISTANCE = float(np.sqrt(3) * 255)
 _PALETTE_NAMES = list(COLOURS)
 _PALETTE = np.array([COLOURS[name] for name in _PALETTE_NAMES], np.float32)
 
@@ -66,14 +67,25 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return filled.astype(bool)
 
 
-def object_colour(image: np.ndarray, mask: np.ndarray | None = None) -> str:
-    """Name of the object's colour: the palette colour nearest the median of its inner pixels."""
+def object_rgb(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray | None:
+    """Median RGB of the object's inner pixels (its rim blends with the background), or None if no object."""
     mask = object_mask(image) if mask is None else mask
     inner = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     pixels = image[inner if inner.sum() >= 4 else mask]
-    if len(pixels) == 0:
-        return "none"
-    return nearest_colour(np.median(pixels.astype(np.float32), axis=0))
+    return np.median(pixels.astype(np.float32), axis=0) if len(pixels) else None
+
+
+def object_colour(image: np.ndarray, mask: np.ndarray | None = None) -> str:
+    """Name of the object's colour: the palette colour nearest the median of its inner pixels."""
+    rgb = object_rgb(image, mask)
+    return "none" if rgb is None else nearest_colour(rgb)
+
+
+def colour_error(image: np.ndarray, colour: str) -> float:
+    """Distance (0..441, RGB) from the object's colour to the named palette colour; no object counts as the
+    largest distance. Finer than right/wrong: it still tells two models apart when both name every colour."""
+    rgb = object_rgb(image)
+    return MAX_RGB_DISTANCE if rgb is None else float(np.linalg.norm(rgb - _PALETTE[_PALETTE_NAMES.index(colour)]))
 
 
 def shape_of(mask: np.ndarray) -> str:

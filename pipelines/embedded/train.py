@@ -33,6 +33,9 @@ from .models import build_controlnet, build_scheduler, build_text_encoder, build
 from .tokenizer import MODEL_MAX_LENGTH, write_tokenizer_folder  # noqa: E402
 
 CONTROL_MODES = ("edge", "depth", "pose")
+# Maps that mostly set an object's outline; a pose map's thin limbs are fine detail, which the less noisy
+# steps draw, so the pose ControlNet trains on all timesteps alike.
+LAYOUT_MODES = ("edge", "depth")
 LORA_ARCHITECTURE = "embedded-sd/lora"
 STYLE_DESCRIPTIONS = {
     "stripes": "Black-and-white diagonal stripes painted over the object",
@@ -48,11 +51,11 @@ class TrainConfig:
     style_scenes: int = 300
     vae_steps: int = 1000
     vae_batch: int = 16
-    unet_steps: int = 2800
+    unet_steps: int = 12000
     unet_batch: int = 16
-    controlnet_steps: int = 400
+    controlnet_steps: int = 1000
     controlnet_batch: int = 16
-    lora_steps: int = 200
+    lora_steps: int = 600
     lora_batch: int = 16
     checkpoint_every: int = 100
 
@@ -150,10 +153,19 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
-def diffusion_loss(scheduler, prediction_fn, latents, generator) -> torch.Tensor:
-    """v-prediction loss with min-SNR-5 weighting (Hang et al. 2023): fewer wasted steps on easy noise."""
+def diffusion_loss(scheduler, prediction_fn, latents, generator, favour_noisy: bool = False) -> torch.Tensor:
+    """v-prediction loss with min-SNR-5 weighting (Hang et al. 2023): fewer wasted steps on easy noise.
+
+    `favour_noisy` draws timesteps as T(1 - u^3) (T2I-Adapter's cubic sampling): the noisy early steps decide
+    the layout an outline or depth map sets.
+    """
     noise = torch.randn(latents.shape, generator=generator)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    total = scheduler.config.num_train_timesteps
+    if favour_noisy:
+        uniform = torch.rand(len(latents), generator=generator)
+        timesteps = ((1 - uniform**3) * total).long().clamp(max=total - 1)
+    else:
+        timesteps = torch.randint(0, total, (len(latents),), generator=generator)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = scheduler.get_velocity(latents, noise, timesteps)
     prediction = prediction_fn(noisy, timesteps)
@@ -218,13 +230,12 @@ def train_unet(config: TrainConfig, data: dict, latents: torch.Tensor, tokenizer
         # Dropped captions teach the unconditional prediction that classifier-free guidance needs.
         dropped = torch.rand(len(index), generator=generator) < 0.1
         batch_ids[dropped] = empty_ids
-        scale = 1.0
 
         def predict(noisy, timesteps, batch_ids=batch_ids):
             states = text_encoder(batch_ids)[0]
             return unet(noisy, timesteps, states).sample
 
-        loss = diffusion_loss(scheduler, predict, latents[index] * scale, generator)
+        loss = diffusion_loss(scheduler, predict, latents[index], generator)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -289,7 +300,8 @@ def train_controlnet(config: TrainConfig, mode: str, data: dict, latents, unet, 
             return unet(noisy, timesteps, hidden, down_block_additional_residuals=down,
                         mid_block_additional_residual=mid).sample
 
-        loss = diffusion_loss(scheduler, predict, latents[torch.from_numpy(rows)], generator)
+        loss = diffusion_loss(scheduler, predict, latents[torch.from_numpy(rows)], generator,
+                              favour_noisy=mode in LAYOUT_MODES)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -394,6 +406,21 @@ def export(config: TrainConfig, work: Path, output: Path, tokenizer_folder: Path
 # ---------------------------------------------------------------- driver
 
 
+def unet_trained_fewer_steps(work: Path, steps: int) -> bool:
+    """Whether a finished UNet in `work` saw fewer steps than asked: `--resume --unet-steps N` trains it on."""
+    checkpoint = work / "unet-checkpoint.pt"
+    if not (work / "unet" / "config.json").exists() or not checkpoint.exists():
+        return False
+    return torch.load(checkpoint, weights_only=True)["step"] < steps
+
+
+def discard_unet_and_dependants(work: Path) -> None:
+    """The ControlNets and LoRAs are trained on the UNet, so a UNet trained further makes them stale."""
+    for name in ("unet", "text_encoder", *(f"controlnet-{mode}" for mode in CONTROL_MODES), "loras"):
+        shutil.rmtree(work / name, ignore_errors=True)
+    print("unet: trained on from its checkpoint; ControlNets and LoRAs will be retrained", flush=True)
+
+
 def run(config: TrainConfig, work: Path, output: Path, resume: bool, guidance_scale: float = 2.0) -> dict:
     """Run every stage not yet done; return seconds per stage (also kept in work/timings.json)."""
     torch.set_num_threads(int(os.environ.get("EMBEDDED_THREADS", "2")))
@@ -425,6 +452,8 @@ def run(config: TrainConfig, work: Path, output: Path, resume: bool, guidance_sc
 
     vae = AutoencoderKL.from_pretrained(work / "vae")
     latents = encode_latents(vae, data["image"]) * vae.config.scaling_factor
+    if unet_trained_fewer_steps(work, config.unet_steps):
+        discard_unet_and_dependants(work)
     stage("unet", work / "unet" / "config.json", lambda: train_unet(config, data, latents, tokenizer, work))
     unet = UNet2DConditionModel.from_pretrained(work / "unet").requires_grad_(False)
     text_encoder = CLIPTextModel.from_pretrained(work / "text_encoder").requires_grad_(False)

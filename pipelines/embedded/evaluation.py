@@ -29,7 +29,7 @@ class EmbeddedModels:
     folder: Path = MODELS
 
 
-def load(models: Path = MODELS, modes=("edge", "depth", "pose")) -> EmbeddedModels:
+def load(models: Path = MODELS, modes=world.CONTROL_MODES) -> EmbeddedModels:
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
     folder = models / "embedded"
@@ -64,9 +64,10 @@ def text_prompts(count: int = 24) -> list[world.Scene]:
 def text_scores(models: EmbeddedModels, guidance_scale: float, count: int = 24) -> dict:
     scenes = text_prompts(count)
     images = generate(models.base, [s.caption for s in scenes], [s.seed for s in scenes], guidance_scale)
-    colour_right = [measures.object_colour(image) == s.colour for image, s in zip(images, scenes)]
-    colour_error = [measures.colour_error(image, s.colour) for image, s in zip(images, scenes)]
-    shape_right = [measures.shape_of(measures.object_mask(image)) == s.shape for image, s in zip(images, scenes)]
+    masks = [measures.object_mask(image) for image in images]
+    colour_right = [measures.object_colour(i, m) == s.colour for i, m, s in zip(images, masks, scenes)]
+    colour_error = [measures.colour_error(i, s.colour, m) for i, m, s in zip(images, masks, scenes)]
+    shape_right = [measures.shape_of(m) == s.shape for m, s in zip(masks, scenes)]
     held_out = [right for right, s in zip(colour_right, scenes) if (s.colour, s.shape) in world.HELD_OUT_PAIRS]
     return {"colour": float(np.mean(colour_right)), "colour_error": float(np.mean(colour_error)),
             "shape": float(np.mean(shape_right)),
@@ -91,7 +92,7 @@ def negative_prompt_scores(models: EmbeddedModels, count: int = 12) -> dict:
 
 def control_scenes(mode: str, count: int) -> list[world.Scene]:
     kind = "person" if mode == "pose" else "object"
-    offset = world.EVALUATION_SEED_OFFSET + 100_000 * (1 + ("edge", "depth", "pose").index(mode))
+    offset = world.EVALUATION_SEED_OFFSET + 100_000 * (1 + world.CONTROL_MODES.index(mode))
     return [world.make_scene(offset + index, kind) for index in range(count)]
 
 

@@ -81,10 +81,10 @@ def object_colour(image: np.ndarray, mask: np.ndarray | None = None) -> str:
     return "none" if rgb is None else nearest_colour(rgb)
 
 
-def colour_error(image: np.ndarray, colour: str) -> float:
+def colour_error(image: np.ndarray, colour: str, mask: np.ndarray | None = None) -> float:
     """Distance (0..441, RGB) from the object's colour to the named palette colour; no object counts as the
     largest distance. Finer than right/wrong: it still tells two models apart when both name every colour."""
-    rgb = object_rgb(image)
+    rgb = object_rgb(image, mask)
     return MAX_RGB_DISTANCE if rgb is None else float(np.linalg.norm(rgb - _PALETTE[_PALETTE_NAMES.index(colour)]))
 
 

@@ -32,7 +32,6 @@ from . import world  # noqa: E402
 from .models import build_controlnet, build_scheduler, build_text_encoder, build_unet, build_vae  # noqa: E402
 from .tokenizer import MODEL_MAX_LENGTH, write_tokenizer_folder  # noqa: E402
 
-CONTROL_MODES = ("edge", "depth", "pose")
 # Maps that mostly set an object's outline; a pose map's thin limbs are fine detail, which the less noisy
 # steps draw, so the pose ControlNet trains on all timesteps alike.
 LAYOUT_MODES = ("edge", "depth")
@@ -277,7 +276,7 @@ def control_maps(data: dict, mode: str, rows: np.ndarray, generator) -> torch.Te
 
 def train_controlnet(config: TrainConfig, mode: str, data: dict, latents, unet, text_encoder, tokenizer,
                      out: Path) -> None:
-    seed_everything(config.seed + 10 + CONTROL_MODES.index(mode))
+    seed_everything(config.seed + 10 + world.CONTROL_MODES.index(mode))
     base = np.array([s == "" for s in data["style"]])
     usable = base & data["person"] if mode == "pose" else base
     rows_all = np.flatnonzero(usable)
@@ -285,7 +284,7 @@ def train_controlnet(config: TrainConfig, mode: str, data: dict, latents, unet, 
     controlnet = build_controlnet(unet)
     scheduler = build_scheduler()
     optimizer = torch.optim.AdamW(controlnet.parameters(), lr=1e-3, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(config.seed + 20 + CONTROL_MODES.index(mode))
+    generator = torch.Generator().manual_seed(config.seed + 20 + world.CONTROL_MODES.index(mode))
     for step in tqdm(range(config.controlnet_steps), desc=f"controlnet-{mode}", mininterval=10):
         for group in optimizer.param_groups:
             group["lr"] = 1e-3 * warmup_cosine(step, config.controlnet_steps, 20)
@@ -388,12 +387,12 @@ def export(config: TrainConfig, work: Path, output: Path, tokenizer_folder: Path
         shutil.rmtree(folder)
     pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)
     studio = {"family": "embedded", "resolution": world.RESOLUTION, "steps": 20, "guidance_scale": guidance_scale,
-              "controlnets": {mode: f"../embedded-controlnet-{mode}" for mode in CONTROL_MODES},
+              "controlnets": {mode: f"../embedded-controlnet-{mode}" for mode in world.CONTROL_MODES},
               "loras": {style: {"file": f"../loras/{style}.safetensors", "trigger": trigger}
                         for style, trigger in world.STYLES.items()},
               "training": asdict(config)}
     (folder / "studio.json").write_text(json.dumps(studio, indent=2) + "\n")
-    for mode in CONTROL_MODES:
+    for mode in world.CONTROL_MODES:
         target = output / f"embedded-controlnet-{mode}"
         if target.exists():
             shutil.rmtree(target)
@@ -416,7 +415,7 @@ def unet_trained_fewer_steps(work: Path, steps: int) -> bool:
 
 def discard_unet_and_dependants(work: Path) -> None:
     """The ControlNets and LoRAs are trained on the UNet, so a UNet trained further makes them stale."""
-    for name in ("unet", "text_encoder", *(f"controlnet-{mode}" for mode in CONTROL_MODES), "loras"):
+    for name in ("unet", "text_encoder", *(f"controlnet-{mode}" for mode in world.CONTROL_MODES), "loras"):
         shutil.rmtree(work / name, ignore_errors=True)
     print("unet: trained on from its checkpoint; ControlNets and LoRAs will be retrained", flush=True)
 
@@ -457,7 +456,7 @@ def run(config: TrainConfig, work: Path, output: Path, resume: bool, guidance_sc
     stage("unet", work / "unet" / "config.json", lambda: train_unet(config, data, latents, tokenizer, work))
     unet = UNet2DConditionModel.from_pretrained(work / "unet").requires_grad_(False)
     text_encoder = CLIPTextModel.from_pretrained(work / "text_encoder").requires_grad_(False)
-    for mode in CONTROL_MODES:
+    for mode in world.CONTROL_MODES:
         out = work / f"controlnet-{mode}"
         stage(f"controlnet-{mode}", out / "config.json",
               lambda mode=mode, out=out: train_controlnet(config, mode, data, latents, unet, text_encoder,

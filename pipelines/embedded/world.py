@@ -29,6 +29,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle")
 # Colour-shape pairs never shown in training: the text measure checks the model composes words.
 HELD_OUT_PAIRS = frozenset({("red", "triangle"), ("blue", "circle"), ("yellow", "square")})
+# The embedded family's ControlNets. Their order fixes the training and evaluation seeds of each mode.
+CONTROL_MODES = ("edge", "depth", "pose")
 POSES = ("arms down", "arms raised", "the left arm raised", "the right arm raised", "arms out")
 SKIN = (230, 185, 150)
 STRIPE_WIDTH = 8  # band width along x + y, in pixels: the 4x-downsampling VAE blurs narrower bands away

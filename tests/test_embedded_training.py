@@ -60,3 +60,23 @@ def test_resume_with_more_unet_steps_trains_on_and_retrains_what_depends_on_the_
     train_smoke(tmp_path, "--resume", "--unet-steps", "4")
     assert torch.load(tmp_path / "work" / "unet-checkpoint.pt", weights_only=True)["step"] == 4
     assert controlnet_file.read_bytes() != first_controlnet
+
+
+def test_decoder_tuning_keeps_the_latents_every_later_stage_learns_from(tmp_path):
+    from dataclasses import replace
+
+    from diffusers import AutoencoderKL
+
+    from pipelines.embedded.models import build_vae
+    from pipelines.embedded.train import SMOKE, encode_latents, tune_vae_decoder
+
+    torch.manual_seed(0)
+    build_vae().save_pretrained(tmp_path / "vae")
+    images = np.stack([world.make_scene(seed, "object").image for seed in range(4)])
+    tune_vae_decoder(replace(SMOKE, vae_decoder_steps=2), {"image": images}, tmp_path / "vae", tmp_path / "tuned")
+
+    before, after = AutoencoderKL.from_pretrained(tmp_path / "vae"), AutoencoderKL.from_pretrained(tmp_path / "tuned")
+    latents = encode_latents(before, images)
+    assert torch.equal(encode_latents(after, images), latents)
+    with torch.no_grad():
+        assert not torch.allclose(after.decode(latents).sample, before.decode(latents).sample)

@@ -1,6 +1,6 @@
 """Train the embedded family from scratch: `python -m pipelines.embedded.train [--smoke] [--resume]`.
 
-Stages run in order: data -> vae -> unet (with the text encoder) -> controlnet-{edge,depth,pose} ->
+Stages run in order: data -> vae -> vae-decoder -> unet (with the text encoder) -> controlnet-{edge,depth,pose} ->
 lora-{stripes,mono} -> export. Each finished stage is saved under the work folder, and the UNet stage
 checkpoints as it goes, so `--resume` continues where a run stopped. Everything is seeded.
 """
@@ -50,6 +50,7 @@ class TrainConfig:
     style_scenes: int = 300
     vae_steps: int = 1000
     vae_batch: int = 16
+    vae_decoder_steps: int = 1500
     unet_steps: int = 12000
     unet_batch: int = 16
     controlnet_steps: int = 1000
@@ -59,7 +60,8 @@ class TrainConfig:
     checkpoint_every: int = 100
 
 
-SMOKE = TrainConfig(object_scenes=12, person_scenes=6, style_scenes=4, vae_steps=2, vae_batch=4, unet_steps=2,
+SMOKE = TrainConfig(object_scenes=12, person_scenes=6, style_scenes=4, vae_steps=2, vae_batch=4,
+                    vae_decoder_steps=1, unet_steps=2,
                     unet_batch=4, controlnet_steps=1, controlnet_batch=4, lora_steps=1, lora_batch=4,
                     checkpoint_every=1)
 
@@ -129,8 +131,7 @@ def train_vae(config: TrainConfig, data: dict, out: Path) -> None:
         top, left = (4 * torch.randint(0, (world.RESOLUTION - crop) // 4 + 1, (2,), generator=generator)).tolist()
         batch = batch[:, :, top : top + crop, left : left + crop]
         mean = vae.encode(batch).latent_dist.mean
-        reconstruction = vae.decode(mean).sample
-        loss = F.l1_loss(reconstruction, batch) + F.mse_loss(reconstruction, batch) + 1e-4 * mean.pow(2).mean()
+        loss = reconstruction_loss(vae.decode(mean).sample, batch) + 1e-4 * mean.pow(2).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -139,6 +140,35 @@ def train_vae(config: TrainConfig, data: dict, out: Path) -> None:
     vae.register_to_config(scaling_factor=float(1 / latents.std()))
     vae.save_pretrained(out)
     print(f"vae: last loss {loss.item():.4f}, scaling factor {vae.config.scaling_factor:.4f}", flush=True)
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.l1_loss(reconstruction, target) + F.mse_loss(reconstruction, target)
+
+
+def tune_vae_decoder(config: TrainConfig, data: dict, vae_folder: Path, out: Path) -> None:
+    """Train the decoder on alone, on whole images, with the encoder frozen, as Stability did for SD's VAE
+    (sd-vae-ft-mse): sharper corners and edges, while the latents every later stage learns from stay the same."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(vae_folder).requires_grad_(False)
+    latents = encode_latents(vae, data["image"])
+    images = to_model_range(data["image"])
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for param in params:
+        param.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(config.seed + 3)
+    for step in tqdm(range(config.vae_decoder_steps), desc="vae decoder", mininterval=10):
+        for group in optimizer.param_groups:
+            group["lr"] = 5e-4 * warmup_cosine(step, config.vae_decoder_steps, 0)
+        index = torch.randint(len(images), (config.vae_batch,), generator=generator)
+        loss = reconstruction_loss(vae.decode(latents[index]).sample, images[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    vae.save_pretrained(out)
+    print(f"vae decoder: last loss {loss.item():.4f}", flush=True)
 
 
 @torch.no_grad()
@@ -373,7 +403,7 @@ def export(config: TrainConfig, work: Path, output: Path, tokenizer_folder: Path
     from transformers import CLIPTextModel, CLIPTokenizer
 
     pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL.from_pretrained(work / "vae"),
+        vae=AutoencoderKL.from_pretrained(work / "vae-decoder"),
         text_encoder=CLIPTextModel.from_pretrained(work / "text_encoder"),
         tokenizer=CLIPTokenizer.from_pretrained(tokenizer_folder, model_max_length=MODEL_MAX_LENGTH),
         unet=UNet2DConditionModel.from_pretrained(work / "unet"),
@@ -445,6 +475,8 @@ def run(config: TrainConfig, work: Path, output: Path, resume: bool, guidance_sc
     tokenizer_folder = work / "tokenizer"
     tokenizer = write_tokenizer_folder(tokenizer_folder)
     stage("vae", work / "vae" / "config.json", lambda: train_vae(config, data, work / "vae"))
+    stage("vae-decoder", work / "vae-decoder" / "config.json",
+          lambda: tune_vae_decoder(config, data, work / "vae", work / "vae-decoder"))
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel

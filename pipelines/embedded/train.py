@@ -61,9 +61,8 @@ class TrainConfig:
 
 
 SMOKE = TrainConfig(object_scenes=12, person_scenes=6, style_scenes=4, vae_steps=2, vae_batch=4,
-                    vae_decoder_steps=1, unet_steps=2,
-                    unet_batch=4, controlnet_steps=1, controlnet_batch=4, lora_steps=1, lora_batch=4,
-                    checkpoint_every=1)
+                    vae_decoder_steps=1, unet_steps=2, unet_batch=4, controlnet_steps=1, controlnet_batch=4,
+                    lora_steps=1, lora_batch=4, checkpoint_every=1)
 
 
 def seed_everything(seed: int) -> None:

@@ -73,10 +73,12 @@ def test_decoder_tuning_keeps_the_latents_every_later_stage_learns_from(tmp_path
     torch.manual_seed(0)
     build_vae().save_pretrained(tmp_path / "vae")
     images = np.stack([world.make_scene(seed, "object").image for seed in range(4)])
-    tune_vae_decoder(replace(SMOKE, vae_decoder_steps=2), {"image": images}, tmp_path / "vae", tmp_path / "tuned")
-
-    before, after = AutoencoderKL.from_pretrained(tmp_path / "vae"), AutoencoderKL.from_pretrained(tmp_path / "tuned")
+    before = AutoencoderKL.from_pretrained(tmp_path / "vae")
     latents = encode_latents(before, images)
+    tune_vae_decoder(replace(SMOKE, vae_decoder_steps=2), {"image": images}, latents, tmp_path / "vae",
+                     tmp_path / "tuned")
+
+    after = AutoencoderKL.from_pretrained(tmp_path / "tuned")
     assert torch.equal(encode_latents(after, images), latents)
     with torch.no_grad():
         assert not torch.allclose(after.decode(latents).sample, before.decode(latents).sample)

@@ -145,13 +145,13 @@ def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> t
     return F.l1_loss(reconstruction, target) + F.mse_loss(reconstruction, target)
 
 
-def tune_vae_decoder(config: TrainConfig, data: dict, vae_folder: Path, out: Path) -> None:
+def tune_vae_decoder(config: TrainConfig, data: dict, latents: torch.Tensor, vae_folder: Path, out: Path) -> None:
     """Train the decoder on alone, on whole images, with the encoder frozen, as Stability did for SD's VAE
-    (sd-vae-ft-mse): sharper corners and edges, while the latents every later stage learns from stay the same."""
+    (sd-vae-ft-mse): sharper corners and edges, while the latents every later stage learns from stay the same.
+    `latents` are the VAE's unscaled posterior means of `data["image"]`."""
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(vae_folder).requires_grad_(False)
-    latents = encode_latents(vae, data["image"])
     images = to_model_range(data["image"])
     params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     for param in params:
@@ -474,14 +474,15 @@ def run(config: TrainConfig, work: Path, output: Path, resume: bool, guidance_sc
     tokenizer_folder = work / "tokenizer"
     tokenizer = write_tokenizer_folder(tokenizer_folder)
     stage("vae", work / "vae" / "config.json", lambda: train_vae(config, data, work / "vae"))
-    stage("vae-decoder", work / "vae-decoder" / "config.json",
-          lambda: tune_vae_decoder(config, data, work / "vae", work / "vae-decoder"))
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     vae = AutoencoderKL.from_pretrained(work / "vae")
-    latents = encode_latents(vae, data["image"]) * vae.config.scaling_factor
+    unscaled = encode_latents(vae, data["image"])
+    stage("vae-decoder", work / "vae-decoder" / "config.json",
+          lambda: tune_vae_decoder(config, data, unscaled, work / "vae", work / "vae-decoder"))
+    latents = unscaled * vae.config.scaling_factor
     if unet_trained_fewer_steps(work, config.unet_steps):
         discard_unet_and_dependants(work)
     stage("unet", work / "unet" / "config.json", lambda: train_unet(config, data, latents, tokenizer, work))

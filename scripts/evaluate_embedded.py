@@ -32,6 +32,9 @@ def main() -> None:
     default = models.guidance_scale
     print(f"model: {args.models / 'embedded'} (default guidance {default}, {evaluation.STEPS} steps, "
           f"{world.RESOLUTION}x{world.RESOLUTION})")
+    truth = evaluation.ground_truth_text_scores(args.count)
+    print(f"text  ground truth:    colour {truth['colour']:.0%} (mean error {truth['colour_error']:.1f} RGB), "
+          f"shape {truth['shape']:.0%}, n={truth['count']}")
     text = {}
     for guidance in sorted({default, 1.0, 7.5, *args.guidance}):
         scores = text[guidance] = evaluation.text_scores(models, guidance, args.count)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipelines.embedded import measures, world
+from pipelines.embedded import evaluation, measures, world
 from pipelines.embedded.tokenizer import write_tokenizer_folder
 
 EVAL = world.EVALUATION_SEED_OFFSET
@@ -96,3 +96,9 @@ def test_a_flooded_image_covers_no_limbs():
     scene = world.make_scene(EVAL + 7, "person")
     noise = np.random.default_rng(0).integers(0, 256, scene.image.shape, dtype=np.uint8)
     assert measures.limb_coverage(measures.figure_mask(noise), scene.keypoints) == 0.0
+
+
+def test_the_text_evaluation_reads_its_own_prompts_ground_truth_right():
+    truth = evaluation.ground_truth_text_scores()
+    assert truth["colour"] == 1.0 and truth["shape"] == 1.0 and truth["held_out_colour"] == 1.0
+    assert 0 < truth["colour_error"] < 40

@@ -64,6 +64,17 @@ def text_prompts(count: int = 24) -> list[world.Scene]:
 def text_scores(models: EmbeddedModels, guidance_scale: float, count: int = 24) -> dict:
     scenes = text_prompts(count)
     images = generate(models.base, [s.caption for s in scenes], [s.seed for s in scenes], guidance_scale)
+    return score_text_images(images, scenes)
+
+
+def ground_truth_text_scores(count: int = 24) -> dict:
+    """The same scores on the world's own images of the prompts: the reference a model is read against (its
+    objects are shaded, so even they sit some way from the named palette colour)."""
+    scenes = text_prompts(count)
+    return score_text_images([s.image for s in scenes], scenes)
+
+
+def score_text_images(images: list[np.ndarray], scenes: list[world.Scene]) -> dict:
     masks = [measures.object_mask(image) for image in images]
     colour_right = [measures.object_colour(i, m) == s.colour for i, m, s in zip(images, masks, scenes)]
     colour_error = [measures.colour_error(i, s.colour, m) for i, m, s in zip(images, masks, scenes)]

@@ -51,11 +51,11 @@ class TrainConfig:
     vae_steps: int = 1000
     vae_batch: int = 16
     vae_decoder_steps: int = 1500
-    unet_steps: int = 16000
+    unet_steps: int = 20000
     unet_batch: int = 16
     controlnet_steps: int = 1000
     controlnet_batch: int = 16
-    lora_steps: int = 1000
+    lora_steps: int = 2000
     lora_batch: int = 16
     checkpoint_every: int = 100
 

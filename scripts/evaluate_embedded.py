@@ -1,9 +1,10 @@
 """Print every score and speed figure of the committed embedded model (issue 3's floors beside each).
 
-    HF_HUB_OFFLINE=1 python scripts/evaluate_embedded.py [--models models] [--count 24]
+    HF_HUB_OFFLINE=1 python scripts/evaluate_embedded.py [--models models] [--count 24] [--validation]
 
 Loads models/ through plain diffusers (StableDiffusionPipeline, StableDiffusionControlNetPipeline) and
-scores prompts, control maps and seeds that training never used.
+scores prompts, control maps and seeds that training never used. `--validation` scores text and LoRAs on
+other unseen prompts instead, the ones to choose settings on, so the evaluation's prompts stay unseen.
 """
 
 from __future__ import annotations
@@ -26,22 +27,19 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=24, help="text prompts per guidance scale")
     parser.add_argument("--control-count", type=int, default=12, help="control maps per mode")
     parser.add_argument("--guidance", type=float, nargs="*", default=[], help="extra guidance scales to score")
+    parser.add_argument("--validation", action="store_true", help="score the validation prompts (text, LoRAs)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("EMBEDDED_THREADS", "2")))
     models = evaluation.load(args.models)
     default = models.guidance_scale
     print(f"model: {args.models / 'embedded'} (default guidance {default}, {evaluation.STEPS} steps, "
           f"{world.RESOLUTION}x{world.RESOLUTION})")
-    truth = evaluation.ground_truth_text_scores(args.count)
-    print(f"text  ground truth:    colour {truth['colour']:.0%} (mean error {truth['colour_error']:.1f} RGB), "
-          f"shape {truth['shape']:.0%}, n={truth['count']}")
-    text = {}
-    for guidance in sorted({default, 1.0, 7.5, *args.guidance}):
-        scores = text[guidance] = evaluation.text_scores(models, guidance, args.count)
-        print(f"text  guidance {guidance:>4}: colour {scores['colour']:.0%} (floor 90%, mean error "
-              f"{scores['colour_error']:.1f} RGB), shape {scores['shape']:.0%} (floor 80%), held-out pairs colour "
-              f"{scores['held_out_colour']:.0%}, n={scores['count']}")
+    scenes = evaluation.validation_prompts(2 * args.count) if args.validation else evaluation.text_prompts(args.count)
+    text = print_text_scores(models, sorted({default, 1.0, 7.5, *args.guidance}), scenes)
     print(f"guidance 7.5 beats 1.0 on colour: {evaluation.colour_beats(text[7.5], text[1.0])}")
+    if args.validation:
+        print_lora_scores(models, scenes[::3])  # every third prompt: all three shapes, unlike the evaluation's 8
+        return
     negative = evaluation.negative_prompt_scores(models)
     print(f"negative prompt naming the object's colour: that colour's share {negative['share_without']:.1%} -> "
           f"{negative['share_with']:.1%}")
@@ -50,10 +48,7 @@ def main() -> None:
         print(f"{mode:<5} IoU mean {scores['iou']:.3f} (floor 0.7), min {scores['min_iou']:.3f}, n={scores['count']}")
     pose = evaluation.control_scores(models, "pose", args.control_count)
     print(f"pose  limbs covered {pose['limb_coverage']:.0%} (floor 70%), n={pose['count']}")
-    for style in world.STYLES:
-        scores = evaluation.lora_scores(models, style)
-        print(f"lora {style} ({world.STYLES[style]}): {scores['measure']} {scores['without']:.3f} -> "
-              f"{scores['weight_1']:.3f} at weight 1; weight 0 identical to base: {scores['weight_0_identical']}")
+    print_lora_scores(models)
     text_seconds = evaluation.seconds_for_20_steps(models.base, default)
     print(f"speed text mode: {text_seconds:.2f} s for 20 steps (limit 1 s)")
     from PIL import Image
@@ -61,6 +56,28 @@ def main() -> None:
     edge_map = Image.fromarray(world.make_scene(world.EVALUATION_SEED_OFFSET, "object").edge)
     control_seconds = evaluation.seconds_for_20_steps(models.controlled["edge"], default, image=edge_map)
     print(f"speed with a ControlNet: {control_seconds:.2f} s for 20 steps (limit 1.5 s)")
+
+
+def print_text_scores(models, guidance_scales: list[float], scenes: list[world.Scene]) -> dict[float, dict]:
+    truth = evaluation.ground_truth_text_scores(scenes)
+    print(f"text  ground truth:    colour {truth['colour']:.0%} (mean error {truth['colour_error']:.1f} RGB), "
+          f"shape {truth['shape']:.0%}, n={truth['count']}")
+    text = {}
+    for guidance in guidance_scales:
+        scores = text[guidance] = evaluation.text_scores(models, guidance, scenes)
+        print(f"text  guidance {guidance:>4}: colour {scores['colour']:.0%} (floor 90%, mean error "
+              f"{scores['colour_error']:.1f} RGB), shape {scores['shape']:.0%} (floor 80%), held-out pairs colour "
+              f"{scores['held_out_colour']:.0%}, n={scores['count']}")
+    return text
+
+
+def print_lora_scores(models, scenes: list[world.Scene] | None = None) -> None:
+    for style in world.STYLES:
+        scores = evaluation.lora_scores(models, style, scenes)
+        ratio = scores["weight_1"] / scores["without"]
+        print(f"lora {style} ({world.STYLES[style]}): {scores['measure']} {scores['without']:.3f} -> "
+              f"{scores['weight_1']:.3f} at weight 1 ({ratio:.2f}x); weight 0 identical to base: "
+              f"{scores['weight_0_identical']}, n={scores['count']}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from . import measures, world
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 STEPS = 20
+VALIDATION_SEED_OFFSET = world.EVALUATION_SEED_OFFSET + 700_000
 
 
 @dataclass
@@ -54,23 +55,28 @@ def generate(pipe, prompts: list[str], seeds: list[int], guidance_scale: float, 
     return [np.round(image * 255).astype(np.uint8) for image in images]
 
 
-def text_prompts(count: int = 24) -> list[world.Scene]:
+def text_prompts(count: int = 24, seed_offset: int = world.EVALUATION_SEED_OFFSET) -> list[world.Scene]:
     """Every colour-shape pair in turn (held-out pairs included), each on a background drawn from the seed."""
     pairs = [(colour, shape) for shape in world.SHAPES for colour in world.COLOURS]
-    return [world.make_scene(world.EVALUATION_SEED_OFFSET + index, "object", colour=pairs[index % len(pairs)][0],
+    return [world.make_scene(seed_offset + index, "object", colour=pairs[index % len(pairs)][0],
                              shape=pairs[index % len(pairs)][1]) for index in range(count)]
 
 
-def text_scores(models: EmbeddedModels, guidance_scale: float, count: int = 24) -> dict:
-    scenes = text_prompts(count)
+def validation_prompts(count: int = 48) -> list[world.Scene]:
+    """Prompts for choosing training and sampling settings, so the evaluation's own prompts stay unseen."""
+    return text_prompts(count, VALIDATION_SEED_OFFSET)
+
+
+def text_scores(models: EmbeddedModels, guidance_scale: float, scenes: list[world.Scene] | None = None) -> dict:
+    scenes = scenes or text_prompts()
     images = generate(models.base, [s.caption for s in scenes], [s.seed for s in scenes], guidance_scale)
     return score_text_images(images, scenes)
 
 
-def ground_truth_text_scores(count: int = 24) -> dict:
+def ground_truth_text_scores(scenes: list[world.Scene] | None = None) -> dict:
     """The same scores on the world's own images of the prompts: the reference a model is read against (its
     objects are shaded, so even they sit some way from the named palette colour)."""
-    scenes = text_prompts(count)
+    scenes = scenes or text_prompts()
     return score_text_images([s.image for s in scenes], scenes)
 
 
@@ -125,11 +131,11 @@ def control_scores(models: EmbeddedModels, mode: str, count: int = 12) -> dict:
     return {"iou": float(np.mean(values)), "min_iou": float(np.min(values)), "count": count}
 
 
-def lora_scores(models: EmbeddedModels, style: str, count: int = 8) -> dict:
+def lora_scores(models: EmbeddedModels, style: str, scenes: list[world.Scene] | None = None) -> dict:
     """The style's own measure without the LoRA and at weight 1; whether weight 0 gives the base pixels."""
     name, measure, _ = measures.STYLE_MEASURES[style]
     trigger = world.STYLES[style]
-    scenes = text_prompts(count)
+    scenes = scenes or text_prompts(8)
     prompts, seeds = [f"{trigger}, {s.caption}" for s in scenes], [s.seed for s in scenes]
     pipe = models.base
     before = generate(pipe, prompts, seeds, models.guidance_scale)
@@ -143,7 +149,7 @@ def lora_scores(models: EmbeddedModels, style: str, count: int = 8) -> dict:
         pipe.delete_adapters(style)
     return {"measure": name, "without": float(np.mean([measure(i) for i in before])),
             "weight_1": float(np.mean([measure(i) for i in styled])),
-            "weight_0_identical": all(np.array_equal(a, b) for a, b in zip(before, zero))}
+            "weight_0_identical": all(np.array_equal(a, b) for a, b in zip(before, zero)), "count": len(scenes)}
 
 
 def seconds_for_20_steps(pipe, guidance_scale: float, repeats: int = 3, **kwargs) -> float:

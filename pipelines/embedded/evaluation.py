@@ -68,7 +68,7 @@ def validation_prompts(count: int = 48) -> list[world.Scene]:
 
 
 def text_scores(models: EmbeddedModels, guidance_scale: float, scenes: list[world.Scene] | None = None) -> dict:
-    scenes = scenes or text_prompts()
+    scenes = text_prompts() if scenes is None else scenes
     images = generate(models.base, [s.caption for s in scenes], [s.seed for s in scenes], guidance_scale)
     return score_text_images(images, scenes)
 
@@ -76,7 +76,7 @@ def text_scores(models: EmbeddedModels, guidance_scale: float, scenes: list[worl
 def ground_truth_text_scores(scenes: list[world.Scene] | None = None) -> dict:
     """The same scores on the world's own images of the prompts: the reference a model is read against (its
     objects are shaded, so even they sit some way from the named palette colour)."""
-    scenes = scenes or text_prompts()
+    scenes = text_prompts() if scenes is None else scenes
     return score_text_images([s.image for s in scenes], scenes)
 
 
@@ -135,7 +135,7 @@ def lora_scores(models: EmbeddedModels, style: str, scenes: list[world.Scene] | 
     """The style's own measure without the LoRA and at weight 1; whether weight 0 gives the base pixels."""
     name, measure, _ = measures.STYLE_MEASURES[style]
     trigger = world.STYLES[style]
-    scenes = scenes or text_prompts(8)
+    scenes = text_prompts(8) if scenes is None else scenes
     prompts, seeds = [f"{trigger}, {s.caption}" for s in scenes], [s.seed for s in scenes]
     pipe = models.base
     before = generate(pipe, prompts, seeds, models.guidance_scale)

@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--validation", action="store_true", help="score the validation prompts (text, LoRAs)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("EMBEDDED_THREADS", "2")))
-    models = evaluation.load(args.models)
+    models = evaluation.load(args.models, modes=() if args.validation else world.CONTROL_MODES)
     default = models.guidance_scale
     print(f"model: {args.models / 'embedded'} (default guidance {default}, {evaluation.STEPS} steps, "
           f"{world.RESOLUTION}x{world.RESOLUTION})")

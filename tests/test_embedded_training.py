@@ -82,3 +82,33 @@ def test_decoder_tuning_keeps_the_latents_every_later_stage_learns_from(tmp_path
     assert torch.equal(encode_latents(after, images), latents)
     with torch.no_grad():
         assert not torch.allclose(after.decode(latents).sample, before.decode(latents).sample)
+
+
+def test_the_unet_learns_the_same_on_two_workers_as_on_one(tmp_path):
+    """Each worker takes its part of every batch and the gradients are averaged, so two workers take the steps
+    one would, up to float rounding: far closer to each other than to where the weights started."""
+    from concurrent.futures import ProcessPoolExecutor
+    from dataclasses import replace
+
+    from pipelines.embedded.models import build_unet
+    from pipelines.embedded.tokenizer import write_tokenizer_folder
+    from pipelines.embedded.train import SMOKE, seed_everything, train_unet_on_workers
+
+    config = replace(SMOKE, unet_steps=3, unet_batch=4)
+    tokenizer = write_tokenizer_folder(tmp_path / "tokenizer")
+    latents = torch.randn(10, 4, 16, 16, generator=torch.Generator().manual_seed(5))
+    captions = [world.make_scene(seed, "object").caption for seed in range(10)]
+    weights = {}
+    for workers in (1, 2):
+        work = tmp_path / f"{workers}-workers"
+        work.mkdir()
+        with ProcessPoolExecutor(max_workers=workers, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
+            train_unet_on_workers(pool, workers, config, latents, captions, tokenizer, work)
+        weights[workers] = torch.load(work / "unet-checkpoint.pt", weights_only=True)["unet"]
+    seed_everything(config.seed + 2)
+    start = build_unet().state_dict()
+
+    def largest_difference(a, b):
+        return max((a[key] - b[key]).abs().max().item() for key in a)
+
+    assert largest_difference(weights[1], weights[2]) < largest_difference(weights[1], start) / 20

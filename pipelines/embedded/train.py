@@ -1,8 +1,10 @@
 """Train the embedded family from scratch: `python -m pipelines.embedded.train [--smoke] [--resume]`.
 
-Stages run in order: data -> vae -> vae-decoder -> unet (with the text encoder) -> controlnet-{edge,depth,pose} ->
-lora-{stripes,mono} -> export. Each finished stage is saved under the work folder, and the UNet stage
-checkpoints as it goes, so `--resume` continues where a run stopped. Everything is seeded.
+Stages: data -> vae -> unet (with the text encoder) -> vae-decoder, controlnet-{edge,depth,pose} and
+lora-{stripes,mono} side by side -> export. The UNet trains data-parallel over `EMBEDDED_WORKERS` processes
+(default: one per core) and the stages after it share the same workers. Each finished stage is saved under the
+work folder, and the UNet stage checkpoints as it goes, so `--resume` continues where a run stopped. Everything
+is seeded, and the batches do not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import shutil  # noqa: E402
+import socket  # noqa: E402
 import time  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from dataclasses import asdict, dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -120,7 +124,7 @@ def train_vae(config: TrainConfig, data: dict, out: Path) -> None:
     posterior mean: sampled latents start with unit noise that drowns the signal for hundreds of steps."""
     vae = build_vae()
     images = to_model_range(data["image"])
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0, fused=True)
     generator = torch.Generator().manual_seed(config.seed + 1)
     crop = world.RESOLUTION // 2
     for step in tqdm(range(config.vae_steps), desc="vae", mininterval=10):
@@ -156,7 +160,7 @@ def tune_vae_decoder(config: TrainConfig, data: dict, latents: torch.Tensor, vae
     params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     for param in params:
         param.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.0, fused=True)
     generator = torch.Generator().manual_seed(config.seed + 3)
     for step in tqdm(range(config.vae_decoder_steps), desc="vae decoder", mininterval=10):
         for group in optimizer.param_groups:
@@ -181,11 +185,13 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
-def diffusion_loss(scheduler, prediction_fn, latents, generator, favour_noisy: bool = False) -> torch.Tensor:
+def diffusion_loss(scheduler, prediction_fn, latents, generator, favour_noisy: bool = False,
+                   share: slice = slice(None)) -> torch.Tensor:
     """v-prediction loss with min-SNR-5 weighting (Hang et al. 2023): fewer wasted steps on easy noise.
 
     `favour_noisy` draws timesteps as T(1 - u^3) (T2I-Adapter's cubic sampling): the noisy early steps decide
-    the layout an outline or depth map sets.
+    the layout an outline or depth map sets. Noise and timesteps are drawn for the whole batch and then cut
+    to `share`, this process's part of it, so the batches do not depend on how many processes share them.
     """
     noise = torch.randn(latents.shape, generator=generator)
     total = scheduler.config.num_train_timesteps
@@ -194,6 +200,7 @@ def diffusion_loss(scheduler, prediction_fn, latents, generator, favour_noisy: b
         timesteps = ((1 - uniform**3) * total).long().clamp(max=total - 1)
     else:
         timesteps = torch.randint(0, total, (len(latents),), generator=generator)
+    latents, noise, timesteps = latents[share], noise[share], timesteps[share]
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = scheduler.get_velocity(latents, noise, timesteps)
     prediction = prediction_fn(noisy, timesteps)
@@ -224,17 +231,29 @@ class Ema:
             param.copy_(shadow)
 
 
-def train_unet(config: TrainConfig, data: dict, latents: torch.Tensor, tokenizer, work: Path) -> None:
-    base = np.array([s == "" for s in data["style"]])
-    latents = latents[torch.from_numpy(base)]
-    captions = list(data["caption"][base])
-    ids = tokenize(tokenizer, captions)
-    empty_ids = tokenize(tokenizer, [""])[0]
+class TextConditionedUnet(torch.nn.Module):
+    """The UNet and the text encoder trained together, as one module for DistributedDataParallel."""
+
+    def __init__(self, unet, text_encoder):
+        super().__init__()
+        self.unet, self.text_encoder = unet, text_encoder
+
+    def forward(self, noisy, timesteps, ids):
+        return self.unet(noisy, timesteps, self.text_encoder(ids)[0]).sample
+
+
+def train_unet(config: TrainConfig, latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor, work: Path,
+               rank: int = 0, world_size: int = 1) -> None:
+    """Train on the captioned base scenes. With `world_size` processes (a gloo group), each takes an equal part
+    of every batch and DistributedDataParallel averages the gradients: the same batches, steps and learning
+    rates as one process, on more cores."""
+    seed_everything(config.seed + 2)
     unet, text_encoder = build_unet(), build_text_encoder()
+    model = TextConditionedUnet(unet, text_encoder)
     scheduler = build_scheduler()
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
-    ema = Ema([unet, text_encoder], decay=0.997)
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, fused=True)
+    ema = Ema([model], decay=0.997)
     generator = torch.Generator().manual_seed(config.seed + 2)
     checkpoint_path = work / "unet-checkpoint.pt"
     start = 0
@@ -247,8 +266,12 @@ def train_unet(config: TrainConfig, data: dict, latents: torch.Tensor, tokenizer
         generator.set_state(state["generator"])
         start = state["step"]
         print(f"unet: resumed at step {start}", flush=True)
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    part = config.unet_batch // world_size
+    share = slice(rank * part, (rank + 1) * part)
     progress = tqdm(range(start, config.unet_steps), desc="unet", mininterval=10, initial=start,
-                    total=config.unet_steps)
+                    total=config.unet_steps, disable=rank > 0)
     running = None
     for step in progress:
         for group in optimizer.param_groups:
@@ -259,11 +282,10 @@ def train_unet(config: TrainConfig, data: dict, latents: torch.Tensor, tokenizer
         dropped = torch.rand(len(index), generator=generator) < 0.1
         batch_ids[dropped] = empty_ids
 
-        def predict(noisy, timesteps, batch_ids=batch_ids):
-            states = text_encoder(batch_ids)[0]
-            return unet(noisy, timesteps, states).sample
+        def predict(noisy, timesteps, batch_ids=batch_ids[share]):
+            return model(noisy, timesteps, batch_ids)
 
-        loss = diffusion_loss(scheduler, predict, latents[index], generator)
+        loss = diffusion_loss(scheduler, predict, latents[index], generator, share=share)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -271,16 +293,18 @@ def train_unet(config: TrainConfig, data: dict, latents: torch.Tensor, tokenizer
         ema.update(step)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         progress.set_postfix(loss=f"{running:.4f}")
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.unet_steps:
+        last = step + 1 == config.unet_steps
+        if rank == 0 and ((step + 1) % config.checkpoint_every == 0 or last):
             state = {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
                      "optimizer": optimizer.state_dict(), "ema": ema.shadow, "generator": generator.get_state(),
                      "step": step + 1}
             torch.save(state, checkpoint_path.with_suffix(".tmp"))
             os.replace(checkpoint_path.with_suffix(".tmp"), checkpoint_path)
             print(f"unet: step {step + 1} loss {running:.4f}", flush=True)
-    ema.copy_to_params()
-    unet.save_pretrained(work / "unet")
-    text_encoder.save_pretrained(work / "text_encoder")
+    if rank == 0:
+        ema.copy_to_params()
+        unet.save_pretrained(work / "unet")
+        text_encoder.save_pretrained(work / "text_encoder")
 
 
 def caption_states(text_encoder, tokenizer, captions) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -312,7 +336,7 @@ def train_controlnet(config: TrainConfig, mode: str, data: dict, latents, unet, 
     states, empty = caption_states(text_encoder, tokenizer, data["caption"][rows_all])
     controlnet = build_controlnet(unet)
     scheduler = build_scheduler()
-    optimizer = torch.optim.AdamW(controlnet.parameters(), lr=1e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(controlnet.parameters(), lr=1e-3, weight_decay=0.0, fused=True)
     generator = torch.Generator().manual_seed(config.seed + 20 + world.CONTROL_MODES.index(mode))
     for step in tqdm(range(config.controlnet_steps), desc=f"controlnet-{mode}", mininterval=10):
         for group in optimizer.param_groups:
@@ -353,7 +377,7 @@ def train_lora(config: TrainConfig, style: str, data: dict, latents, unet, text_
                      adapter_name=style)
     unet.set_adapter(style)
     params = [p for name, p in unet.named_parameters() if "lora" in name and p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0, fused=True)
     scheduler = build_scheduler()
     generator = torch.Generator().manual_seed(config.seed + 40 + list(world.STYLES).index(style))
     for step in tqdm(range(config.lora_steps), desc=f"lora-{style}", mininterval=10):
@@ -449,9 +473,79 @@ def discard_unet_and_dependants(work: Path) -> None:
     print("unet: trained on from its checkpoint; ControlNets and LoRAs will be retrained", flush=True)
 
 
+def worker_count() -> int:
+    """Training processes, one thread each. On this 2-core CPU two 1-thread processes each train about as fast as
+    one 2-thread process (these models are too small to keep two threads busy), so two workers do twice the work."""
+    return max(1, int(os.environ.get("EMBEDDED_WORKERS", os.cpu_count() or 1)))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def train_unet_in_group(rank: int, world_size: int, port: int, args: tuple) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                         world_size=world_size)
+    try:
+        train_unet(*args, rank=rank, world_size=world_size)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def train_unet_on_workers(pool: ProcessPoolExecutor, workers: int, config: TrainConfig, latents: torch.Tensor,
+                          captions: list[str], tokenizer, work: Path) -> None:
+    if config.unet_batch % workers:
+        raise ValueError(f"the UNet batch ({config.unet_batch}) must split evenly over {workers} workers")
+    args = (config, latents, tokenize(tokenizer, captions), tokenize(tokenizer, [""])[0], work)
+    port = free_port()
+    ranks = [pool.submit(train_unet_in_group, rank, workers, port, args) for rank in range(workers)]
+    for rank in ranks:
+        rank.result()
+
+
+def stages_after_unet() -> list[str]:
+    """Stages that read only finished stages' files, longest first: they run side by side on the workers. The
+    decoder waits here too, since nothing before the export needs it."""
+    return ["vae-decoder", *(f"lora-{style}" for style in world.STYLES),
+            *(f"controlnet-{mode}" for mode in world.CONTROL_MODES)]
+
+
+def stage_done_marker(work: Path, name: str) -> Path:
+    if name.startswith("lora-"):
+        return work / "loras" / f"{name.removeprefix('lora-')}.safetensors"
+    return work / name / "config.json"
+
+
+def run_stage_after_unet(config: TrainConfig, work: Path, name: str, unscaled: torch.Tensor) -> float:
+    """Run one of `stages_after_unet` from the files in `work`, on one thread; return its seconds."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    torch.set_num_threads(1)
+    started = time.time()
+    data = dict(np.load(work / "data.npz"))
+    if name == "vae-decoder":
+        tune_vae_decoder(config, data, unscaled, work / "vae", work / "vae-decoder")
+        return round(time.time() - started, 1)
+    latents = unscaled * AutoencoderKL.load_config(work / "vae")["scaling_factor"]
+    tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer", model_max_length=MODEL_MAX_LENGTH)
+    unet = UNet2DConditionModel.from_pretrained(work / "unet").requires_grad_(False)
+    text_encoder = CLIPTextModel.from_pretrained(work / "text_encoder").requires_grad_(False)
+    kind, target = name.split("-", 1)
+    if kind == "controlnet":
+        train_controlnet(config, target, data, latents, unet, text_encoder, tokenizer, work / name)
+    else:
+        train_lora(config, target, data, latents, unet, text_encoder, tokenizer, work / "loras")
+    return round(time.time() - started, 1)
+
+
 def run(config: TrainConfig, work: Path, output: Path, resume: bool, guidance_scale: float = 2.0) -> dict:
     """Run every stage not yet done; return seconds per stage (also kept in work/timings.json)."""
-    torch.set_num_threads(int(os.environ.get("EMBEDDED_THREADS", "2")))
+    run_started = time.time()
+    workers = worker_count()
     seed_everything(config.seed)
     if work.exists() and not resume:
         shutil.rmtree(work)
@@ -459,46 +553,47 @@ def run(config: TrainConfig, work: Path, output: Path, resume: bool, guidance_sc
     timings_path = work / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
 
+    def record(name: str, seconds: float) -> None:
+        timings[name] = round(timings.get(name, 0) + seconds, 1)
+        timings_path.write_text(json.dumps(timings, indent=2))
+        print(f"stage {name}: {timings[name]:.0f} s", flush=True)
+
     def stage(name, done_marker, fn):
         if done_marker.exists():
             return
         started = time.time()
         fn()
-        timings[name] = timings.get(name, 0) + round(time.time() - started, 1)
-        timings_path.write_text(json.dumps(timings, indent=2))
-        print(f"stage {name}: {timings[name]:.0f} s", flush=True)
+        record(name, time.time() - started)
 
     data_path = work / "data.npz"
     stage("data", data_path, lambda: build_dataset(config, data_path))
     data = dict(np.load(data_path))
-    tokenizer_folder = work / "tokenizer"
-    tokenizer = write_tokenizer_folder(tokenizer_folder)
+    tokenizer = write_tokenizer_folder(work / "tokenizer")
     stage("vae", work / "vae" / "config.json", lambda: train_vae(config, data, work / "vae"))
 
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(work / "vae")
     unscaled = encode_latents(vae, data["image"])
-    stage("vae-decoder", work / "vae-decoder" / "config.json",
-          lambda: tune_vae_decoder(config, data, unscaled, work / "vae", work / "vae-decoder"))
-    latents = unscaled * vae.config.scaling_factor
     if unet_trained_fewer_steps(work, config.unet_steps):
         discard_unet_and_dependants(work)
-    stage("unet", work / "unet" / "config.json", lambda: train_unet(config, data, latents, tokenizer, work))
-    unet = UNet2DConditionModel.from_pretrained(work / "unet").requires_grad_(False)
-    text_encoder = CLIPTextModel.from_pretrained(work / "text_encoder").requires_grad_(False)
-    for mode in world.CONTROL_MODES:
-        out = work / f"controlnet-{mode}"
-        stage(f"controlnet-{mode}", out / "config.json",
-              lambda mode=mode, out=out: train_controlnet(config, mode, data, latents, unet, text_encoder,
-                                                          tokenizer, out))
-    for style in world.STYLES:
-        stage(f"lora-{style}", work / "loras" / f"{style}.safetensors",
-              lambda style=style: train_lora(config, style, data, latents, unet, text_encoder, tokenizer,
-                                             work / "loras"))
-    export(config, work, output, tokenizer_folder, guidance_scale)
-    print("timings (s): " + json.dumps(timings), flush=True)
+    base = data["style"] == ""
+    # One pool for the rest of the run: starting a process costs seconds of imports.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
+        stage("unet", work / "unet" / "config.json",
+              lambda: train_unet_on_workers(pool, workers, config,
+                                            unscaled[torch.from_numpy(base)] * vae.config.scaling_factor,
+                                            list(data["caption"][base]), tokenizer, work))
+        pending = [name for name in stages_after_unet() if not stage_done_marker(work, name).exists()]
+        started = time.time()
+        jobs = {name: pool.submit(run_stage_after_unet, config, work, name, unscaled) for name in pending}
+        for name, job in jobs.items():
+            record(name, job.result())
+        if jobs:
+            record("stages after the unet (wall clock)", time.time() - started)
+    export(config, work, output, work / "tokenizer", guidance_scale)
+    print(f"this run: {(time.time() - run_started) / 60:.1f} min on {workers} worker(s); "
+          f"timings (s): {json.dumps(timings)}", flush=True)
     return timings
 
 

@@ -1,10 +1,10 @@
 """Train the embedded family from scratch: `python -m pipelines.embedded.train [--smoke] [--resume]`.
 
-Stages: data -> vae -> unet (with the text encoder) -> vae-decoder, controlnet-{edge,depth,pose} and
-lora-{stripes,mono} side by side -> export. The UNet trains data-parallel over `EMBEDDED_WORKERS` processes
-(default: one per core) and the stages after it share the same workers. Each finished stage is saved under the
-work folder, and the UNet stage checkpoints as it goes, so `--resume` continues where a run stopped. Everything
-is seeded, and the batches do not depend on the number of workers.
+Stages: data -> vae -> unet (with the text encoder) -> then vae-decoder, controlnet-{edge,depth,pose} and
+lora-{stripes,mono} side by side, one single-threaded worker process per core (`EMBEDDED_WORKERS`) -> export.
+Each finished stage is saved under the work folder, and the UNet stage checkpoints as it goes, so `--resume`
+continues where a run stopped. Everything is seeded; each stage after the UNet seeds itself, so the order the
+workers take them in does not matter.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import shutil  # noqa: E402
-import socket  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from dataclasses import asdict, dataclass, replace  # noqa: E402
@@ -185,13 +184,11 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
-def diffusion_loss(scheduler, prediction_fn, latents, generator, favour_noisy: bool = False,
-                   share: slice = slice(None)) -> torch.Tensor:
+def diffusion_loss(scheduler, prediction_fn, latents, generator, favour_noisy: bool = False) -> torch.Tensor:
     """v-prediction loss with min-SNR-5 weighting (Hang et al. 2023): fewer wasted steps on easy noise.
 
     `favour_noisy` draws timesteps as T(1 - u^3) (T2I-Adapter's cubic sampling): the noisy early steps decide
-    the layout an outline or depth map sets. Noise and timesteps are drawn for the whole batch and then cut
-    to `share`, this process's part of it, so the batches do not depend on how many processes share them.
+    the layout an outline or depth map sets.
     """
     noise = torch.randn(latents.shape, generator=generator)
     total = scheduler.config.num_train_timesteps
@@ -200,7 +197,6 @@ def diffusion_loss(scheduler, prediction_fn, latents, generator, favour_noisy: b
         timesteps = ((1 - uniform**3) * total).long().clamp(max=total - 1)
     else:
         timesteps = torch.randint(0, total, (len(latents),), generator=generator)
-    latents, noise, timesteps = latents[share], noise[share], timesteps[share]
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = scheduler.get_velocity(latents, noise, timesteps)
     prediction = prediction_fn(noisy, timesteps)
@@ -231,29 +227,17 @@ class Ema:
             param.copy_(shadow)
 
 
-class TextConditionedUnet(torch.nn.Module):
-    """The UNet and the text encoder trained together, as one module for DistributedDataParallel."""
-
-    def __init__(self, unet, text_encoder):
-        super().__init__()
-        self.unet, self.text_encoder = unet, text_encoder
-
-    def forward(self, noisy, timesteps, ids):
-        return self.unet(noisy, timesteps, self.text_encoder(ids)[0]).sample
-
-
-def train_unet(config: TrainConfig, latents: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor, work: Path,
-               rank: int = 0, world_size: int = 1) -> None:
-    """Train on the captioned base scenes. With `world_size` processes (a gloo group), each takes an equal part
-    of every batch and DistributedDataParallel averages the gradients: the same batches, steps and learning
-    rates as one process, on more cores."""
-    seed_everything(config.seed + 2)
+def train_unet(config: TrainConfig, data: dict, latents: torch.Tensor, tokenizer, work: Path) -> None:
+    base = np.array([s == "" for s in data["style"]])
+    latents = latents[torch.from_numpy(base)]
+    captions = list(data["caption"][base])
+    ids = tokenize(tokenizer, captions)
+    empty_ids = tokenize(tokenizer, [""])[0]
     unet, text_encoder = build_unet(), build_text_encoder()
-    model = TextConditionedUnet(unet, text_encoder)
     scheduler = build_scheduler()
-    params = list(model.parameters())
+    params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, fused=True)
-    ema = Ema([model], decay=0.997)
+    ema = Ema([unet, text_encoder], decay=0.997)
     generator = torch.Generator().manual_seed(config.seed + 2)
     checkpoint_path = work / "unet-checkpoint.pt"
     start = 0
@@ -266,12 +250,8 @@ def train_unet(config: TrainConfig, latents: torch.Tensor, ids: torch.Tensor, em
         generator.set_state(state["generator"])
         start = state["step"]
         print(f"unet: resumed at step {start}", flush=True)
-    if world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
-    part = config.unet_batch // world_size
-    share = slice(rank * part, (rank + 1) * part)
     progress = tqdm(range(start, config.unet_steps), desc="unet", mininterval=10, initial=start,
-                    total=config.unet_steps, disable=rank > 0)
+                    total=config.unet_steps)
     running = None
     for step in progress:
         for group in optimizer.param_groups:
@@ -282,10 +262,11 @@ def train_unet(config: TrainConfig, latents: torch.Tensor, ids: torch.Tensor, em
         dropped = torch.rand(len(index), generator=generator) < 0.1
         batch_ids[dropped] = empty_ids
 
-        def predict(noisy, timesteps, batch_ids=batch_ids[share]):
-            return model(noisy, timesteps, batch_ids)
+        def predict(noisy, timesteps, batch_ids=batch_ids):
+            states = text_encoder(batch_ids)[0]
+            return unet(noisy, timesteps, states).sample
 
-        loss = diffusion_loss(scheduler, predict, latents[index], generator, share=share)
+        loss = diffusion_loss(scheduler, predict, latents[index], generator)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -293,18 +274,16 @@ def train_unet(config: TrainConfig, latents: torch.Tensor, ids: torch.Tensor, em
         ema.update(step)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         progress.set_postfix(loss=f"{running:.4f}")
-        last = step + 1 == config.unet_steps
-        if rank == 0 and ((step + 1) % config.checkpoint_every == 0 or last):
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.unet_steps:
             state = {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
                      "optimizer": optimizer.state_dict(), "ema": ema.shadow, "generator": generator.get_state(),
                      "step": step + 1}
             torch.save(state, checkpoint_path.with_suffix(".tmp"))
             os.replace(checkpoint_path.with_suffix(".tmp"), checkpoint_path)
             print(f"unet: step {step + 1} loss {running:.4f}", flush=True)
-    if rank == 0:
-        ema.copy_to_params()
-        unet.save_pretrained(work / "unet")
-        text_encoder.save_pretrained(work / "text_encoder")
+    ema.copy_to_params()
+    unet.save_pretrained(work / "unet")
+    text_encoder.save_pretrained(work / "text_encoder")
 
 
 def caption_states(text_encoder, tokenizer, captions) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -479,33 +458,6 @@ def worker_count() -> int:
     return max(1, int(os.environ.get("EMBEDDED_WORKERS", os.cpu_count() or 1)))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def train_unet_in_group(rank: int, world_size: int, port: int, args: tuple) -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                         world_size=world_size)
-    try:
-        train_unet(*args, rank=rank, world_size=world_size)
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def train_unet_on_workers(pool: ProcessPoolExecutor, workers: int, config: TrainConfig, latents: torch.Tensor,
-                          captions: list[str], tokenizer, work: Path) -> None:
-    if config.unet_batch % workers:
-        raise ValueError(f"the UNet batch ({config.unet_batch}) must split evenly over {workers} workers")
-    args = (config, latents, tokenize(tokenizer, captions), tokenize(tokenizer, [""])[0], work)
-    port = free_port()
-    ranks = [pool.submit(train_unet_in_group, rank, workers, port, args) for rank in range(workers)]
-    for rank in ranks:
-        rank.result()
-
-
 def stages_after_unet() -> list[str]:
     """Stages that read only finished stages' files, longest first: they run side by side on the workers. The
     decoder waits here too, since nothing before the export needs it."""
@@ -577,20 +529,17 @@ def run(config: TrainConfig, work: Path, output: Path, resume: bool, guidance_sc
     unscaled = encode_latents(vae, data["image"])
     if unet_trained_fewer_steps(work, config.unet_steps):
         discard_unet_and_dependants(work)
-    base = data["style"] == ""
-    # One pool for the rest of the run: starting a process costs seconds of imports.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
-        stage("unet", work / "unet" / "config.json",
-              lambda: train_unet_on_workers(pool, workers, config,
-                                            unscaled[torch.from_numpy(base)] * vae.config.scaling_factor,
-                                            list(data["caption"][base]), tokenizer, work))
-        pending = [name for name in stages_after_unet() if not stage_done_marker(work, name).exists()]
+    stage("unet", work / "unet" / "config.json",
+          lambda: train_unet(config, data, unscaled * vae.config.scaling_factor, tokenizer, work))
+    pending = [name for name in stages_after_unet() if not stage_done_marker(work, name).exists()]
+    if pending:
         started = time.time()
-        jobs = {name: pool.submit(run_stage_after_unet, config, work, name, unscaled) for name in pending}
-        for name, job in jobs.items():
-            record(name, job.result())
-        if jobs:
-            record("stages after the unet (wall clock)", time.time() - started)
+        context = torch.multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context) as pool:
+            jobs = {name: pool.submit(run_stage_after_unet, config, work, name, unscaled) for name in pending}
+            for name, job in jobs.items():
+                record(name, job.result())
+        record("stages after the unet (wall clock)", time.time() - started)
     export(config, work, output, work / "tokenizer", guidance_scale)
     print(f"this run: {(time.time() - run_started) / 60:.1f} min on {workers} worker(s); "
           f"timings (s): {json.dumps(timings)}", flush=True)

@@ -1,0 +1,110 @@
+"""What the embedded family's training gains from fused AdamW and from side-by-side workers, measured in one run.
+
+    HF_HUB_OFFLINE=1 python scripts/benchmark_training.py [--steps 40] [--rounds 3]
+
+1. A UNet-and-text-encoder training step (batch 16, two threads), with PyTorch's default AdamW and with the fused
+   one, in alternating rounds so both see the same machine.
+2. The LoRA stage (`train.train_lora`, the code the run uses): one process with two threads, then two
+   single-threaded processes side by side, as the run trains the stages after the UNet.
+Untrained weights: the cost of a step does not depend on what the weights hold.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.embedded import train, world  # noqa: E402
+from pipelines.embedded.models import build_scheduler, build_text_encoder, build_unet  # noqa: E402
+from pipelines.embedded.tokenizer import write_tokenizer_folder  # noqa: E402
+
+BATCH = 16
+
+
+def unet_steps_per_second(fused: bool, steps: int) -> float:
+    torch.manual_seed(0)
+    unet, text_encoder, scheduler = build_unet(), build_text_encoder(), build_scheduler()
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=fused)
+    generator = torch.Generator().manual_seed(0)
+    latents, ids = torch.randn(BATCH, 4, 16, 16), torch.randint(0, 49000, (BATCH, 77))
+
+    def step() -> None:
+        loss = train.diffusion_loss(scheduler, lambda noisy, t: unet(noisy, t, text_encoder(ids)[0]).sample,
+                                    latents, generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):
+        step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps / (time.perf_counter() - started)
+
+
+def lora_seconds(steps: int, threads: int, folder: str) -> float:
+    """Seconds `train.train_lora` takes for `steps` steps of batch 16 on a UNet of the family's shape."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    scenes = [world.make_scene(seed, "object", style="stripes") for seed in range(64)]
+    data = {"style": np.array(["stripes"] * len(scenes)), "caption": np.array([s.caption for s in scenes])}
+    latents = torch.randn(len(scenes), 4, 16, 16)
+    tokenizer = write_tokenizer_folder(Path(folder) / "tokenizer")
+    unet, text_encoder = build_unet().requires_grad_(False), build_text_encoder().requires_grad_(False)
+    config = replace(train.TrainConfig(), lora_steps=steps)
+    started = time.perf_counter()
+    train.train_lora(config, "stripes", data, latents, unet, text_encoder, tokenizer, Path(folder) / "loras")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40, help="training steps per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the optimizer comparison")
+    args = parser.parse_args()
+
+    torch.set_num_threads(2)
+    rates = {False: [], True: []}
+    for _ in range(args.rounds):
+        for fused in (False, True):
+            rates[fused].append(unet_steps_per_second(fused, args.steps))
+    default, fused = statistics.median(rates[False]), statistics.median(rates[True])
+    print(f"unet step, batch {BATCH}, 2 threads: default AdamW {default:.2f} steps/s, fused AdamW {fused:.2f} "
+          f"steps/s (medians of {args.rounds}): fused is {fused / default:.2f}x", flush=True)
+
+    with tempfile.TemporaryDirectory() as folder:
+        alone = lora_seconds(args.steps, 2, folder + "/alone")
+        context = torch.multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+            # Both workers import torch before the clock starts, as the run's pool has by the time it trains.
+            list(pool.map(abs, range(2)))
+            started = time.perf_counter()
+            jobs = [pool.submit(lora_seconds, args.steps, 1, f"{folder}/worker{i}") for i in range(2)]
+            each = [job.result() for job in jobs]
+            side_by_side = time.perf_counter() - started
+    one = args.steps * BATCH / alone
+    two = 2 * args.steps * BATCH / side_by_side
+    print(f"lora stage, {args.steps} steps of batch {BATCH}: one 2-thread process {one:.1f} samples/s; two 1-thread "
+          f"processes side by side {two:.1f} samples/s together ({each[0]:.1f} s and {each[1]:.1f} s each, "
+          f"{side_by_side:.1f} s wall clock): {two / one:.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()

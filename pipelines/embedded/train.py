@@ -453,8 +453,9 @@ def discard_unet_and_dependants(work: Path) -> None:
 
 
 def worker_count() -> int:
-    """Training processes, one thread each. On this 2-core CPU two 1-thread processes each train about as fast as
-    one 2-thread process (these models are too small to keep two threads busy), so two workers do twice the work."""
+    """Worker processes for the stages after the UNet, one thread each. These models are too small to keep two
+    threads busy, so on this 2-core CPU two single-threaded workers side by side do about twice the work of one
+    2-thread process, and more when the machine is busy (scripts/benchmark_training.py)."""
     return max(1, int(os.environ.get("EMBEDDED_WORKERS", os.cpu_count() or 1)))
 
 

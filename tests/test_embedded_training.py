@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
@@ -23,12 +24,18 @@ def train_smoke(tmp_path: Path, *extra: str, workers: int = 2) -> None:
                     "--output", str(tmp_path / "models"), *extra], cwd=ROOT, env=env, check=True, capture_output=True)
 
 
-def test_smoke_training_writes_a_loadable_family(tmp_path):
-    train_smoke(tmp_path)
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    """One smoke run on two workers, shared by the tests that only read what it wrote."""
+    folder = tmp_path_factory.mktemp("smoke")
+    train_smoke(folder, workers=2)
+    return folder
 
+
+def test_smoke_training_writes_a_loadable_family(smoke_run):
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
-    folder = tmp_path / "models" / "embedded"
+    folder = smoke_run / "models" / "embedded"
     studio = json.loads((folder / "studio.json").read_text())
     pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)
     controlnet = ControlNetModel.from_pretrained(folder / studio["controlnets"]["edge"], torch_dtype=torch.float32)
@@ -38,9 +45,9 @@ def test_smoke_training_writes_a_loadable_family(tmp_path):
                        generator=torch.Generator().manual_seed(0)).images[0]
     assert image.shape == (world.RESOLUTION, world.RESOLUTION, 3) and np.isfinite(image).all()
     for style, trigger in world.STYLES.items():
-        with safe_open(tmp_path / "models" / "loras" / f"{style}.safetensors", framework="pt") as handle:
+        with safe_open(smoke_run / "models" / "loras" / f"{style}.safetensors", framework="pt") as handle:
             assert handle.metadata()["modelspec.trigger_phrase"] == trigger
-        pipe.load_lora_weights(tmp_path / "models" / "loras", weight_name=f"{style}.safetensors", adapter_name=style)
+        pipe.load_lora_weights(smoke_run / "models" / "loras", weight_name=f"{style}.safetensors", adapter_name=style)
     assert set(pipe.get_list_adapters()["unet"]) == set(world.STYLES)
 
 
@@ -53,14 +60,13 @@ def test_training_is_deterministic_by_seed(tmp_path):
     assert all(np.array_equal(first[key], second[key]) for key in first.files)
 
 
-def test_the_whole_run_is_deterministic_whatever_the_number_of_workers(tmp_path):
-    train_smoke(tmp_path / "one", workers=1)
-    train_smoke(tmp_path / "two", workers=2)
-    weights = sorted(path.relative_to(tmp_path / "one") for path in (tmp_path / "one").rglob("*.safetensors"))
+def test_the_whole_run_is_deterministic_whatever_the_number_of_workers(tmp_path, smoke_run):
+    train_smoke(tmp_path, workers=1)
+    weights = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*.safetensors"))
     assert {path.parts[1] for path in weights} >= {"embedded-controlnet-pose", "loras", "vae-decoder"}
     for path in weights:
         # Compared by content: safetensors writes a header's metadata in no fixed order.
-        with safe_open(tmp_path / "one" / path, "pt") as one, safe_open(tmp_path / "two" / path, "pt") as two:
+        with safe_open(tmp_path / path, "pt") as one, safe_open(smoke_run / path, "pt") as two:
             assert one.metadata() == two.metadata() and set(one.keys()) == set(two.keys()), path
             assert all(torch.equal(one.get_tensor(key), two.get_tensor(key)) for key in one.keys()), path
 

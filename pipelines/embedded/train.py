@@ -20,7 +20,7 @@ import json  # noqa: E402
 import math  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor, as_completed  # noqa: E402
 from dataclasses import asdict, dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -537,9 +537,9 @@ def run(config: TrainConfig, work: Path, output: Path, resume: bool, guidance_sc
         started = time.time()
         context = torch.multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context) as pool:
-            jobs = {name: pool.submit(run_stage_after_unet, config, work, name, unscaled) for name in pending}
-            for name, job in jobs.items():
-                record(name, job.result())
+            jobs = {pool.submit(run_stage_after_unet, config, work, name, unscaled): name for name in pending}
+            for job in as_completed(jobs):
+                record(jobs[job], job.result())
         record("stages after the unet (wall clock)", time.time() - started)
     export(config, work, output, work / "tokenizer", guidance_scale)
     print(f"this run: {(time.time() - run_started) / 60:.1f} min on {workers} worker(s); "

@@ -100,4 +100,3 @@ def test_decoder_tuning_keeps_the_latents_every_later_stage_learns_from(tmp_path
     assert torch.equal(encode_latents(after, images), latents)
     with torch.no_grad():
         assert not torch.allclose(after.decode(latents).sample, before.decode(latents).sample)
-

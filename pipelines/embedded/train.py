@@ -482,16 +482,16 @@ def run_stage_after_unet(config: TrainConfig, work: Path, name: str, unscaled: t
     data = dict(np.load(work / "data.npz"))
     if name == "vae-decoder":
         tune_vae_decoder(config, data, unscaled, work / "vae", work / "vae-decoder")
-        return round(time.time() - started, 1)
-    latents = unscaled * AutoencoderKL.load_config(work / "vae")["scaling_factor"]
-    tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer", model_max_length=MODEL_MAX_LENGTH)
-    unet = UNet2DConditionModel.from_pretrained(work / "unet").requires_grad_(False)
-    text_encoder = CLIPTextModel.from_pretrained(work / "text_encoder").requires_grad_(False)
-    kind, target = name.split("-", 1)
-    if kind == "controlnet":
-        train_controlnet(config, target, data, latents, unet, text_encoder, tokenizer, work / name)
     else:
-        train_lora(config, target, data, latents, unet, text_encoder, tokenizer, work / "loras")
+        latents = unscaled * AutoencoderKL.load_config(work / "vae")["scaling_factor"]
+        tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer", model_max_length=MODEL_MAX_LENGTH)
+        unet = UNet2DConditionModel.from_pretrained(work / "unet").requires_grad_(False)
+        text_encoder = CLIPTextModel.from_pretrained(work / "text_encoder").requires_grad_(False)
+        kind, target = name.split("-", 1)
+        if kind == "controlnet":
+            train_controlnet(config, target, data, latents, unet, text_encoder, tokenizer, work / name)
+        else:
+            train_lora(config, target, data, latents, unet, text_encoder, tokenizer, work / "loras")
     return round(time.time() - started, 1)
 
 

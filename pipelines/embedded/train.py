@@ -1,10 +1,10 @@
 """Train the embedded family from scratch: `python -m pipelines.embedded.train [--smoke] [--resume]`.
 
-Stages: data -> vae -> unet (with the text encoder) -> then vae-decoder, controlnet-{edge,depth,pose} and
-lora-{stripes,mono} side by side, one single-threaded worker process per core (`EMBEDDED_WORKERS`) -> export.
-Each finished stage is saved under the work folder, and the UNet stage checkpoints as it goes, so `--resume`
-continues where a run stopped. Everything is seeded; each stage after the UNet seeds itself, so the order the
-workers take them in does not matter.
+Stages: data -> vae -> unet (with the text encoder), while the vae-decoder trains beside it in a worker
+process -> controlnet-{edge,depth,pose} and lora-{stripes,mono} side by side, one single-threaded worker process
+per core (`EMBEDDED_WORKERS`) -> export. Each finished stage is saved under the work folder, and the UNet stage
+checkpoints as it goes, so `--resume` continues where a run stopped. Everything is seeded; each stage in a worker
+seeds itself, so the order the workers take them in does not matter.
 """
 
 from __future__ import annotations
@@ -54,11 +54,11 @@ class TrainConfig:
     vae_steps: int = 1000
     vae_batch: int = 16
     vae_decoder_steps: int = 1500
-    unet_steps: int = 20000
+    unet_steps: int = 4000
     unet_batch: int = 16
-    controlnet_steps: int = 1000
+    controlnet_steps: int = 500
     controlnet_batch: int = 16
-    lora_steps: int = 2000
+    lora_steps: int = 1000
     lora_batch: int = 16
     checkpoint_every: int = 100
 
@@ -453,17 +453,19 @@ def discard_unet_and_dependants(work: Path) -> None:
 
 
 def worker_count() -> int:
-    """Worker processes for the stages after the UNet, one thread each. These models are too small to keep two
-    threads busy, so on this 2-core CPU two single-threaded workers side by side do about twice the work of one
-    2-thread process, and more when the machine is busy (scripts/benchmark_training.py)."""
+    """Worker processes for the stages beside and after the UNet, one thread each. These models are too small to
+    keep two threads busy, so on this 2-core CPU two single-threaded workers side by side do about twice the work
+    of one 2-thread process, and more when the machine is busy (scripts/benchmark_training.py)."""
     return max(1, int(os.environ.get("EMBEDDED_WORKERS", os.cpu_count() or 1)))
 
 
+# The decoder needs only the VAE, so it trains beside the UNet; the others need the finished UNet.
+STAGE_BESIDE_UNET = "vae-decoder"
+
+
 def stages_after_unet() -> list[str]:
-    """Stages that read only finished stages' files, longest first: they run side by side on the workers. The
-    decoder waits here too, since nothing before the export needs it."""
-    return ["vae-decoder", *(f"lora-{style}" for style in world.STYLES),
-            *(f"controlnet-{mode}" for mode in world.CONTROL_MODES)]
+    """Stages that read the finished UNet's files, longest first: they run side by side on the workers."""
+    return [*(f"lora-{style}" for style in world.STYLES), *(f"controlnet-{mode}" for mode in world.CONTROL_MODES)]
 
 
 def stage_done_marker(work: Path, name: str) -> Path:
@@ -472,16 +474,16 @@ def stage_done_marker(work: Path, name: str) -> Path:
     return work / name / "config.json"
 
 
-def run_stage_after_unet(config: TrainConfig, work: Path, name: str, unscaled: torch.Tensor) -> float:
-    """Run one of `stages_after_unet` from the files in `work`, on one thread; return its seconds."""
+def run_stage_in_worker(config: TrainConfig, work: Path, name: str, unscaled: torch.Tensor) -> float:
+    """Run the decoder or one of `stages_after_unet` from the files in `work`, on one thread; return its seconds."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     torch.set_num_threads(1)
     started = time.time()
     data = dict(np.load(work / "data.npz"))
-    if name == "vae-decoder":
-        tune_vae_decoder(config, data, unscaled, work / "vae", work / "vae-decoder")
+    if name == STAGE_BESIDE_UNET:
+        tune_vae_decoder(config, data, unscaled, work / "vae", work / name)
     else:
         latents = unscaled * AutoencoderKL.load_config(work / "vae")["scaling_factor"]
         tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer", model_max_length=MODEL_MAX_LENGTH)
@@ -530,17 +532,25 @@ def run(config: TrainConfig, work: Path, output: Path, resume: bool, guidance_sc
     unscaled = encode_latents(vae, data["image"])
     if unet_trained_fewer_steps(work, config.unet_steps):
         discard_unet_and_dependants(work)
-    stage("unet", work / "unet" / "config.json",
-          lambda: train_unet(config, data, unscaled * vae.config.scaling_factor, tokenizer, work))
-    pending = [name for name in stages_after_unet() if not stage_done_marker(work, name).exists()]
-    if pending:
+    context = torch.multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        jobs = {}
+        threads = torch.get_num_threads()
+        if not stage_done_marker(work, STAGE_BESIDE_UNET).exists():
+            jobs[pool.submit(run_stage_in_worker, config, work, STAGE_BESIDE_UNET, unscaled)] = STAGE_BESIDE_UNET
+            # Leave the decoder's worker its core: one thread trains this UNet as fast as two here, and two
+            # threads beside a busy worker wait on each other (scripts/benchmark_training.py).
+            torch.set_num_threads(max(1, threads - 1))
+        stage("unet", work / "unet" / "config.json",
+              lambda: train_unet(config, data, unscaled * vae.config.scaling_factor, tokenizer, work))
+        torch.set_num_threads(threads)
         started = time.time()
-        context = torch.multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context) as pool:
-            jobs = {pool.submit(run_stage_after_unet, config, work, name, unscaled): name for name in pending}
-            for job in as_completed(jobs):
-                record(jobs[job], job.result())
-        record("stages after the unet (wall clock)", time.time() - started)
+        pending = [name for name in stages_after_unet() if not stage_done_marker(work, name).exists()]
+        jobs.update({pool.submit(run_stage_in_worker, config, work, name, unscaled): name for name in pending})
+        for job in as_completed(jobs):
+            record(jobs[job], job.result())
+        if pending:
+            record("stages after the unet (wall clock)", time.time() - started)
     export(config, work, output, work / "tokenizer", guidance_scale)
     print(f"this run: {(time.time() - run_started) / 60:.1f} min on {workers} worker(s); "
           f"timings (s): {json.dumps(timings)}", flush=True)

@@ -22,6 +22,7 @@ from huggingface_hub.errors import HFValidationError
 from safetensors import SafetensorError, safe_open
 
 from pipelines.errors import StudioError
+from pipelines.schedulers import DEFAULT_SCHEDULER
 
 # Pickled checkpoints are routed to the single-file loader only to be refused with the reason.
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -36,6 +37,7 @@ class ModelInfo:
     resolution: int
     default_steps: int = 25
     default_guidance: float = 7.5
+    default_scheduler: str = DEFAULT_SCHEDULER
     controlnets: dict[str, str] | None = None  # per-model ControlNets from studio.json, paths resolved
 
     @property
@@ -71,6 +73,7 @@ def describe_model(pipe: DiffusionPipeline, source: str) -> ModelInfo:
         resolution=int(manifest.get("resolution", native)),
         default_steps=int(manifest.get("steps", 25)),
         default_guidance=float(manifest.get("guidance_scale", _default_guidance(pipe))),
+        default_scheduler=manifest.get("scheduler", DEFAULT_SCHEDULER),
         controlnets=controlnets or None,
     )
 

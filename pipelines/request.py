@@ -58,7 +58,7 @@ class GenerationRequest:
     steps: int | None = None
     guidance_scale: float | None = None
     seed: int = -1
-    scheduler: str = "Euler a"
+    scheduler: str | None = None  # None: the model's default
     width: int | None = None
     height: int | None = None
     num_images: int = 1

@@ -30,6 +30,10 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
     "LCM": (LCMScheduler, _NO_CLIP),
 }
 
+# What most web UIs default to; a model folder's studio.json may name its own.
+DEFAULT_SCHEDULER = "Euler a"
+
+
 def scheduler_names() -> list[str]:
     return list(SCHEDULERS)
 

@@ -21,7 +21,8 @@ def validate_request(
     """Check `request` and resolve its defaults; returns the request as it will run and notes for the person."""
     notes: list[str] = []
     _check_choice("mode", request.mode, MODES)
-    _check_choice("scheduler", request.scheduler, tuple(SCHEDULERS))
+    scheduler = _or_default(request.scheduler, model.default_scheduler)
+    _check_choice("scheduler", scheduler, tuple(SCHEDULERS))
     _check_text("prompt", request.prompt, limits)
     _check_text("negative prompt", request.negative_prompt, limits)
     steps = _or_default(request.steps, model.default_steps)
@@ -45,6 +46,7 @@ def validate_request(
         request,
         steps=int(steps),
         guidance_scale=float(guidance),
+        scheduler=scheduler,
         width=width,
         height=height,
         seed=int(seed),

@@ -4,13 +4,16 @@ A wiring bug (control image ignored, channels swapped, LoRA not applied, guidanc
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from diffusers import EulerAncestralDiscreteScheduler
 from safetensors import safe_open
 
 from pipelines.embedded import evaluation, world
+from pipelines.embedded.models import SAMPLER
 
 MODELS = evaluation.MODELS
 MiB = 1024 * 1024
@@ -20,6 +23,16 @@ MiB = 1024 * 1024
 def models():
     torch.manual_seed(0)
     return evaluation.load(MODELS)
+
+
+def test_the_evaluation_scores_the_sampler_studio_json_names(tmp_path):
+    shutil.copytree(MODELS, tmp_path / "models")
+    manifest = tmp_path / "models" / "embedded" / "studio.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "scheduler": "Euler a"}))
+    loaded = evaluation.load(tmp_path / "models", modes=("edge",))
+    assert isinstance(loaded.base.scheduler, EulerAncestralDiscreteScheduler)
+    assert loaded.controlled["edge"].scheduler is loaded.base.scheduler
+    assert loaded.base.scheduler.config.prediction_type == "v_prediction"
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +56,7 @@ def test_layout_is_a_stable_diffusion_folder_with_studio_defaults():
     assert scheduler["steps_offset"] == 1
     studio = json.loads((folder / "studio.json").read_text())
     assert studio["family"] == "embedded" and studio["resolution"] >= 64 and studio["steps"] == 20
+    assert studio["scheduler"] == SAMPLER
     for mode, relative in studio["controlnets"].items():
         assert (folder / relative / "config.json").is_file(), mode
 

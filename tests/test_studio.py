@@ -94,6 +94,14 @@ def test_every_scheduler_runs_and_is_recorded(tiny_studio, name):
     assert parse_parameters(result.parameters[0])["Sampler"] == name
 
 
+def test_a_request_without_a_sampler_runs_the_one_the_model_names(tiny_studio, monkeypatch):
+    assert parse_parameters(tiny_studio.generate(GenerationRequest(**FAST)).parameters[0])["Sampler"] == "Euler a"
+    monkeypatch.setattr(tiny_studio, "model", replace(tiny_studio.model, default_scheduler="DDIM"))
+    result = tiny_studio.generate(GenerationRequest(**FAST))
+    assert parse_parameters(result.parameters[0])["Sampler"] == "DDIM" and result.request.scheduler == "DDIM"
+    assert type(tiny_studio.pipeline_for("text").scheduler).__name__ == "DDIMScheduler"
+
+
 def test_same_seed_same_image_and_each_batch_image_reproducible_alone(tiny_studio):
     batch = tiny_studio.generate(GenerationRequest(num_images=2, **FAST))
     again = tiny_studio.generate(GenerationRequest(num_images=2, **FAST))

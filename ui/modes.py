@@ -89,7 +89,7 @@ def _input_fields(studio: Studio, mode: str) -> dict[str, gr.components.Componen
         fields["guidance_scale"] = gr.Slider(
             0, limits.max_guidance, value=model.default_guidance, step=0.5, label="Guidance scale"
         )
-        fields["scheduler"] = gr.Dropdown(scheduler_names(), value="Euler a", label="Scheduler")
+        fields["scheduler"] = gr.Dropdown(scheduler_names(), value=model.default_scheduler, label="Scheduler")
         fields["width"] = gr.Slider(multiple, limits.max_side, value=model.resolution, step=multiple, label="Width")
         fields["height"] = gr.Slider(multiple, limits.max_side, value=model.resolution, step=multiple, label="Height")
         fields["num_images"] = gr.Slider(1, limits.max_images, value=1, step=1, label="Number of images")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..schedulers import DEFAULT_SCHEDULER, make_scheduler
 from . import measures, world
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -36,6 +37,8 @@ def load(models: Path = MODELS, modes=world.CONTROL_MODES) -> EmbeddedModels:
     folder = models / "embedded"
     studio = json.loads((folder / "studio.json").read_text())
     base = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    # The sampler the studio serves this family with, so the scores are of the images people get.
+    base.scheduler = make_scheduler(studio.get("scheduler", DEFAULT_SCHEDULER), base.scheduler.config)
     base.set_progress_bar_config(disable=True)
     loaded = EmbeddedModels(base=base, guidance_scale=float(studio["guidance_scale"]), folder=models)
     for mode in modes:

@@ -32,7 +32,14 @@ from safetensors.torch import save_file  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from . import world  # noqa: E402
-from .models import build_controlnet, build_scheduler, build_text_encoder, build_unet, build_vae  # noqa: E402
+from .models import (  # noqa: E402
+    SAMPLER,
+    build_controlnet,
+    build_scheduler,
+    build_text_encoder,
+    build_unet,
+    build_vae,
+)
 from .tokenizer import MODEL_MAX_LENGTH, write_tokenizer_folder  # noqa: E402
 
 # Maps that mostly set an object's outline; a pose map's thin limbs are fine detail, which the less noisy
@@ -419,6 +426,7 @@ def export(config: TrainConfig, work: Path, output: Path, tokenizer_folder: Path
         shutil.rmtree(folder)
     pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)
     studio = {"family": "embedded", "resolution": world.RESOLUTION, "steps": 20, "guidance_scale": guidance_scale,
+              "scheduler": SAMPLER,
               "controlnets": {mode: f"../embedded-controlnet-{mode}" for mode in world.CONTROL_MODES},
               "loras": {style: {"file": f"../loras/{style}.safetensors", "trigger": trigger}
                         for style, trigger in world.STYLES.items()},

@@ -1,4 +1,4 @@
-"""What the embedded family's training gains from fused AdamW and from side-by-side workers, measured in one run.
+"""What the embedded family's training gains from fused AdamW and from workers side by side, measured in one run.
 
     HF_HUB_OFFLINE=1 python scripts/benchmark_training.py [--steps 40] [--rounds 3]
 
@@ -6,6 +6,8 @@
    one, in alternating rounds so both see the same machine.
 2. The LoRA stage (`train.train_lora`, the code the run uses): one process with two threads, then two
    single-threaded processes side by side, as the run trains the stages after the UNet.
+3. The UNet step alone on two threads, then beside the VAE-decoder stage (`train.tune_vae_decoder`) running in a
+   single-threaded worker, as the run trains them: the UNet on one thread, then on two.
 Untrained weights: the cost of a step does not depend on what the weights hold.
 """
 
@@ -30,13 +32,14 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.embedded import train, world  # noqa: E402
-from pipelines.embedded.models import build_scheduler, build_text_encoder, build_unet  # noqa: E402
+from pipelines.embedded.models import build_scheduler, build_text_encoder, build_unet, build_vae  # noqa: E402
 from pipelines.embedded.tokenizer import write_tokenizer_folder  # noqa: E402
 
 BATCH = 16
 
 
-def unet_steps_per_second(fused: bool, steps: int) -> float:
+def unet_steps_per_second(fused: bool, steps: int, threads: int = 2) -> float:
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     unet, text_encoder, scheduler = build_unet(), build_text_encoder(), build_scheduler()
     params = [*unet.parameters(), *text_encoder.parameters()]
@@ -74,6 +77,32 @@ def lora_seconds(steps: int, threads: int, folder: str) -> float:
     return time.perf_counter() - started
 
 
+def decoder_seconds(steps: int, folder: str) -> float:
+    """Seconds `train.tune_vae_decoder` takes for `steps` steps on one thread, on 64 random images."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    vae = build_vae()
+    vae.save_pretrained(Path(folder) / "vae")
+    images = np.random.default_rng(0).integers(0, 256, (64, world.RESOLUTION, world.RESOLUTION, 3), dtype=np.uint8)
+    latents = train.encode_latents(vae, images)
+    config = replace(train.TrainConfig(), vae_decoder_steps=steps)
+    started = time.perf_counter()
+    train.tune_vae_decoder(config, {"image": images}, latents, Path(folder) / "vae", Path(folder) / "decoder")
+    return time.perf_counter() - started
+
+
+def unet_beside_the_decoder(steps: int, threads: int, folder: str) -> tuple[float, float]:
+    """UNet steps per second on `threads` threads while the decoder trains in a worker, and the decoder's seconds.
+    The decoder runs twice the UNet's steps, so it is busy for the whole UNet measurement."""
+    context = torch.multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        list(pool.map(abs, range(1)))
+        decoder = pool.submit(decoder_seconds, 2 * steps, folder)
+        time.sleep(2)  # the worker builds its VAE first
+        rate = unet_steps_per_second(True, steps, threads)
+        return rate, decoder.result()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40, help="training steps per measurement")
@@ -88,6 +117,14 @@ def main() -> None:
     default, fused = statistics.median(rates[False]), statistics.median(rates[True])
     print(f"unet step, batch {BATCH}, 2 threads: default AdamW {default:.2f} steps/s, fused AdamW {fused:.2f} "
           f"steps/s (medians of {args.rounds}): fused is {fused / default:.2f}x", flush=True)
+
+    alone = unet_steps_per_second(True, args.steps, 2)
+    with tempfile.TemporaryDirectory() as folder:
+        one_thread, decoder_one = unet_beside_the_decoder(args.steps, 1, folder + "/beside1")
+        two_threads, decoder_two = unet_beside_the_decoder(args.steps, 2, folder + "/beside2")
+    print(f"unet step, fused AdamW: 2 threads alone {alone:.2f} steps/s; beside the decoder's 1-thread worker "
+          f"({2 * args.steps} decoder steps), on 1 thread {one_thread:.2f} steps/s (decoder {decoder_one:.1f} s), on "
+          f"2 threads {two_threads:.2f} steps/s (decoder {decoder_two:.1f} s)", flush=True)
 
     with tempfile.TemporaryDirectory() as folder:
         alone = lora_seconds(args.steps, 2, folder + "/alone")

@@ -61,11 +61,11 @@ class TrainConfig:
     vae_steps: int = 1000
     vae_batch: int = 16
     vae_decoder_steps: int = 1500
-    unet_steps: int = 4000
+    unet_steps: int = 20000
     unet_batch: int = 16
-    controlnet_steps: int = 500
+    controlnet_steps: int = 1000
     controlnet_batch: int = 16
-    lora_steps: int = 1000
+    lora_steps: int = 2000
     lora_batch: int = 16
     checkpoint_every: int = 100
 
@@ -573,6 +573,7 @@ def main() -> None:
     parser.add_argument("--output", default="models", help="where the committed model folders are written")
     parser.add_argument("--unet-steps", type=int, help="override the UNet steps (resume with more to train longer)")
     parser.add_argument("--controlnet-steps", type=int, help="override the steps of each ControlNet")
+    parser.add_argument("--lora-steps", type=int, help="override the steps of each LoRA")
     parser.add_argument("--guidance-scale", type=float, default=2.0, help="default written to studio.json")
     args = parser.parse_args()
     config = SMOKE if args.smoke else TrainConfig()
@@ -580,6 +581,8 @@ def main() -> None:
         config = replace(config, unet_steps=args.unet_steps)
     if args.controlnet_steps:
         config = replace(config, controlnet_steps=args.controlnet_steps)
+    if args.lora_steps:
+        config = replace(config, lora_steps=args.lora_steps)
     run(config, Path(args.work), Path(args.output), args.resume, args.guidance_scale)
 
 

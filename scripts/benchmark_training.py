@@ -6,8 +6,8 @@
    one, in alternating rounds so both see the same machine.
 2. The LoRA stage (`train.train_lora`, the code the run uses): one process with two threads, then two
    single-threaded processes side by side, as the run trains the stages after the UNet.
-3. The UNet step alone on two threads, then beside the VAE-decoder stage (`train.tune_vae_decoder`) running in a
-   single-threaded worker, as the run trains them: the UNet on one thread, then on two.
+3. The UNet step alone on two threads and on one, then beside the VAE-decoder stage (`train.tune_vae_decoder`)
+   running in a single-threaded worker, as the run trains them: the UNet on one thread, then on two.
 Untrained weights: the cost of a step does not depend on what the weights hold.
 """
 
@@ -118,11 +118,12 @@ def main() -> None:
     print(f"unet step, batch {BATCH}, 2 threads: default AdamW {default:.2f} steps/s, fused AdamW {fused:.2f} "
           f"steps/s (medians of {args.rounds}): fused is {fused / default:.2f}x", flush=True)
 
-    alone = unet_steps_per_second(True, args.steps, 2)
+    alone = {threads: unet_steps_per_second(True, args.steps, threads) for threads in (2, 1)}
     with tempfile.TemporaryDirectory() as folder:
         one_thread, decoder_one = unet_beside_the_decoder(args.steps, 1, folder + "/beside1")
         two_threads, decoder_two = unet_beside_the_decoder(args.steps, 2, folder + "/beside2")
-    print(f"unet step, fused AdamW: 2 threads alone {alone:.2f} steps/s; beside the decoder's 1-thread worker "
+    print(f"unet step, fused AdamW: alone on 2 threads {alone[2]:.2f} steps/s, on 1 thread {alone[1]:.2f}; beside "
+          f"the decoder's 1-thread worker "
           f"({2 * args.steps} decoder steps), on 1 thread {one_thread:.2f} steps/s (decoder {decoder_one:.1f} s), on "
           f"2 threads {two_threads:.2f} steps/s (decoder {decoder_two:.1f} s)", flush=True)
 

@@ -123,9 +123,9 @@ def main() -> None:
         one_thread, decoder_one = unet_beside_the_decoder(args.steps, 1, folder + "/beside1")
         two_threads, decoder_two = unet_beside_the_decoder(args.steps, 2, folder + "/beside2")
     print(f"unet step, fused AdamW: alone on 2 threads {alone[2]:.2f} steps/s, on 1 thread {alone[1]:.2f}; beside "
-          f"the decoder's 1-thread worker "
-          f"({2 * args.steps} decoder steps), on 1 thread {one_thread:.2f} steps/s (decoder {decoder_one:.1f} s), on "
-          f"2 threads {two_threads:.2f} steps/s (decoder {decoder_two:.1f} s)", flush=True)
+          f"the decoder's 1-thread worker ({2 * args.steps} decoder steps), on 1 thread {one_thread:.2f} steps/s "
+          f"(decoder {decoder_one:.1f} s), on 2 threads {two_threads:.2f} steps/s (decoder {decoder_two:.1f} s)",
+          flush=True)
 
     with tempfile.TemporaryDirectory() as folder:
         alone = lora_seconds(args.steps, 2, folder + "/alone")

@@ -546,8 +546,9 @@ def run(config: TrainConfig, work: Path, output: Path, resume: bool, guidance_sc
         threads = torch.get_num_threads()
         if not stage_done_marker(work, STAGE_BESIDE_UNET).exists():
             jobs[pool.submit(run_stage_in_worker, config, work, STAGE_BESIDE_UNET, unscaled)] = STAGE_BESIDE_UNET
-            # Leave the decoder's worker its core: one thread trains this UNet as fast as two here, and two
-            # threads beside a busy worker wait on each other (scripts/benchmark_training.py).
+            # Leave the decoder's worker its core: beside it, one thread trained this UNet as fast as two or
+            # faster here, and alone within 10% of two (scripts/benchmark_training.py). The count stays fixed for
+            # the whole stage because one thread and two give slightly different weights.
             torch.set_num_threads(max(1, threads - 1))
         stage("unet", work / "unet" / "config.json",
               lambda: train_unet(config, data, unscaled * vae.config.scaling_factor, tokenizer, work))

@@ -109,7 +109,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the optimizer comparison")
     args = parser.parse_args()
 
-    torch.set_num_threads(2)
     rates = {False: [], True: []}
     for _ in range(args.rounds):
         for fused in (False, True):
@@ -118,14 +117,14 @@ def main() -> None:
     print(f"unet step, batch {BATCH}, 2 threads: default AdamW {default:.2f} steps/s, fused AdamW {fused:.2f} "
           f"steps/s (medians of {args.rounds}): fused is {fused / default:.2f}x", flush=True)
 
-    alone = {threads: unet_steps_per_second(True, args.steps, threads) for threads in (2, 1)}
+    unet_alone = {threads: unet_steps_per_second(True, args.steps, threads) for threads in (2, 1)}
     with tempfile.TemporaryDirectory() as folder:
         one_thread, decoder_one = unet_beside_the_decoder(args.steps, 1, folder + "/beside1")
         two_threads, decoder_two = unet_beside_the_decoder(args.steps, 2, folder + "/beside2")
-    print(f"unet step, fused AdamW: alone on 2 threads {alone[2]:.2f} steps/s, on 1 thread {alone[1]:.2f}; beside "
-          f"the decoder's 1-thread worker ({2 * args.steps} decoder steps), on 1 thread {one_thread:.2f} steps/s "
-          f"(decoder {decoder_one:.1f} s), on 2 threads {two_threads:.2f} steps/s (decoder {decoder_two:.1f} s)",
-          flush=True)
+    print(f"unet step, fused AdamW: alone on 2 threads {unet_alone[2]:.2f} steps/s, on 1 thread "
+          f"{unet_alone[1]:.2f}; beside the decoder's 1-thread worker ({2 * args.steps} decoder steps), on 1 thread "
+          f"{one_thread:.2f} steps/s (decoder {decoder_one:.1f} s), on 2 threads {two_threads:.2f} steps/s "
+          f"(decoder {decoder_two:.1f} s)", flush=True)
 
     with tempfile.TemporaryDirectory() as folder:
         alone = lora_seconds(args.steps, 2, folder + "/alone")

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..schedulers import DEFAULT_SCHEDULER, make_scheduler
+from ..loader import describe_model
+from ..schedulers import make_scheduler
 from . import measures, world
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -37,8 +38,8 @@ def load(models: Path = MODELS, modes=world.CONTROL_MODES) -> EmbeddedModels:
     folder = models / "embedded"
     studio = json.loads((folder / "studio.json").read_text())
     base = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)
-    # The sampler the studio serves this family with, so the scores are of the images people get.
-    base.scheduler = make_scheduler(studio.get("scheduler", DEFAULT_SCHEDULER), base.scheduler.config)
+    # The sampler the studio serves this family with, resolved as the studio does: the scores are of its images.
+    base.scheduler = make_scheduler(describe_model(base, str(folder)).default_scheduler, base.scheduler.config)
     base.set_progress_bar_config(disable=True)
     loaded = EmbeddedModels(base=base, guidance_scale=float(studio["guidance_scale"]), folder=models)
     for mode in modes:

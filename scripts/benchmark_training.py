@@ -8,6 +8,8 @@
    single-threaded processes side by side, as the run trains the stages after the UNet.
 3. The UNet step alone on two threads and on one, then beside the VAE-decoder stage (`train.tune_vae_decoder`)
    running in a single-threaded worker, as the run trains them: the UNet on one thread, then on two.
+4. The UNet step data-parallel: two single-threaded processes, batch 16 each, averaging their gradients with
+   DistributedDataParallel over gloo, against one single-threaded process (why the run does not split the UNet).
 Untrained weights: the cost of a step does not depend on what the weights hold.
 """
 
@@ -38,18 +40,28 @@ from pipelines.embedded.tokenizer import write_tokenizer_folder  # noqa: E402
 BATCH = 16
 
 
-def unet_steps_per_second(fused: bool, steps: int, threads: int = 2) -> float:
+class Denoiser(torch.nn.Module):
+    """The UNet and the text encoder as one module, so DistributedDataParallel averages all their gradients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unet, self.text_encoder = build_unet(), build_text_encoder()
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return self.unet(noisy, timesteps, self.text_encoder(ids)[0]).sample
+
+
+def unet_steps_per_second(fused: bool, steps: int, threads: int = 2, wrap=None) -> float:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    unet, text_encoder, scheduler = build_unet(), build_text_encoder(), build_scheduler()
-    params = [*unet.parameters(), *text_encoder.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=fused)
+    model = Denoiser() if wrap is None else wrap(Denoiser())
+    scheduler = build_scheduler()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
     generator = torch.Generator().manual_seed(0)
     latents, ids = torch.randn(BATCH, 4, 16, 16), torch.randint(0, 49000, (BATCH, 77))
 
     def step() -> None:
-        loss = train.diffusion_loss(scheduler, lambda noisy, t: unet(noisy, t, text_encoder(ids)[0]).sample,
-                                    latents, generator)
+        loss = train.diffusion_loss(scheduler, lambda noisy, t: model(noisy, t, ids), latents, generator)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -103,6 +115,17 @@ def unet_beside_the_decoder(steps: int, threads: int, folder: str) -> tuple[floa
         return rate, decoder.result()
 
 
+def data_parallel_steps_per_second(rank: int, steps: int, rendezvous: str) -> float:
+    """UNet steps per second of one of two single-threaded processes that average gradients after each step."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    try:
+        return unet_steps_per_second(True, steps, 1, wrap=torch.nn.parallel.DistributedDataParallel)
+    finally:
+        dist.destroy_process_group()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40, help="training steps per measurement")
@@ -125,6 +148,16 @@ def main() -> None:
           f"{unet_alone[1]:.2f}; beside the decoder's 1-thread worker ({2 * args.steps} decoder steps), on 1 thread "
           f"{one_thread:.2f} steps/s (decoder {decoder_one:.1f} s), on 2 threads {two_threads:.2f} steps/s "
           f"(decoder {decoder_two:.1f} s)", flush=True)
+
+    with tempfile.TemporaryDirectory() as folder:
+        context = torch.multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+            jobs = [pool.submit(data_parallel_steps_per_second, rank, args.steps, f"{folder}/rendezvous")
+                    for rank in range(2)]
+            parallel = min(job.result() for job in jobs)
+    print(f"unet step, fused AdamW, data-parallel over two 1-thread processes (DDP, gloo, batch {BATCH} each): "
+          f"{parallel:.2f} steps/s, {2 * BATCH * parallel:.1f} samples/s, against {BATCH * unet_alone[1]:.1f} "
+          f"for one 1-thread process alone: {2 * parallel / unet_alone[1]:.2f}x", flush=True)
 
     with tempfile.TemporaryDirectory() as folder:
         alone = lora_seconds(args.steps, 2, folder + "/alone")

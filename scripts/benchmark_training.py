@@ -24,6 +24,7 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -51,7 +52,8 @@ class Denoiser(torch.nn.Module):
         return self.unet(noisy, timesteps, self.text_encoder(ids)[0]).sample
 
 
-def unet_steps_per_second(fused: bool, steps: int, threads: int = 2, wrap=None) -> float:
+def unet_steps_per_second(fused: bool, steps: int, threads: int = 2,
+                          wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> float:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = Denoiser() if wrap is None else wrap(Denoiser())

@@ -5,7 +5,6 @@ Used by scripts/evaluate_embedded.py (prints every figure) and by the tests (ass
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,14 +35,15 @@ def load(models: Path = MODELS, modes=world.CONTROL_MODES) -> EmbeddedModels:
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
     folder = models / "embedded"
-    studio = json.loads((folder / "studio.json").read_text())
     base = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)
-    # The sampler the studio serves this family with, resolved as the studio does: the scores are of its images.
-    base.scheduler = make_scheduler(describe_model(base, str(folder)).default_scheduler, base.scheduler.config)
+    # The defaults, sampler and ControlNets the studio serves this family with, read from studio.json as the studio
+    # reads them: the scores are of its images.
+    info = describe_model(base, str(folder))
+    base.scheduler = make_scheduler(info.default_scheduler, base.scheduler.config)
     base.set_progress_bar_config(disable=True)
-    loaded = EmbeddedModels(base=base, guidance_scale=float(studio["guidance_scale"]), folder=models)
+    loaded = EmbeddedModels(base=base, guidance_scale=info.default_guidance, folder=models)
     for mode in modes:
-        controlnet = ControlNetModel.from_pretrained(folder / studio["controlnets"][mode], torch_dtype=torch.float32)
+        controlnet = ControlNetModel.from_pretrained(info.controlnets[mode], torch_dtype=torch.float32)
         pipe = StableDiffusionControlNetPipeline(**base.components, controlnet=controlnet)
         pipe.set_progress_bar_config(disable=True)
         loaded.controlled[mode] = pipe

@@ -48,7 +48,7 @@ class GenerationRequest:
     mode: str = "text"
     prompt: str = ""
     negative_prompt: str = ""
-    control_image: Image.Image | str | None = None  # a path is decoded (and checked) by the studio
+    image: Image.Image | str | None = None  # a path is decoded (and checked) by the studio
     preprocessor: str = "none"
     low_threshold: int = 100
     high_threshold: int = 200

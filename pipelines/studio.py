@@ -69,7 +69,7 @@ class Studio:
 
     def _control_map(self, request: GenerationRequest) -> Image.Image:
         image = prepare_user_image(
-            request.control_image,
+            request.image,
             max_pixels=self.settings.limits.max_input_pixels,
             what=f"{request.mode} image",
         )

@@ -65,7 +65,7 @@ def main() -> None:
         for mode in MODES:
             request = GenerationRequest(
                 mode=mode, prompt="a red circle on a blue background", steps=args.steps, seed=1,
-                control_image=None if mode == "text" else control_map(size), preprocessor="none",
+                image=None if mode == "text" else control_map(size), preprocessor="none",
             )
             first, _ = timed(lambda request=request: studio.generate(request))
             steady, _ = timed(lambda request=request: studio.generate(request), args.repeats)

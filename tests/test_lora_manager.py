@@ -71,7 +71,7 @@ def pixels(studio, loras=(), mode="text", seed=7, prompt="a red circle") -> np.n
     if control is not None:
         control.paste((255, 255, 255), (16, 16, 48, 48))
     request = GenerationRequest(
-        mode=mode, prompt=prompt, steps=STEPS, seed=seed, loras=tuple(loras), control_image=control, preprocessor="none"
+        mode=mode, prompt=prompt, steps=STEPS, seed=seed, loras=tuple(loras), image=control, preprocessor="none"
     )
     return np.asarray(studio.generate(request).images[0])
 

@@ -36,7 +36,7 @@ def circle_map(center: tuple[int, int], radius: int, size: int = 32) -> Image.Im
 @pytest.mark.parametrize("mode", ["text", "pose", "edge", "depth"])
 def test_every_mode_makes_images_at_the_requested_size(tiny_studio, mode):
     control = None if mode == "text" else circle_map((16, 16), 8)
-    request = GenerationRequest(mode=mode, control_image=control, width=48, height=32, num_images=2, **FAST)
+    request = GenerationRequest(mode=mode, image=control, width=48, height=32, num_images=2, **FAST)
     result = tiny_studio.generate(request)
     assert [image.size for image in result.images] == [(48, 32), (48, 32)]
     assert result.seeds == [7, 8]
@@ -55,7 +55,7 @@ def test_mode_pipelines_share_the_base_weights_and_load_each_controlnet_once(tin
     )
     monkeypatch.setattr(loader_module, "load_base_pipeline", lambda *a, **k: pytest.fail("base reloaded"))
     for mode in ["edge", "text", "pose", "edge", "depth", "pose", "text"]:
-        request = GenerationRequest(mode=mode, control_image=circle_map((12, 12), 6), **FAST)
+        request = GenerationRequest(mode=mode, image=circle_map((12, 12), 6), **FAST)
         tiny_studio.generate(request)
         pipe = tiny_studio.pipeline_for(mode)
         assert pipe.unet is base.unet and pipe.vae is base.vae and pipe.text_encoder is base.text_encoder
@@ -64,14 +64,14 @@ def test_mode_pipelines_share_the_base_weights_and_load_each_controlnet_once(tin
 
 
 def test_the_control_image_changes_the_result(tiny_studio):
-    first = tiny_studio.generate(GenerationRequest(mode="edge", control_image=circle_map((10, 10), 5), **FAST))
-    second = tiny_studio.generate(GenerationRequest(mode="edge", control_image=circle_map((22, 20), 8), **FAST))
+    first = tiny_studio.generate(GenerationRequest(mode="edge", image=circle_map((10, 10), 5), **FAST))
+    second = tiny_studio.generate(GenerationRequest(mode="edge", image=circle_map((22, 20), 8), **FAST))
     assert np.abs(pixels(first.images[0]) - pixels(second.images[0])).mean() > 1.0
 
 
 def test_whole_numbers_from_sliders_and_json_are_accepted_for_float_settings(tiny_studio):
     request = GenerationRequest(
-        mode="edge", control_image=circle_map((16, 16), 8), controlnet_scale=1, control_start=0, control_end=1,
+        mode="edge", image=circle_map((16, 16), 8), controlnet_scale=1, control_start=0, control_end=1,
         guidance_scale=3, **FAST,
     )
     assert tiny_studio.generate(request).images
@@ -80,7 +80,7 @@ def test_whole_numbers_from_sliders_and_json_are_accepted_for_float_settings(tin
 def test_conditioning_scale_zero_ignores_the_control_image(tiny_studio):
     runs = [
         tiny_studio.generate(
-            GenerationRequest(mode="edge", control_image=circle_map(center, 6), controlnet_scale=0.0, **FAST)
+            GenerationRequest(mode="edge", image=circle_map(center, 6), controlnet_scale=0.0, **FAST)
         )
         for center in [(10, 10), (22, 20)]
     ]
@@ -121,7 +121,7 @@ def test_random_seed_is_resolved_and_reported(tiny_studio):
 
 def test_images_carry_their_a1111_parameters(tiny_studio):
     request = GenerationRequest(
-        mode="edge", control_image=circle_map((16, 16), 8), negative_prompt="green", scheduler="DDIM",
+        mode="edge", image=circle_map((16, 16), 8), negative_prompt="green", scheduler="DDIM",
         guidance_scale=3.5, controlnet_scale=0.7, **FAST,
     )
     result = tiny_studio.generate(request)
@@ -180,7 +180,7 @@ def test_corrupt_upload_is_refused_and_the_studio_keeps_serving(tiny_studio, tmp
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     with pytest.raises(StudioError, match="broken.png"):
-        tiny_studio.generate(GenerationRequest(mode="edge", control_image=str(broken), **FAST))
+        tiny_studio.generate(GenerationRequest(mode="edge", image=str(broken), **FAST))
     assert tiny_studio.generate(GenerationRequest(**FAST)).images
 
 
@@ -191,7 +191,7 @@ def test_unusual_pixel_formats_are_accepted_as_control_maps(tiny_studio, mode_na
         source = Image.fromarray(np.asarray(source, dtype=np.uint16) * 257)
     else:
         source = source.convert(mode_name)
-    result = tiny_studio.generate(GenerationRequest(mode="depth", control_image=source, **FAST))
+    result = tiny_studio.generate(GenerationRequest(mode="depth", image=source, **FAST))
     assert result.control_map.mode == "RGB"
 
 
@@ -205,7 +205,7 @@ def test_huge_image_is_refused_before_decoding(tiny_sd_dir, tiny_controlnet_dirs
     big = tmp_path / "big.png"
     Image.new("RGB", (300, 200)).save(big)
     with pytest.raises(StudioError, match="limit"):
-        studio.generate(GenerationRequest(mode="edge", control_image=str(big), **FAST))
+        studio.generate(GenerationRequest(mode="edge", image=str(big), **FAST))
 
 
 def test_unreachable_hub_model_gives_a_plain_message(empty_lora_dir):
@@ -218,5 +218,5 @@ def test_unreachable_hub_controlnet_fails_only_its_mode(tiny_sd_dir, empty_lora_
     settings = Settings(model=str(tiny_sd_dir), lora_dir=str(empty_lora_dir), device="cpu")
     studio = Studio(settings)  # the default SD1.5 ControlNets live on the Hub
     with pytest.raises(StudioError, match="pose ControlNet 'lllyasviel/control_v11p_sd15_openpose'"):
-        studio.generate(GenerationRequest(mode="pose", control_image=circle_map((16, 16), 8), **FAST))
+        studio.generate(GenerationRequest(mode="pose", image=circle_map((16, 16), 8), **FAST))
     assert studio.generate(GenerationRequest(**FAST)).images

@@ -128,7 +128,7 @@ def build_lora_lab(studio, settings) -> None:
                 mode=mode_name,
                 prompt=prompt_text,
                 negative_prompt=negative_text,
-                control_image=image,
+                image=image,
                 steps=int(steps_value),
                 guidance_scale=float(guidance_value),
             )

@@ -137,7 +137,7 @@ def build_request(mode: str, values: dict) -> GenerationRequest:
     loras = parse_lora_list(values.pop("loras", ""))
     seed = values.pop("seed", -1)
     seed = -1 if randomize or seed is None else seed
-    return GenerationRequest(mode=mode, control_image=image, seed=seed, loras=loras, **values)
+    return GenerationRequest(mode=mode, image=image, seed=seed, loras=loras, **values)
 
 
 def run_request(studio: Studio, request: GenerationRequest, progress=None) -> tuple:

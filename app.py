@@ -11,7 +11,7 @@ import logging
 from dataclasses import replace
 
 from pipelines.errors import StudioError
-from pipelines.request import CONTROL_MODES
+from pipelines.modes import CONTROL_MODES
 from pipelines.settings import EMBEDDED_MODEL, Settings
 from pipelines.studio import Studio
 from ui.app import CSS, build_app
@@ -30,8 +30,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
-    parser.add_argument("--host", default="127.0.0.1", help="use 0.0.0.0 to serve the local network")
-    parser.add_argument("--port", type=int, default=7860)
+    # No defaults: Gradio then reads GRADIO_SERVER_NAME and GRADIO_SERVER_PORT, which Spaces set (0.0.0.0),
+    # and otherwise serves 127.0.0.1:7860; a flag passed to launch() would override them.
+    parser.add_argument("--host", help="address to listen on (default: GRADIO_SERVER_NAME, else 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: GRADIO_SERVER_PORT, else 7860)")
     parser.add_argument("--queue-size", type=int, default=32, help="requests that may wait in the queue")
     return parser.parse_args(argv)
 
@@ -46,29 +48,25 @@ def controlnet_overrides(pairs: list[str]) -> dict[str, str]:
     return overrides
 
 
-def open_studio(settings: Settings, overrides: dict[str, str]) -> tuple[Studio, str]:
+def open_studio(settings: Settings) -> tuple[Studio, str]:
     """The requested model, or, when it cannot be loaded (say the Hub is out of reach), the embedded one."""
     try:
-        return Studio(settings, overrides), ""
+        return Studio(settings), ""
     except StudioError as error:
         if settings.model == str(EMBEDDED_MODEL):
             raise
         warning = f"{error} Serving the embedded model instead."
         logger.warning(warning)
-        return Studio(replace(settings, model=str(EMBEDDED_MODEL)), overrides), warning
+        return Studio(replace(settings, model=str(EMBEDDED_MODEL))), warning
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
     args = parse_args(argv)
-    settings = Settings.from_env()
-    settings = replace(
-        settings,
-        model=args.model or settings.model,
-        lora_dir=args.lora_dir or settings.lora_dir,
-        device=args.device or settings.device,
+    settings = Settings.from_env().with_flags(
+        model=args.model, lora_dir=args.lora_dir, device=args.device, controlnets=controlnet_overrides(args.controlnet)
     )
-    studio, warning = open_studio(settings, controlnet_overrides(args.controlnet))
+    studio, warning = open_studio(settings)
     demo = build_app(studio, warning)
     # One generation at a time per GPU: the LoRA set and scheduler live on shared modules.
     demo.queue(default_concurrency_limit=1, max_size=args.queue_size)

@@ -1,48 +1,31 @@
 """Which ControlNet serves each mode, and a cache that loads each one once, on first use.
 
-Defaults per family can be overridden per mode with `--controlnet MODE=SOURCE` or the environment
-variable `STUDIO_CONTROLNET_<MODE>`; a model folder's `studio.json` names its own.
+Each mode declares its default ControlNet per family (`pipelines/modes.py`); a model folder's `studio.json`
+names its own; the settings (STUDIO_CONTROLNET_<MODE> or `--controlnet MODE=SOURCE`) override both.
 """
 
 from __future__ import annotations
 
-import os
+import logging
+from collections.abc import Mapping
 
 import torch
 from diffusers import ControlNetModel
 from huggingface_hub.errors import HFValidationError
 
 from pipelines.errors import StudioError
-from pipelines.request import CONTROL_MODES
+from pipelines.loader import display_name
+from pipelines.modes import MODES
 
-DEFAULT_CONTROLNETS: dict[str, dict[str, str]] = {
-    "sd15": {
-        "pose": "lllyasviel/control_v11p_sd15_openpose",
-        "edge": "lllyasviel/control_v11p_sd15_canny",
-        "depth": "lllyasviel/control_v11f1p_sd15_depth",
-    },
-    "sd2": {
-        "pose": "thibaud/controlnet-sd21-openpose-diffusers",
-        "edge": "thibaud/controlnet-sd21-canny-diffusers",
-        "depth": "thibaud/controlnet-sd21-depth-diffusers",
-    },
-    "sdxl": {
-        "pose": "thibaud/controlnet-openpose-sdxl-1.0",
-        "edge": "diffusers/controlnet-canny-sdxl-1.0",
-        "depth": "diffusers/controlnet-depth-sdxl-1.0",
-    },
-}
+logger = logging.getLogger(__name__)
 
 
 def controlnet_registry(
-    family: str, model_controlnets: dict[str, str] | None = None, overrides: dict[str, str] | None = None
+    family: str, model_controlnets: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """mode -> ControlNet source: family default, then the model's own, then env, then flags."""
-    registry = dict(DEFAULT_CONTROLNETS.get(family, {}))
+    """mode -> ControlNet source: the mode's default for the family, then the model's own, then the settings."""
+    registry = {name: mode.controlnets[family] for name, mode in MODES.items() if family in mode.controlnets}
     registry.update(model_controlnets or {})
-    for mode in CONTROL_MODES:
-        if env_source := os.environ.get(f"STUDIO_CONTROLNET_{mode.upper()}"):
-            registry[mode] = env_source
     registry.update(overrides or {})
     return registry
 
@@ -66,9 +49,10 @@ class ControlNetCache:
         try:
             controlnet = ControlNetModel.from_pretrained(source, dtype=self.dtype, use_safetensors=True)
         except (OSError, HFValidationError, ValueError) as error:
+            logger.warning("loading the %s ControlNet %s failed: %s", mode, source, error)
             raise StudioError(
-                f"The {mode} ControlNet {source!r} could not be loaded: it is not cached here and the "
+                f"The {mode} ControlNet {display_name(source)!r} could not be loaded: it is not cached here and the "
                 f"Hugging Face Hub cannot be reached, or it has no .safetensors weights. Text mode still "
-                f"works; set STUDIO_CONTROLNET_{mode.upper()} to a local ControlNet folder. Details: {error}"
+                f"works; set STUDIO_CONTROLNET_{mode.upper()} to a local ControlNet folder."
             ) from error
         return controlnet.to(self.device)

@@ -51,7 +51,7 @@ def prepare_user_image(
 
 def _open_image_file(path: str, *, max_pixels: int, what: str) -> Image.Image:
     if not os.path.isfile(path):
-        raise StudioError(f"The {what} file {path!r} does not exist.")
+        raise StudioError(f"The {what} file {os.path.basename(path)!r} does not exist.")
     if os.path.getsize(path) == 0:
         raise StudioError(f"The {what} file {os.path.basename(path)!r} is empty.")
     name = os.path.basename(path)

@@ -7,6 +7,7 @@ built from it (see `studio.py`). Only safetensors weights are ever read.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from safetensors import SafetensorError, safe_open
 
 from pipelines.errors import StudioError
 from pipelines.schedulers import DEFAULT_SCHEDULER
+
+logger = logging.getLogger(__name__)
 
 # Pickled checkpoints are routed to the single-file loader only to be refused with the reason.
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -42,7 +45,13 @@ class ModelInfo:
 
     @property
     def name(self) -> str:
-        return Path(self.source.rstrip("/")).name
+        return display_name(self.source)
+
+
+def display_name(source: str) -> str:
+    """A model as people may see it: a hub id as it is, a local folder or file by its own name, never its path."""
+    is_local = Path(source).exists() or source.startswith((".", "/", "~")) or Path(source).suffix
+    return Path(source.rstrip("/")).name if is_local else source
 
 
 def pick_device(requested: str | None = None) -> tuple[str, torch.dtype]:
@@ -96,43 +105,47 @@ def _read_manifest(source: str) -> dict:
 def _load_pretrained(source: str, dtype: torch.dtype) -> DiffusionPipeline:
     is_folder = Path(source).is_dir()
     if not is_folder and (source.startswith((".", "/")) or Path(source).suffix):
-        raise StudioError(f"Model {source!r} is neither a diffusers folder nor a .safetensors file.")
+        raise StudioError(f"Model {display_name(source)!r} is neither a diffusers folder nor a .safetensors file.")
     try:
         return AutoPipelineForText2Image.from_pretrained(source, dtype=dtype, use_safetensors=True)
     except (OSError, HFValidationError, ValueError) as error:
-        raise StudioError(_load_failure_message(source, is_folder, error)) from error
+        logger.warning("loading the model %s failed: %s", source, error)
+        raise StudioError(_load_failure_message(source, is_folder)) from error
 
 
-def _load_failure_message(source: str, is_folder: bool, error: Exception) -> str:
+def _load_failure_message(source: str, is_folder: bool) -> str:
     if is_folder:
-        return f"Could not load the diffusers folder {source!r}: {error}"
+        return (
+            f"Could not load the diffusers folder {display_name(source)!r}: it needs model_index.json and each "
+            f"component's config and .safetensors weights (the server log has the details)."
+        )
     return (
         f"Could not load {source!r} from the Hugging Face Hub: it is not in the local cache and the Hub "
-        f"cannot be reached (or the id is wrong, or it has no .safetensors weights). Details: {error}"
+        f"cannot be reached (or the id is wrong, or it has no .safetensors weights)."
     )
 
 
 def _load_single_file(path: str, dtype: torch.dtype) -> DiffusionPipeline:
     """One-file checkpoints in the original (LDM) layout, as Civitai and A1111 users have them."""
+    name = Path(path).name
     if Path(path).suffix.lower() != ".safetensors":
         raise StudioError(
-            f"Refusing to open {path!r}: single-file checkpoints must be .safetensors. "
+            f"Refusing to open {name!r}: single-file checkpoints must be .safetensors. "
             f"{Path(path).suffix} files are Python pickles, which can run arbitrary code when loaded; "
             f"use the model's .safetensors release or convert the file in a sandbox first."
         )
     if not Path(path).is_file():
-        raise StudioError(f"Checkpoint file {path!r} does not exist.")
+        raise StudioError(f"Checkpoint file {name!r} does not exist.")
     try:
         with safe_open(path, framework="pt") as checkpoint:
             keys = set(checkpoint.keys())
     except SafetensorError as error:
         raise StudioError(
-            f"{path!r} is not a readable .safetensors file (damaged or incomplete download?). "
-            f"Details: {error}"
+            f"{name!r} is not a readable .safetensors file (damaged or incomplete download?)."
         ) from error
     if not any(key.startswith("model.diffusion_model.") for key in keys):
         raise StudioError(
-            f"{path!r} is not a Stable Diffusion checkpoint in the original single-file layout (it has "
+            f"{name!r} is not a Stable Diffusion checkpoint in the original single-file layout (it has "
             f"no 'model.diffusion_model.' weights); LoRAs and single diffusers components are not models."
         )
     pipeline_class = StableDiffusionXLPipeline if _is_sdxl_checkpoint(keys) else StableDiffusionPipeline
@@ -140,18 +153,19 @@ def _load_single_file(path: str, dtype: torch.dtype) -> DiffusionPipeline:
     try:
         return pipeline_class.from_single_file(path, dtype=dtype, **local_config)
     except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as error:
+        logger.warning("loading the checkpoint %s failed: %s", path, error)
         if local_config:
             raise StudioError(
-                f"Could not load the checkpoint {path!r} with the configuration in "
-                f"{local_config['config']!r}: is that folder a {pipeline_class.__name__} of the same "
-                f"architecture? Details: {error}"
+                f"Could not load the checkpoint {name!r} with the configuration in the folder "
+                f"{Path(local_config['config']).name!r} beside it: is that folder a {pipeline_class.__name__} of "
+                f"the same architecture?"
             ) from error
-        config_folder = str(Path(path).with_suffix(".config"))
+        config_folder = Path(path).with_suffix(".config").name
         raise StudioError(
-            f"Could not load the checkpoint {path!r}: a single file does not carry its model's "
+            f"Could not load the checkpoint {name!r}: a single file does not carry its model's "
             f"configuration, and it could not be fetched from the Hugging Face Hub. Put a diffusers folder "
             f"of the same architecture (model_index.json, the components' config files and the tokenizer; "
-            f"no weights needed) next to it as {config_folder!r}, or allow the Hub. Details: {error}"
+            f"no weights needed) next to it as {config_folder!r}, or allow the Hub."
         ) from error
 
 
@@ -168,7 +182,7 @@ def _local_config_for(path: str) -> dict:
         return {}
     if not (config_folder / "model_index.json").is_file():
         raise StudioError(
-            f"{str(config_folder)!r} is not a diffusers folder: it needs model_index.json, the components' "
+            f"{config_folder.name!r} is not a diffusers folder: it needs model_index.json, the components' "
             f"config files and the tokenizer, as save_pretrained writes them (weights are not needed)."
         )
     return {"config": str(config_folder), "local_files_only": True}

@@ -1,20 +1,20 @@
 """The one request type that flows from the UI (or an API caller) through the studio, and its result.
 
-The UI builds a `GenerationRequest`; `Studio.generate` validates it against the limits in `Settings`,
-runs it, and returns a `GenerationResult` that carries the images and the exact parameters that made
-them (seeds resolved, sizes snapped, prompts as actually used).
+`GenerationRequest` has one field per parameter declared in `pipelines/parameters.py`, with the declared
+default (None where the default is the served model's own), plus the mode. The UI or an API endpoint builds
+it; `pipelines/validation.py` checks it and resolves its defaults; `Studio.generate` runs it and returns a
+`GenerationResult` carrying the images and the exact parameters that made them (seeds resolved, sizes
+snapped, prompts as actually used).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 
 from PIL import Image
 
-from pipelines.errors import StudioError
-
-CONTROL_MODES = ("pose", "edge", "depth")
-MODES = ("text", *CONTROL_MODES)
+from pipelines.modes import MODES
+from pipelines.parameters import PARAMETERS, Param, Ref
 
 
 @dataclass(frozen=True)
@@ -29,43 +29,34 @@ class LoraChoice:
     weight: float = 1.0
 
 
-def parse_lora_list(text: str) -> tuple[LoraChoice, ...]:
-    """`"stripes:0.8, pastel"` -> LoRA choices; a name without a weight gets 1.0."""
-    choices = []
-    for item in filter(None, (part.strip() for part in (text or "").split(","))):
-        name, colon, weight = item.rpartition(":")
-        if not colon:
-            name, weight = item, "1"
-        try:
-            choices.append(LoraChoice(name.strip(), float(weight)))
-        except ValueError:
-            raise StudioError(f"LoRA {item!r}: write it as name:weight, e.g. stripes:0.8.") from None
-    return tuple(choices)
+def _request_field(param: Param) -> tuple[str, object, object]:
+    default = None if isinstance(param.default, Ref) else param.default
+    return param.name, object, field(default=default)
+
+
+_GENERATION_PARAMETERS = tuple(dict.fromkeys(name for mode in MODES.values() for name in mode.parameters))
+
+GenerationRequest = make_dataclass(
+    "GenerationRequest",
+    [("mode", str, field(default="text")), *(_request_field(PARAMETERS[name]) for name in _GENERATION_PARAMETERS)],
+    frozen=True,
+)
+GenerationRequest.__module__ = __name__
+GenerationRequest.__doc__ = (
+    "A request for images in one mode; the fields are the parameters of `pipelines/parameters.py`. `image` is a "
+    "PIL image or the path of an image file; `loras` is 'name:weight, ...' text or a tuple of `LoraChoice`."
+)
 
 
 @dataclass(frozen=True)
-class GenerationRequest:
-    mode: str = "text"
-    prompt: str = ""
-    negative_prompt: str = ""
-    image: Image.Image | str | None = None  # a path is decoded (and checked) by the studio
-    preprocessor: str = "none"
-    low_threshold: int = 100
-    high_threshold: int = 200
-    include_hands: bool = False
-    include_face: bool = False
-    detect_resolution: int = 512
-    steps: int | None = None
-    guidance_scale: float | None = None
-    seed: int = -1
-    scheduler: str | None = None  # None: the model's default
-    width: int | None = None
-    height: int | None = None
-    num_images: int = 1
-    controlnet_scale: float = 1.0
-    control_start: float = 0.0
-    control_end: float = 1.0
-    loras: tuple[LoraChoice, ...] = ()
+class GridRequest:
+    """The LoRA lab's grid: `base` rendered as a 'no LoRA' row, then each LoRA at each weight, a column per seed."""
+
+    base: GenerationRequest
+    lora_names: tuple[str, ...] = ()
+    weights: tuple[float, ...] = ()
+    seeds: tuple[int, ...] = ()
+    together: tuple[LoraChoice, ...] = ()  # a last row with several LoRAs at once; empty: no such row
 
 
 @dataclass

@@ -1,55 +1,127 @@
-"""Settings read from environment variables, so a Space is configured without code changes.
+"""The studio's settings: built once, from environment variables (how a Space is configured) and then flags.
 
-Command-line flags in `app.py` override the model and LoRA folder; every other limit comes from here
-and is enforced on the server whatever the sliders allowed.
+This is the only module that reads the environment. Every variable is read in `Settings.from_env`, and the
+README's settings table lists each one.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from pipelines.errors import StudioError
+from pipelines.modes import CONTROL_MODES
+from pipelines.preprocessors.weights import DEFAULT_DEPTH_MODEL, DetectorSources
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL = PROJECT_ROOT / "models" / "embedded"
 EMBEDDED_LORAS = PROJECT_ROOT / "models" / "loras"
-
-
-def _int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_side: int = 1024
+    max_side: int | None = None  # None: twice the model's native resolution
     max_images: int = 4
     max_steps: int = 100
     max_guidance: float = 30.0
     max_input_pixels: int = 4096 * 4096
     max_prompt_chars: int = 2000
 
-    @classmethod
-    def from_env(cls) -> Limits:
-        return cls(
-            max_side=_int("STUDIO_MAX_SIDE", cls.max_side),
-            max_images=_int("STUDIO_MAX_IMAGES", cls.max_images),
-            max_steps=_int("STUDIO_MAX_STEPS", cls.max_steps),
-            max_input_pixels=_int("STUDIO_MAX_INPUT_PIXELS", cls.max_input_pixels),
-        )
+    def side_for(self, native_resolution: int) -> int:
+        return self.max_side or 2 * native_resolution
+
+
+@dataclass(frozen=True)
+class LoraLimits:
+    cache_bytes: int = 2048 * MIB  # adapters kept loaded, all together
+    file_bytes: int = 2048 * MIB
+    upload_bytes: int = 512 * MIB
 
 
 @dataclass(frozen=True)
 class Settings:
     model: str = str(EMBEDDED_MODEL)
     lora_dir: str = str(EMBEDDED_LORAS)
-    device: str | None = None
+    device: str | None = None  # None: CUDA when present, else the CPU
     limits: Limits = field(default_factory=Limits)
+    loras: LoraLimits = field(default_factory=LoraLimits)
+    controlnets: Mapping[str, str] = field(default_factory=dict)  # mode -> ControlNet source, over the defaults
+    detectors: DetectorSources = field(default_factory=DetectorSources)
 
     @classmethod
-    def from_env(cls) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        _refuse_unsafe_torch_load(environ)
+        read = _Reader(environ)
         return cls(
-            model=os.environ.get("STUDIO_MODEL", cls.model),
-            lora_dir=os.environ.get("STUDIO_LORA_DIR", cls.lora_dir),
-            device=os.environ.get("STUDIO_DEVICE") or None,
-            limits=Limits.from_env(),
+            model=read.text("STUDIO_MODEL", cls.model),
+            lora_dir=read.text("STUDIO_LORA_DIR", cls.lora_dir),
+            device=read.text("STUDIO_DEVICE", None),
+            limits=Limits(
+                max_side=read.whole("STUDIO_MAX_SIDE", None),
+                max_images=read.whole("STUDIO_MAX_IMAGES", Limits.max_images),
+                max_steps=read.whole("STUDIO_MAX_STEPS", Limits.max_steps),
+                max_input_pixels=read.whole("STUDIO_MAX_INPUT_PIXELS", Limits.max_input_pixels),
+            ),
+            loras=LoraLimits(
+                cache_bytes=read.whole("STUDIO_LORA_CACHE_MB", LoraLimits.cache_bytes // MIB) * MIB,
+                file_bytes=read.whole("STUDIO_MAX_LORA_MB", LoraLimits.file_bytes // MIB) * MIB,
+                upload_bytes=read.whole("STUDIO_MAX_LORA_UPLOAD_MB", LoraLimits.upload_bytes // MIB) * MIB,
+            ),
+            controlnets={
+                mode: source
+                for mode in CONTROL_MODES
+                if (source := read.text(f"STUDIO_CONTROLNET_{mode.upper()}", None))
+            },
+            detectors=DetectorSources(
+                annotators=read.text("STUDIO_ANNOTATORS", None),
+                depth_model=read.text("STUDIO_DEPTH_MODEL", DEFAULT_DEPTH_MODEL),
+            ),
+        )
+
+    def with_flags(
+        self,
+        *,
+        model: str | None = None,
+        lora_dir: str | None = None,
+        device: str | None = None,
+        controlnets: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Flags given on the command line win over the environment."""
+        return replace(
+            self,
+            model=model or self.model,
+            lora_dir=lora_dir or self.lora_dir,
+            device=device or self.device,
+            controlnets={**self.controlnets, **(controlnets or {})},
+        )
+
+
+@dataclass(frozen=True)
+class _Reader:
+    environ: Mapping[str, str]
+
+    def text(self, name: str, default: str | None) -> str | None:
+        return self.environ.get(name) or default
+
+    def whole(self, name: str, default: int | None) -> int | None:
+        value = self.environ.get(name)
+        if not value:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise StudioError(f"The setting {name} must be a whole number, not {value!r}.") from None
+        if number < 1:
+            raise StudioError(f"The setting {name} must be at least 1, not {number}.")
+        return number
+
+
+def _refuse_unsafe_torch_load(environ: Mapping[str, str]) -> None:
+    if environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() not in ("", "0", "false"):
+        raise StudioError(
+            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set, which would let weight files run arbitrary code when "
+            "loaded; unset it to start the studio."
         )

@@ -6,6 +6,7 @@ ControlNets load lazily and stay cached, so switching modes never reloads the ba
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 
@@ -15,12 +16,14 @@ from PIL import Image
 
 from pipelines.controlnets import ControlNetCache, controlnet_registry
 from pipelines.images import prepare_user_image
-from pipelines.loader import load_base_pipeline, pick_device
+from pipelines.loader import display_name, load_base_pipeline, pick_device
 from pipelines.lora import LoraManager
 from pipelines.metadata import format_parameters, tag_with_parameters
-from pipelines.preprocessors import PreprocessOptions, make_control_map
+from pipelines.modes import MODES
+from pipelines.parameters import MAX_SEED, Served
+from pipelines.preprocessors import make_control_map
 from pipelines.request import GenerationRequest, GenerationResult
-from pipelines.schedulers import make_scheduler
+from pipelines.schedulers import make_scheduler, scheduler_names
 from pipelines.settings import Settings
 from pipelines.validation import validate_request
 
@@ -28,12 +31,12 @@ Progress = Callable[[int, int], None]
 
 
 class Studio:
-    def __init__(self, settings: Settings, controlnet_overrides: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.device, self.dtype = pick_device(settings.device)
         self.base, self.model = load_base_pipeline(settings.model, self.device, self.dtype)
         self._scheduler_config = dict(self.base.scheduler.config)
-        registry = controlnet_registry(self.model.family, self.model.controlnets, controlnet_overrides)
+        registry = controlnet_registry(self.model.family, self.model.controlnets, settings.controlnets)
         self.controlnets = ControlNetCache(registry, self.device, self.dtype)
         self.loras = LoraManager(self.base, self.model.family, settings.lora_dir)
         self._mode_pipes: dict[str, DiffusionPipeline] = {"text": self.base}
@@ -42,7 +45,29 @@ class Studio:
 
     @property
     def size_multiple(self) -> int:
-        return self.base.vae_scale_factor
+        # diffusers' text-to-image pipelines insist on multiples of 8 whatever the VAE's factor (the embedded
+        # model's is 4), and the latents must divide by the VAE's factor: every pipeline takes the common multiple.
+        return math.lcm(8, self.base.vae_scale_factor)
+
+    @property
+    def served(self) -> Served:
+        """The bounds and defaults requests are checked against: the settings' limits and this model's own."""
+        limits, model = self.settings.limits, self.model
+        return Served(
+            max_side=limits.side_for(model.resolution),
+            size_multiple=self.size_multiple,
+            max_steps=limits.max_steps,
+            max_images=limits.max_images,
+            max_guidance=limits.max_guidance,
+            max_prompt_chars=limits.max_prompt_chars,
+            max_seed=MAX_SEED,
+            resolution=model.resolution,
+            default_steps=model.default_steps,
+            default_guidance=model.default_guidance,
+            default_scheduler=model.default_scheduler,
+            schedulers=tuple(scheduler_names()),
+            modes=tuple(MODES),
+        )
 
     def pipeline_for(self, mode: str) -> DiffusionPipeline:
         if mode not in self._mode_pipes:
@@ -54,8 +79,10 @@ class Studio:
         return self._mode_pipes[mode]
 
     def generate(self, request: GenerationRequest, progress: Progress | None = None) -> GenerationResult:
-        request, notes = validate_request(request, self.model, self.settings.limits, self.size_multiple)
-        control_map = self._control_map(request) if request.mode != "text" else None
+        request, notes = validate_request(request, self.served)
+        if not request.prompt:
+            notes.append("The prompt was empty, so this image was generated unconditionally (no text guidance).")
+        control_map = self._control_map(request) if MODES[request.mode].is_controlled else None
         with self._lock:
             pipe = self.pipeline_for(request.mode)
             notes += self.loras.activate(request.loras)
@@ -73,14 +100,8 @@ class Studio:
             max_pixels=self.settings.limits.max_input_pixels,
             what=f"{request.mode} image",
         )
-        options = PreprocessOptions(
-            low_threshold=request.low_threshold,
-            high_threshold=request.high_threshold,
-            include_hands=request.include_hands,
-            include_face=request.include_face,
-            detect_resolution=request.detect_resolution,
-        )
-        return make_control_map(request.mode, request.preprocessor, image, (request.width, request.height), options)
+        size = (request.width, request.height)
+        return make_control_map(request.preprocessor, image, size, vars(request), self.settings.detectors)
 
     def _run(
         self,
@@ -134,9 +155,9 @@ class Studio:
             "Model": self.model.name,
             "Mode": request.mode,
         }
-        if request.mode != "text":
+        if MODES[request.mode].is_controlled:
             settings["ControlNet 0"] = (
-                f"Module: {request.preprocessor}, Model: {self.controlnets.registry[request.mode]}, "
+                f"Module: {request.preprocessor}, Model: {display_name(self.controlnets.registry[request.mode])}, "
                 f"Weight: {request.controlnet_scale:g}, Guidance Start: {request.control_start:g}, "
                 f"Guidance End: {request.control_end:g}"
             )

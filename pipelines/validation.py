@@ -1,91 +1,265 @@
-"""Server-side checks of every request: API callers skip the sliders, so every limit is enforced here."""
+"""Server-side checks of every request, made from the parameter declarations: API callers skip the sliders.
+
+`clean` checks one value against its declaration and returns it in its proper type; every refusal names the
+field (its label, and the API name where that differs) and says what is allowed. `check_inputs` holds the
+few rules that tie two fields together.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 import random
+from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
+
+from PIL import Image
 
 from pipelines.errors import StudioError
-from pipelines.loader import ModelInfo
-from pipelines.request import MODES, GenerationRequest
-from pipelines.schedulers import SCHEDULERS
-from pipelines.settings import Limits
+from pipelines.modes import MODES, Mode
+from pipelines.parameters import MAX_LORA_WEIGHT, MAX_SEED, PARAMETERS, Param, Served, bind
+from pipelines.request import GenerationRequest, GridRequest, LoraChoice
 
-MAX_SEED = 2**32 - 1
+MAX_GRID_VALUES = 8  # weights or seeds in one grid
 
 
-def validate_request(
-    request: GenerationRequest, model: ModelInfo, limits: Limits, size_multiple: int
-) -> tuple[GenerationRequest, list[str]]:
+def validate_request(request: GenerationRequest, served: Served) -> tuple[GenerationRequest, list[str]]:
     """Check `request` and resolve its defaults; returns the request as it will run and notes for the person."""
+    mode = mode_of(request.mode, served)
     notes: list[str] = []
-    _check_choice("mode", request.mode, MODES)
-    scheduler = _or_default(request.scheduler, model.default_scheduler)
-    _check_choice("scheduler", scheduler, tuple(SCHEDULERS))
-    _check_text("prompt", request.prompt, limits)
-    _check_text("negative prompt", request.negative_prompt, limits)
-    steps = _or_default(request.steps, model.default_steps)
-    guidance = _or_default(request.guidance_scale, model.default_guidance)
-    _check_range("steps", steps, 1, limits.max_steps, whole=True)
-    _check_range("guidance scale", guidance, 0.0, limits.max_guidance)
-    _check_range("number of images", request.num_images, 1, limits.max_images, whole=True)
-    _check_range("seed", request.seed, -1, MAX_SEED, whole=True)
-    _check_range("ControlNet conditioning scale", request.controlnet_scale, 0.0, 2.0)
-    _check_range("control guidance start", request.control_start, 0.0, 1.0)
-    _check_range("control guidance end", request.control_end, 0.0, 1.0)
-    if request.control_start >= request.control_end:
-        raise StudioError("Control guidance start must be below control guidance end.")
-    for lora in request.loras:
-        _check_range(f"weight of LoRA {lora.name!r}", lora.weight, -2.0, 2.0)
-    width = _snap_side("width", _or_default(request.width, model.resolution), size_multiple, limits, notes)
-    height = _snap_side("height", _or_default(request.height, model.resolution), size_multiple, limits, notes)
-    seed = request.seed if request.seed >= 0 else random.randint(0, MAX_SEED)
-    # Sliders and JSON send 1 for 1.0; diffusers insists on floats for some arguments.
-    resolved = replace(
-        request,
-        steps=int(steps),
-        guidance_scale=float(guidance),
-        scheduler=scheduler,
-        width=width,
-        height=height,
-        seed=int(seed),
-        num_images=int(request.num_images),
-        controlnet_scale=float(request.controlnet_scale),
-        control_start=float(request.control_start),
-        control_end=float(request.control_end),
-        detect_resolution=int(request.detect_resolution),
-    )
-    return resolved, notes
+    served = replace(served, preprocessors=mode.preprocessors)
+    values = {name: clean(bind(PARAMETERS[name], served), getattr(request, name), notes) for name in mode.parameters}
+    check_inputs(mode, values)
+    if values["randomize_seed"]:
+        values["seed"] = random.randint(0, MAX_SEED)
+    values["randomize_seed"] = False
+    return replace(request, **values), notes
 
 
-def _or_default(value: object, default: object) -> object:
-    return default if value is None else value
+def validate_grid(grid: GridRequest, served: Served) -> tuple[GridRequest, list[str]]:
+    base, notes = validate_request(replace(grid.base, randomize_seed=False), served)
+    served = replace(served, modes=tuple(MODES))
+    checked = {
+        name: clean(bind(PARAMETERS[name], served), getattr(grid, name), notes)
+        for name in ("lora_names", "weights", "seeds", "together")
+    }
+    if not checked["lora_names"]:
+        raise StudioError("Choose at least one LoRA for the grid (lora_names).")
+    for name in ("weights", "seeds"):
+        if not checked[name]:
+            raise StudioError(f"Give at least one value for the {name} of the grid, separated by commas.")
+    checked["together"] = _together_row(checked["together"], checked["lora_names"])
+    return replace(grid, base=base, **checked), notes
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise StudioError(f"Unknown {name} {value!r}. Choose one of: {', '.join(choices)}.")
+def _together_row(together: tuple[LoraChoice, ...], lora_names: tuple[str, ...]) -> tuple[LoraChoice, ...]:
+    """The 'together' weights name chosen LoRAs by file name; a chosen LoRA left out gets weight 1."""
+    if not together:
+        return ()
+    by_file = {Path(name).name: name for name in lora_names}
+    unknown = [choice.name for choice in together if Path(choice.name).name not in by_file]
+    if unknown:
+        raise StudioError(
+            f"The 'together' weights (together) name LoRAs that are not chosen: {', '.join(sorted(unknown))}."
+        )
+    weights = {by_file[Path(choice.name).name]: choice.weight for choice in together}
+    return tuple(LoraChoice(name, weights.get(name, 1.0)) for name in lora_names)
 
 
-def _check_text(name: str, value: object, limits: Limits) -> None:
+def mode_of(name: object, served: Served) -> Mode:
+    allowed = served.modes or tuple(MODES)
+    if not isinstance(name, str) or name not in allowed:
+        raise StudioError(f"Mode (mode) must be one of: {', '.join(allowed)}; got {_show(name)}.")
+    return MODES[name]
+
+
+def check_inputs(mode: Mode, values: Mapping[str, object]) -> None:
+    """Rules between fields; each value on its own is already checked."""
+    if mode.is_controlled and values["control_start"] >= values["control_end"]:
+        raise StudioError(
+            f"Control guidance start ({values['control_start']:g}) must be below control guidance end "
+            f"({values['control_end']:g})."
+        )
+    if values.get("preprocessor") == "canny" and values["low_threshold"] > values["high_threshold"]:
+        raise StudioError(
+            f"Canny low threshold ({values['low_threshold']}) must not be above the high threshold "
+            f"({values['high_threshold']})."
+        )
+
+
+def clean(param: Param, value: object, notes: list[str]) -> object:
+    """`value` checked against `param` (already bound) and converted to its type; None means the default."""
+    if value is None and param.kind != "image":
+        value = param.default
+    return _CLEANERS[param.kind](param, value, notes)
+
+
+def field_name(param: Param) -> str:
+    """The label a person sees, with the API name where it differs."""
+    same = param.label.lower().replace(" ", "_") == param.name
+    return param.label if same else f"{param.label} ({param.name})"
+
+
+def _text(param: Param, value: object, notes: list[str]) -> str:
     if not isinstance(value, str):
-        raise StudioError(f"The {name} must be text.")
-    if len(value) > limits.max_prompt_chars:
-        raise StudioError(f"The {name} has {len(value)} characters; the limit is {limits.max_prompt_chars}.")
+        raise StudioError(f"{field_name(param)} must be text, not {_show(value)}.")
+    _check_characters(field_name(param), value)
+    if param.high is not None and len(value) > param.high:
+        raise StudioError(f"{field_name(param)} has {len(value)} characters; the limit is {param.high:g}.")
+    return value
 
 
-def _check_range(name: str, value: object, low: float, high: float, whole: bool = False) -> None:
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not is_number or (whole and value != int(value)):
-        raise StudioError(f"The {name} must be a {'whole ' if whole else ''}number, not {value!r}.")
-    if not low <= value <= high:
-        raise StudioError(f"The {name} must be between {low:g} and {high:g}; got {value:g}.")
+def _whole(param: Param, value: object, notes: list[str]) -> int:
+    number = int(_number_in_range(param, value, whole=True))
+    multiple = param.multiple_of
+    if multiple and number % multiple:
+        snapped = max(multiple, number // multiple * multiple)
+        notes.append(f"{field_name(param)} {number} was rounded down to {snapped}, a multiple of {multiple} as the "
+                     f"model needs.")
+        return snapped
+    return number
 
 
-def _snap_side(name: str, value: object, multiple: int, limits: Limits, notes: list[str]) -> int:
-    _check_range(name, value, multiple, limits.max_side, whole=True)
-    snapped = max(multiple, int(value) // multiple * multiple)
-    if snapped != value:
-        notes.append(f"The {name} {value} was rounded down to {snapped}, a multiple of {multiple} as the model needs.")
-    return snapped
+def _number(param: Param, value: object, notes: list[str]) -> float:
+    return float(_number_in_range(param, value, whole=False))
+
+
+def _flag(param: Param, value: object, notes: list[str]) -> bool:
+    if not isinstance(value, bool):
+        raise StudioError(f"{field_name(param)} must be true or false, not {_show(value)}.")
+    return value
+
+
+def _choice(param: Param, value: object, notes: list[str]) -> str:
+    if not isinstance(value, str) or value not in param.choices:
+        raise StudioError(f"{field_name(param)} must be one of: {', '.join(param.choices)}; got {_show(value)}.")
+    return value
+
+
+def _image(param: Param, value: object, notes: list[str]) -> object:
+    if value is None or isinstance(value, (str, os.PathLike, Image.Image)):
+        return value
+    raise StudioError(f"{field_name(param)} must be an image file, not {_show(value)}.")
+
+
+def _loras(param: Param, value: object, notes: list[str]) -> tuple[LoraChoice, ...]:
+    """'name:weight, ...' text (or LoRA choices); a LoRA named twice is one entry with the weights added."""
+    if isinstance(value, str):
+        _check_characters(field_name(param), value)
+        choices = [_parse_lora(param, item) for item in filter(None, (part.strip() for part in value.split(",")))]
+    elif isinstance(value, (tuple, list)) and all(isinstance(choice, LoraChoice) for choice in value):
+        choices = list(value)
+    else:
+        raise StudioError(f"{field_name(param)} must be text like 'stripes:0.8, mono:1', not {_show(value)}.")
+    merged: dict[str, float] = {}
+    for choice in choices:
+        _check_characters(f"The LoRA name {choice.name[:40]!r}", choice.name)
+        if choice.name in merged:
+            notes.append(f"The LoRA {choice.name!r} was named more than once; its weights were added.")
+        merged[choice.name] = merged.get(choice.name, 0.0) + _lora_weight(param, choice.name, choice.weight)
+    for name, weight in merged.items():
+        _lora_weight(param, name, weight)
+    return tuple(LoraChoice(name, weight) for name, weight in merged.items())
+
+
+def _parse_lora(param: Param, item: str) -> LoraChoice:
+    name, colon, weight = item.rpartition(":")
+    if not colon:
+        return LoraChoice(item, 1.0)
+    try:
+        return LoraChoice(name.strip(), float(weight))
+    except ValueError:
+        raise StudioError(
+            f"{field_name(param)}: write each LoRA as name:weight, e.g. stripes:0.8; got {item!r}."
+        ) from None
+
+
+def _lora_weight(param: Param, name: str, weight: object) -> float:
+    if not _is_number(weight) or not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:
+        raise StudioError(
+            f"{field_name(param)}: the weight of {name!r} must be a number from {-MAX_LORA_WEIGHT:g} to "
+            f"{MAX_LORA_WEIGHT:g}; got {_show(weight)}."
+        )
+    return float(weight)
+
+
+def _names(param: Param, value: object, notes: list[str]) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise StudioError(f"{field_name(param)} must be a list of LoRA names, not {_show(value)}.")
+    for name in value:
+        _check_characters(field_name(param), name)
+    return tuple(dict.fromkeys(name.strip() for name in value if name.strip()))
+
+
+def _numbers(param: Param, value: object, notes: list[str]) -> tuple[float, ...]:
+    return tuple(float(number) for number in _listed_numbers(param, value, whole=False))
+
+
+def _wholes(param: Param, value: object, notes: list[str]) -> tuple[int, ...]:
+    return tuple(int(number) for number in _listed_numbers(param, value, whole=True))
+
+
+def _listed_numbers(param: Param, value: object, whole: bool) -> list[float]:
+    """'0.5, 1' text or a list of numbers, each within the declared range."""
+    if isinstance(value, str):
+        _check_characters(field_name(param), value)
+        items = [item.strip() for item in value.replace(";", ",").split(",") if item.strip()]
+        numbers = [_parse_number(param, item) for item in items]
+    elif isinstance(value, (list, tuple)):
+        numbers = list(value)
+    else:
+        raise StudioError(f"{field_name(param)} must be numbers separated by commas, like '1, 2'; got {_show(value)}.")
+    if len(numbers) > MAX_GRID_VALUES:
+        raise StudioError(f"{field_name(param)}: at most {MAX_GRID_VALUES} values fit in one grid; got {len(numbers)}.")
+    return [_number_in_range(param, number, whole) for number in numbers]
+
+
+def _parse_number(param: Param, item: str) -> float:
+    try:
+        return float(item)
+    except ValueError:
+        raise StudioError(f"{field_name(param)} must be numbers separated by commas; {item!r} is not one.") from None
+
+
+def _number_in_range(param: Param, value: object, whole: bool) -> float:
+    kind = "whole number" if whole else "number"
+    if not _is_number(value) or (whole and not float(value).is_integer()):
+        raise StudioError(f"{field_name(param)} must be a {kind}{_range_text(param)}; got {_show(value)}.")
+    if (param.low is not None and value < param.low) or (param.high is not None and value > param.high):
+        raise StudioError(f"{field_name(param)} must be a {kind}{_range_text(param)}; got {value:g}.")
+    return value
+
+
+def _range_text(param: Param) -> str:
+    unit = f" {param.unit}" if param.unit else ""
+    if param.low is not None and param.high is not None:
+        return f" from {param.low:g} to {param.high:g}{unit}"
+    return ""
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_characters(what: str, text: str) -> None:
+    if "\x00" in text:
+        raise StudioError(f"{what} contains a NUL character (\\x00); remove it.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise StudioError(f"{what} contains an unpaired surrogate, which is not valid Unicode text.") from None
+
+
+def _show(value: object) -> str:
+    """A value as the refusal quotes it: short, and without the contents of a long list or text."""
+    if isinstance(value, (list, tuple, dict)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_CLEANERS = {
+    "text": _text, "whole": _whole, "number": _number, "flag": _flag, "choice": _choice, "image": _image,
+    "loras": _loras, "names": _names, "numbers": _numbers, "wholes": _wholes,
+}

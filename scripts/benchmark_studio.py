@@ -58,7 +58,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
         model, controlnets = (args.model, None) if args.model else tiny_model(Path(scratch))
-        studio = Studio(Settings(model=model, lora_dir=scratch, device="cpu"), controlnet_overrides=controlnets)
+        studio = Studio(Settings(model=model, lora_dir=scratch, device="cpu", controlnets=controlnets or {}))
         size = studio.model.resolution
         print(f"model {studio.model.name} ({studio.model.family}), {size}x{size}, {args.steps} steps, "
               f"CPU, {args.threads} torch threads")

@@ -44,5 +44,7 @@ def empty_lora_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_studio(tiny_sd_dir, tiny_controlnet_dirs, empty_lora_dir):
-    settings = Settings(model=str(tiny_sd_dir), lora_dir=str(empty_lora_dir), device="cpu")
-    return Studio(settings, controlnet_overrides=tiny_controlnet_dirs)
+    settings = Settings(
+        model=str(tiny_sd_dir), lora_dir=str(empty_lora_dir), device="cpu", controlnets=tiny_controlnet_dirs
+    )
+    return Studio(settings)

@@ -15,9 +15,11 @@ from PIL import Image
 
 from pipelines.lora.synthetic import kohya_metadata, lora_tensors, write_lora
 from pipelines.metadata import parse_parameters
-from pipelines.request import LoraChoice
+from pipelines.errors import StudioError
+from pipelines.request import GenerationRequest, GridRequest, LoraChoice
 from pipelines.settings import Settings
-from ui.lora_lab import _check_session, add_trigger_words, build_lora_lab, together_choices
+from pipelines.validation import validate_grid
+from ui.lora_lab import _check_session, add_trigger_words, build_lora_lab
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,8 +29,8 @@ def studio(tiny_sd_dir, tiny_controlnet_dirs, tmp_path_factory):
     from pipelines.studio import Studio
 
     folder = tmp_path_factory.mktemp("lab-loras")
-    settings = Settings(model=str(tiny_sd_dir), lora_dir=str(folder), device="cpu")
-    studio = Studio(settings, controlnet_overrides=tiny_controlnet_dirs)
+    settings = Settings(model=str(tiny_sd_dir), lora_dir=str(folder), device="cpu", controlnets=tiny_controlnet_dirs)
+    studio = Studio(settings)
     write_lora(
         folder / "ink.safetensors",
         lora_tensors(studio.base, seed=11),
@@ -47,7 +49,7 @@ def client(studio):
     from gradio_client import Client
 
     with gr.Blocks() as demo:
-        build_lora_lab(studio, studio.settings)
+        build_lora_lab(studio)
     demo.queue(default_concurrency_limit=1)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -59,17 +61,17 @@ def client(studio):
 
 def grid_args(loras, weights="0, 1", seeds="3, 4"):
     return dict(
-        names=loras,
-        weights_text=weights,
-        seeds_text=seeds,
-        prompt_text="a red circle",
-        negative_text="",
-        mode_name="text",
+        lora_names=loras,
+        weights=weights,
+        seeds=seeds,
+        prompt="a red circle",
+        negative_prompt="",
+        mode="text",
         image=None,
-        steps_value=2,
-        guidance_value=4.0,
-        table="",
-        with_together=False,
+        steps=2,
+        guidance_scale=4.0,
+        together="",
+        add_together=False,
     )
 
 
@@ -104,7 +106,7 @@ def test_refusals_reach_api_callers_as_plain_errors(client):
         call_grid(client, ["missing.safetensors"])
     with pytest.raises(AppError, match="not one of this session's uploads"):
         call_grid(client, ["/tmp/someone-elses/upload.safetensors"])
-    with pytest.raises(AppError, match="Weights must be numbers"):
+    with pytest.raises(AppError, match="Weights must be numbers"):  # names the field
         call_grid(client, ["ink.safetensors"], weights="half")
 
 
@@ -125,14 +127,18 @@ def test_concurrent_grids_with_different_lora_sets_match_their_solo_runs(client,
     assert switches > len(sets) - 1  # the grids did interleave cell by cell, not one after another
 
 
-def test_together_weights_text():
+def test_together_weights_text(studio):
     names = ["ink.safetensors", "/tmp/uploads/ab/neon.safetensors"]
-    chosen = together_choices("neon.safetensors: 0.5", names)
-    assert chosen == (LoraChoice("ink.safetensors", 1.0), LoraChoice(names[1], 0.5))
-    with pytest.raises(gr.Error, match="not chosen"):
-        together_choices("other.safetensors: 1", names)
-    with pytest.raises(gr.Error, match="not a number"):
-        together_choices("ink.safetensors: strong", names)
+
+    def together(text):
+        grid = GridRequest(GenerationRequest(), names, "1", "1", text)
+        return validate_grid(grid, studio.served)[0].together
+
+    assert together("neon.safetensors: 0.5") == (LoraChoice("ink.safetensors", 1.0), LoraChoice(names[1], 0.5))
+    with pytest.raises(StudioError, match=r"not chosen: other.safetensors"):
+        together("other.safetensors: 1")
+    with pytest.raises(StudioError, match=r"together.*name:weight"):
+        together("ink.safetensors: strong")
 
 
 def test_trigger_words_are_added_once():
@@ -144,5 +150,5 @@ def test_trigger_words_are_added_once():
 def test_uploads_are_only_usable_by_their_session():
     mine = str(Path("/tmp/uploads/abc/mine.safetensors"))
     _check_session([mine, "ink.safetensors"], [mine])
-    with pytest.raises(gr.Error):
+    with pytest.raises(StudioError):
         _check_session([mine], [])

@@ -17,22 +17,22 @@ from PIL import Image  # noqa: E402
 from skimage import data  # noqa: E402
 
 from pipelines.errors import StudioError  # noqa: E402
-from pipelines.preprocessors import (  # noqa: E402
-    PREPROCESSORS,
-    PreprocessOptions,
-    clear_detector_cache,
-    make_control_map,
-    pose,  # noqa: E402
-)
-from pipelines.preprocessors.weights import import_controlnet_aux  # noqa: E402
+from pipelines.modes import MODES  # noqa: E402
+from pipelines.parameters import PARAMETERS  # noqa: E402
+from pipelines.preprocessors import PREPROCESSORS, clear_detector_cache, make_control_map, pose  # noqa: E402
+from pipelines.preprocessors.weights import DetectorSources, import_controlnet_aux  # noqa: E402
 
 PHOTOS = {"astronaut": data.astronaut, "coffee": data.coffee, "chelsea": data.chelsea}
 
 
+def control_map(preprocessor, image, size, sources=None, **options):
+    """`make_control_map` with every option at its declared default unless given."""
+    values = {name: PARAMETERS[name].default for spec in PREPROCESSORS.values() for name in spec.options}
+    return make_control_map(preprocessor, image, size, {**values, **options}, sources)
+
+
 @pytest.fixture(autouse=True)
 def fresh_detectors(monkeypatch, tmp_path):
-    monkeypatch.delenv("STUDIO_ANNOTATORS", raising=False)
-    monkeypatch.delenv("STUDIO_DEPTH_MODEL", raising=False)
     # An empty hub cache, so "missing weights" does not depend on what this machine has downloaded.
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     clear_detector_cache()
@@ -130,49 +130,22 @@ def tiny_depth_anything(tmp_path_factory):
     return folder
 
 
-def test_every_mode_offers_none():
-    assert set(PREPROCESSORS) == {"edge", "pose", "depth"}
-    for choices in PREPROCESSORS.values():
-        assert "none" in choices and len(set(choices)) == len(choices)
-    assert PREPROCESSORS["edge"][0] == "canny" and PREPROCESSORS["pose"][0] == "openpose"
-
-
-@pytest.mark.parametrize(
-    ("mode", "preprocessor", "options", "message"),
-    [
-        ("text", "canny", PreprocessOptions(), "Unknown control mode"),
-        ("edge", "openpose", PreprocessOptions(), "Unknown preprocessor 'openpose' for edge mode"),
-        ("edge", "canny", PreprocessOptions(low_threshold=201), r"Low Canny threshold \(201\) must not be above"),
-        ("edge", "canny", PreprocessOptions(low_threshold=-1), "Low Canny threshold must be a whole number"),
-        ("edge", "canny", PreprocessOptions(high_threshold=256), "High Canny threshold must be"),
-        ("edge", "canny", PreprocessOptions(low_threshold=10.5), "Low Canny threshold must be"),
-        ("edge", "canny", PreprocessOptions(detect_resolution=63), "Detection resolution must be"),
-        ("pose", "openpose", PreprocessOptions(detect_resolution=2049), "from 64 to 2048"),
-        ("depth", "midas", PreprocessOptions(detect_resolution=True), "Detection resolution must be"),
-    ],
-)
-def test_bad_choices_and_options_are_refused(astronaut, mode, preprocessor, options, message):
-    with pytest.raises(StudioError, match=message):
-        make_control_map(mode, preprocessor, astronaut, (64, 64), options)
-
-
-def test_options_of_other_preprocessors_are_not_checked(astronaut):
-    stale = PreprocessOptions(low_threshold=250, high_threshold=10, detect_resolution=1)
-    assert make_control_map("depth", "none", astronaut, (32, 32), stale).size == (32, 32)
-
-
-@pytest.mark.parametrize("size", [(0, 64), (64, 9000), (64.5, 64)])
-def test_bad_output_size_is_refused(astronaut, size):
-    with pytest.raises(StudioError, match="Control map size"):
-        make_control_map("edge", "canny", astronaut, size, PreprocessOptions())
+def test_every_control_mode_offers_none_and_declared_preprocessors():
+    for mode in MODES.values():
+        if mode.is_controlled:
+            assert "none" in mode.preprocessors and len(set(mode.preprocessors)) == len(mode.preprocessors)
+            assert set(mode.preprocessors) <= set(PREPROCESSORS)
+    assert MODES["edge"].preprocessors[0] == "canny" and MODES["pose"].preprocessors[0] == "openpose"
+    for spec in PREPROCESSORS.values():
+        assert set(spec.options) <= set(PARAMETERS)
 
 
 @pytest.mark.parametrize("name", sorted(PHOTOS))
 @pytest.mark.parametrize(("size", "detect_resolution"), [((512, 512), 256), ((320, 480), 1024), ((768, 256), 64)])
 def test_canny_map_is_binary_and_exactly_the_requested_size(name, size, detect_resolution):
     photo = Image.fromarray(PHOTOS[name]())
-    options = PreprocessOptions(detect_resolution=detect_resolution)
-    edges = as_array(make_control_map("edge", "canny", photo, size, options))
+    options = dict(detect_resolution=detect_resolution)
+    edges = as_array(control_map("canny", photo, size, **options))
     assert edges.shape == (size[1], size[0], 3)
     assert set(np.unique(edges)) == {0, 255}
     assert_grey(edges)
@@ -182,7 +155,7 @@ def test_canny_map_is_binary_and_exactly_the_requested_size(name, size, detect_r
 def test_higher_canny_thresholds_give_fewer_edges(name):
     photo = Image.fromarray(PHOTOS[name]())
     maps = [
-        as_array(make_control_map("edge", "canny", photo, (512, 512), PreprocessOptions(low, high)))
+        as_array(control_map("canny", photo, (512, 512), low_threshold=low, high_threshold=high))
         for low, high in [(20, 60), (100, 200), (200, 255)]
     ]
     counts = [int((edges[..., 0] > 0).sum()) for edges in maps]
@@ -191,7 +164,7 @@ def test_higher_canny_thresholds_give_fewer_edges(name):
 
 def test_detection_resolution_changes_detail_not_size(astronaut):
     coarse, fine = (
-        as_array(make_control_map("edge", "canny", astronaut, (400, 400), PreprocessOptions(detect_resolution=r)))
+        as_array(control_map("canny", astronaut, (400, 400), detect_resolution=r))
         for r in (128, 1024)
     )
     assert coarse.shape == fine.shape == (400, 400, 3)
@@ -203,7 +176,7 @@ def test_none_uses_the_upload_as_a_ready_map_cropped_to_the_aspect_ratio():
     thirds[:, :100] = (255, 0, 0)
     thirds[:, 100:200] = (0, 255, 0)
     thirds[:, 200:] = (0, 0, 255)
-    ready = make_control_map("pose", "none", Image.fromarray(thirds), (48, 48), PreprocessOptions())
+    ready = control_map("none", Image.fromarray(thirds), (48, 48))
     assert ready.size == (48, 48) and ready.mode == "RGB"
     assert np.all(np.asarray(ready) == (0, 255, 0))
 
@@ -211,29 +184,30 @@ def test_none_uses_the_upload_as_a_ready_map_cropped_to_the_aspect_ratio():
 @pytest.mark.parametrize(
     ("mode", "preprocessor", "options", "filename"),
     [
-        ("pose", "openpose", PreprocessOptions(), "body_pose_model.pth"),
-        ("depth", "midas", PreprocessOptions(), "dpt_hybrid-midas-501f0c75.pt"),
+        ("pose", "openpose", dict(), "body_pose_model.pth"),
+        ("depth", "midas", dict(), "dpt_hybrid-midas-501f0c75.pt"),
     ],
 )
 def test_missing_annotator_weights_offline_name_the_file(astronaut, mode, preprocessor, options, filename):
     with pytest.raises(StudioError) as error:
-        make_control_map(mode, preprocessor, astronaut, (64, 64), options)
+        control_map(preprocessor, astronaut, (64, 64), **options)
     message = str(error.value)
     assert filename in message and "lllyasviel/Annotators" in message
     assert f'upload a ready {mode} map and choose the preprocessor "none"' in message
 
 
 def test_missing_file_in_local_annotators_folder(astronaut, tmp_path, monkeypatch):
-    monkeypatch.setenv("STUDIO_ANNOTATORS", str(tmp_path))
-    with pytest.raises(StudioError, match=rf"body_pose_model.pth from the folder {tmp_path}"):
-        make_control_map("pose", "openpose", astronaut, (64, 64), PreprocessOptions())
+    sources = DetectorSources(annotators=str(tmp_path))
+    with pytest.raises(StudioError, match="body_pose_model.pth is not in the STUDIO_ANNOTATORS folder") as refused:
+        control_map("openpose", astronaut, (64, 64), sources)
+    assert str(tmp_path) not in str(refused.value)  # no server path reaches a person
 
 
 def test_hands_need_their_own_file(astronaut, annotators, tmp_path, monkeypatch):
     (tmp_path / "body_pose_model.pth").symlink_to(annotators / "body_pose_model.pth")
-    monkeypatch.setenv("STUDIO_ANNOTATORS", str(tmp_path))
-    with pytest.raises(StudioError, match="OpenPose hand weights \\(hand_pose_model.pth"):
-        make_control_map("pose", "openpose", astronaut, (64, 64), PreprocessOptions(include_hands=True))
+    sources = DetectorSources(annotators=str(tmp_path))
+    with pytest.raises(StudioError, match="OpenPose hand weights .*hand_pose_model.pth"):
+        control_map("openpose", astronaut, (64, 64), sources, include_hands=True)
 
 
 class NotWeights:
@@ -248,9 +222,9 @@ def test_damaged_or_unsafe_weight_files_are_refused(astronaut, tmp_path, monkeyp
     else:
         # An arbitrary object must not be unpickled: torch.load's weights_only default refuses it.
         torch.save({"model": NotWeights()}, path)
-    monkeypatch.setenv("STUDIO_ANNOTATORS", str(tmp_path))
+    sources = DetectorSources(annotators=str(tmp_path))
     with pytest.raises(StudioError, match="body_pose_model.pth could not be loaded"):
-        make_control_map("pose", "openpose", astronaut, (64, 64), PreprocessOptions())
+        control_map("openpose", astronaut, (64, 64), sources)
 
 
 PARTS = [("body", pose.BODY_FILE, "Body"), ("hand", pose.HAND_FILE, "Hand"), ("face", pose.FACE_FILE, "Face")]
@@ -261,31 +235,31 @@ def test_openpose_with_random_weights_loads_once_and_sizes_exactly(astronaut, an
     folder.mkdir()
     for name in ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"):
         (folder / name).symlink_to(annotators / name)
-    monkeypatch.setenv("STUDIO_ANNOTATORS", str(folder))
-    options = PreprocessOptions(include_hands=True, include_face=True, detect_resolution=256)
-    skeleton = as_array(make_control_map("pose", "openpose", astronaut, (384, 256), options))
+    sources = DetectorSources(annotators=str(folder))
+    options = dict(include_hands=True, include_face=True, detect_resolution=256)
+    skeleton = as_array(control_map("openpose", astronaut, (384, 256), sources, **options))
     assert skeleton.shape == (256, 384, 3)
     # Detectors are cached per source: with the files gone, the same parts come back without loading.
-    parts = [pose._part(*part) for part in PARTS]
+    parts = [pose._part(*part, sources) for part in PARTS]
     for name in ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"):
         (folder / name).unlink()
-    assert [pose._part(*part) for part in PARTS] == parts
+    assert [pose._part(*part, sources) for part in PARTS] == parts
 
 
 def test_midas_with_random_weights_gives_a_grey_map_of_the_requested_size(annotators, monkeypatch):
-    monkeypatch.setenv("STUDIO_ANNOTATORS", str(annotators))
+    sources = DetectorSources(annotators=str(annotators))
     coffee = Image.fromarray(data.coffee())
-    depth = as_array(make_control_map("depth", "midas", coffee, (300, 200), PreprocessOptions(detect_resolution=64)))
+    depth = as_array(control_map("midas", coffee, (300, 200), sources, detect_resolution=64))
     assert depth.shape == (200, 300, 3)
     assert_grey(depth)
 
 
 def test_depth_anything_map_is_grey_full_range_and_exactly_sized(tiny_depth_anything, monkeypatch):
-    monkeypatch.setenv("STUDIO_DEPTH_MODEL", str(tiny_depth_anything))
+    sources = DetectorSources(depth_model=str(tiny_depth_anything))
     chelsea = Image.fromarray(data.chelsea())
     for size, resolution in [((320, 240), 64), ((256, 512), 518)]:
-        options = PreprocessOptions(detect_resolution=resolution)
-        depth = as_array(make_control_map("depth", "depth_anything", chelsea, size, options))
+        options = dict(detect_resolution=resolution)
+        depth = as_array(control_map("depth_anything", chelsea, size, sources, **options))
         assert depth.shape == (size[1], size[0], 3)
         assert_grey(depth)
         assert depth.min() == 0 and depth.max() == 255
@@ -297,7 +271,8 @@ def test_depth_anything_keeps_near_bright(tiny_depth_anything):
     from pipelines.preprocessors.weights import cached_detector
 
     chelsea = Image.fromarray(data.chelsea())
-    grey = as_array(depth_anything_map(chelsea, (451, 300), detect_resolution=140, model=str(tiny_depth_anything)))
+    sources = DetectorSources(depth_model=str(tiny_depth_anything))
+    grey = as_array(depth_anything_map(chelsea, (451, 300), detect_resolution=140, sources=sources))
     estimator = cached_detector("depth_anything", str(tiny_depth_anything), lambda: None)
     inputs = estimator.image_processor(images=chelsea, size={"height": 140, "width": 140}, return_tensors="pt")
     with torch.inference_mode():
@@ -308,7 +283,8 @@ def test_depth_anything_keeps_near_bright(tiny_depth_anything):
 
 def test_missing_depth_anything_model_offline(astronaut, tmp_path, monkeypatch):
     with pytest.raises(StudioError, match="depth-anything/Depth-Anything-V2-Small-hf .*STUDIO_DEPTH_MODEL"):
-        make_control_map("depth", "depth_anything", astronaut, (64, 64), PreprocessOptions())
-    monkeypatch.setenv("STUDIO_DEPTH_MODEL", str(tmp_path))
-    with pytest.raises(StudioError, match=f"model.safetensors from the folder {tmp_path}"):
-        make_control_map("depth", "depth_anything", astronaut, (64, 64), PreprocessOptions())
+        control_map("depth_anything", astronaut, (64, 64))
+    sources = DetectorSources(depth_model=str(tmp_path))
+    with pytest.raises(StudioError, match="STUDIO_DEPTH_MODEL model could not be loaded.*model.safetensors") as refused:
+        control_map("depth_anything", astronaut, (64, 64), sources)
+    assert str(tmp_path) not in str(refused.value)

@@ -146,7 +146,7 @@ def test_without_config_folder_or_hub_the_error_says_how_to_fix_it(checkpoint, t
     path = Path(shutil.copy(checkpoint, tmp_path / "civitai-model.safetensors"))
     with pytest.raises(StudioError, match="does not carry its model's configuration") as raised:
         load_base_pipeline(str(path), "cpu", torch.float32)
-    assert repr(str(tmp_path / "civitai-model.config")) in str(raised.value)
+    assert "'civitai-model.config'" in str(raised.value) and str(tmp_path) not in str(raised.value)
 
 
 def test_config_folder_without_model_index_is_refused(checkpoint, tmp_path):

@@ -19,7 +19,7 @@ from pipelines.studio import Studio
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-FAST = dict(prompt="a red circle on a blue background", steps=2, seed=7)
+FAST = dict(prompt="a red circle on a blue background", steps=2, seed=7, preprocessor="none")
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -112,7 +112,7 @@ def test_same_seed_same_image_and_each_batch_image_reproducible_alone(tiny_studi
 
 
 def test_random_seed_is_resolved_and_reported(tiny_studio):
-    result = tiny_studio.generate(GenerationRequest(**{**FAST, "seed": -1}))
+    result = tiny_studio.generate(GenerationRequest(**{**FAST, "randomize_seed": True}))
     assert result.seeds[0] >= 0
     assert result.request.seed == result.seeds[0]
     replay = tiny_studio.generate(GenerationRequest(**{**FAST, "seed": result.seeds[0]}))
@@ -156,18 +156,20 @@ def test_width_is_snapped_to_what_the_model_accepts(tiny_studio):
         ({"width": 100_000}, "width"),
         ({"height": 0}, "height"),
         ({"seed": -5}, "seed"),
+        ({"seed": 3.5}, "seed"),
         ({"seed": 2**40}, "seed"),
         ({"scheduler": "Heun++"}, "scheduler"),
         ({"mode": "sketch"}, "mode"),
         ({"controlnet_scale": 9.0}, "conditioning scale"),
         ({"control_start": 0.8, "control_end": 0.2}, "start"),
-        ({"prompt": None}, "prompt"),
+        ({"prompt": 5}, "prompt"),
         ({"prompt": "x" * 5000}, "characters"),
     ],
 )
 def test_out_of_range_values_are_refused_with_a_clear_message(tiny_studio, change, words):
+    request = GenerationRequest(mode="edge", image=circle_map((16, 16), 8), **FAST)
     with pytest.raises(StudioError, match=f"(?i){words}"):
-        tiny_studio.generate(replace(GenerationRequest(**FAST), **change))
+        tiny_studio.generate(replace(request, **change))
 
 
 @pytest.mark.parametrize("mode", ["pose", "edge", "depth"])
@@ -199,9 +201,10 @@ def test_huge_image_is_refused_before_decoding(tiny_sd_dir, tiny_controlnet_dirs
     from pipelines.settings import Limits
 
     settings = Settings(
-        model=str(tiny_sd_dir), lora_dir=str(empty_lora_dir), device="cpu", limits=Limits(max_input_pixels=64 * 64)
+        model=str(tiny_sd_dir), lora_dir=str(empty_lora_dir), device="cpu", limits=Limits(max_input_pixels=64 * 64),
+        controlnets=tiny_controlnet_dirs,
     )
-    studio = Studio(settings, controlnet_overrides=tiny_controlnet_dirs)
+    studio = Studio(settings)
     big = tmp_path / "big.png"
     Image.new("RGB", (300, 200)).save(big)
     with pytest.raises(StudioError, match="limit"):

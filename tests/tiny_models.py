@@ -10,7 +10,7 @@ import torch
 from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from pipelines.request import CONTROL_MODES
+from pipelines.modes import CONTROL_MODES
 
 
 def write_byte_level_tokenizer(folder: Path) -> CLIPTokenizer:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from pipelines.request import MODES
+from pipelines.modes import MODES
 from pipelines.studio import Studio
 from ui.lora_lab import build_lora_lab
 from ui.modes import build_mode_tab
@@ -22,7 +22,7 @@ def build_app(studio: Studio, warning: str = "") -> gr.Blocks:
         if warning:
             gr.Markdown(f"> **Note:** {warning}")
         with gr.Tabs():
-            for mode in MODES:
+            for mode in MODES.values():
                 build_mode_tab(studio, mode)
-            build_lora_lab(studio, studio.settings)
+            build_lora_lab(studio)
     return demo

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipelines.preprocessors import PREPROCESSORS
+from pipelines.modes import MODES
 from pipelines.settings import PROJECT_ROOT
 
 EXAMPLES_ROOT = PROJECT_ROOT / "examples"
@@ -43,6 +43,6 @@ def mode_examples(family: str, mode: str) -> list[list[str]]:
         if "control_map" in example:
             rows.append([example["prompt"], str(folder / example["control_map"]), "none", lora])
         if "source_image" in example:
-            preprocessor = example.get("preprocessor", PREPROCESSORS[mode][0])
+            preprocessor = example.get("preprocessor", MODES[mode].preprocessors[0])
             rows.append([example["prompt"], str(folder / example["source_image"]), preprocessor, lora])
     return rows

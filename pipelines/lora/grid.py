@@ -9,7 +9,6 @@ the baseline's in "parameters" (which other tools read) and the layout in "grid"
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -19,11 +18,10 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from pipelines.errors import StudioError
-from pipelines.request import GenerationRequest, LoraChoice
+from pipelines.request import GridRequest, LoraChoice
+from pipelines.validation import validate_grid
 
 MAX_CELLS = 48
-MAX_WEIGHTS = 8
-MAX_SEEDS = 8
 BASELINE_LABEL = "no LoRA"
 LABEL_PADDING = 6
 
@@ -47,34 +45,10 @@ class GridResult:
     seconds: float = 0.0
 
 
-def parse_weights(text: str) -> tuple[float, ...]:
-    values = _split_numbers(text, "weights")
-    try:
-        weights = tuple(float(value) for value in values)
-    except ValueError:
-        raise StudioError(f"Weights must be numbers separated by commas, like '0, 0.5, 1'; got {text!r}.") from None
-    if len(weights) > MAX_WEIGHTS:
-        raise StudioError(f"At most {MAX_WEIGHTS} weights fit in one grid; got {len(weights)}.")
-    return weights
-
-
-def parse_seeds(text: str) -> tuple[int, ...]:
-    values = _split_numbers(text, "seeds")
-    if not all(re.fullmatch(r"\d+", value) for value in values):
-        raise StudioError(f"Seeds must be whole numbers from 0 up, separated by commas; got {text!r}.")
-    if len(values) > MAX_SEEDS:
-        raise StudioError(f"At most {MAX_SEEDS} seeds fit in one grid; got {len(values)}.")
-    return tuple(int(value) for value in values)
-
-
 def grid_rows(
     loras: Sequence[str], weights: Sequence[float], together: Sequence[LoraChoice] = ()
 ) -> list[tuple[str, tuple[LoraChoice, ...]]]:
     """The baseline first, then every LoRA at every weight, then (optionally) one row of several LoRAs at once."""
-    if not loras:
-        raise StudioError("Choose at least one LoRA for the grid.")
-    if not weights:
-        raise StudioError("Give at least one weight for the grid, like '0, 0.5, 1'.")
     rows = [(BASELINE_LABEL, ())]
     rows += [(f"{Path(name).name} @ {weight:g}", (LoraChoice(name, weight),)) for name in loras for weight in weights]
     if together:
@@ -84,37 +58,31 @@ def grid_rows(
 
 def render_grid(
     studio,
-    request: GenerationRequest,
-    loras: Sequence[str],
-    weights: Sequence[float],
-    seeds: Sequence[int],
+    grid: GridRequest,
     *,
-    together: Sequence[LoraChoice] = (),
     output_dir: str | Path | None = None,
     on_cell: Callable[[int, int], None] | None = None,
 ) -> GridResult:
-    """Render the grid with `studio.generate` (any mode); `request` gives everything but LoRAs and seed."""
-    rows = grid_rows(loras, weights, together)
-    if not seeds:
-        raise StudioError("Give at least one seed for the grid.")
-    total = len(rows) * len(seeds)
+    """Render `grid` with `studio.generate` (any mode): every cell is `grid.base` with its row's LoRAs and seed."""
+    grid, notes = validate_grid(grid, studio.served)
+    rows = grid_rows(grid.lora_names, grid.weights, grid.together)
+    total = len(rows) * len(grid.seeds)
     if total > MAX_CELLS:
         raise StudioError(
             f"This grid would have {total} images; the limit is {MAX_CELLS}. Use fewer LoRAs, weights or seeds."
         )
-    for name in dict.fromkeys([*loras, *(choice.name for choice in together)]):
+    for name in dict.fromkeys([*grid.lora_names, *(choice.name for choice in grid.together)]):
         studio.loras.check(name)  # refuse a bad file before rendering anything
     started = time.perf_counter()
-    cells, notes = [], []
+    cells = []
     for row, (row_label, choices) in enumerate(rows):
-        for column, seed in enumerate(seeds):
-            cell_request = replace(request, loras=choices, seed=seed, num_images=1)
-            result = studio.generate(cell_request)
+        for column, seed in enumerate(grid.seeds):
+            result = studio.generate(replace(grid.base, loras=choices, seed=seed, num_images=1))
             notes += [note for note in result.notes if note not in notes]
             cells.append(GridCell(row, column, row_label, f"seed {seed}", result.images[0], result.parameters[0]))
             if on_cell:
                 on_cell(len(cells), total)
-    image = compose_grid(cells, [label for label, _ in rows], [f"seed {seed}" for seed in seeds])
+    image = compose_grid(cells, [label for label, _ in rows], [f"seed {seed}" for seed in grid.seeds])
     path = save_grid(image, cells, output_dir)
     return GridResult(Image.open(path), path, cells, notes, time.perf_counter() - started)
 
@@ -152,13 +120,6 @@ def save_grid(image: Image.Image, cells: list[GridCell], output_dir: str | Path 
     path = folder / f"lora-grid-{time.strftime('%Y%m%d-%H%M%S')}-{time.perf_counter_ns() % 10**6:06d}.png"
     image.save(path, format="PNG", pnginfo=info)
     return path
-
-
-def _split_numbers(text: str, what: str) -> list[str]:
-    values = [value.strip() for value in str(text or "").replace(";", ",").split(",") if value.strip()]
-    if not values:
-        raise StudioError(f"Give at least one value for the {what}, separated by commas.")
-    return values
 
 
 def _font(size: int) -> ImageFont.ImageFont:

@@ -6,8 +6,6 @@ which is what ControlNet depth models were trained on. The map is greyscale repe
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 from PIL import Image
@@ -15,29 +13,23 @@ from PIL import Image
 from ..errors import StudioError
 from .resize import resize_map
 from .weights import (
+    DEFAULT_DEPTH_MODEL,
+    DetectorSources,
     annotator_file,
-    annotators_source,
     cached_detector,
     import_controlnet_aux,
     load_annotator,
     missing_weights_error,
 )
 
-DEPTH_MODEL_ENV = "STUDIO_DEPTH_MODEL"
-DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 MIDAS_FILE = "dpt_hybrid-midas-501f0c75.pt"
 
 
-def depth_model_source() -> str:
-    """The Depth Anything model: STUDIO_DEPTH_MODEL (hub id or local folder), else the V2 Small hub id."""
-    return os.environ.get(DEPTH_MODEL_ENV) or DEFAULT_DEPTH_MODEL
-
-
 def depth_anything_map(
-    image: Image.Image, size: tuple[int, int], *, detect_resolution: int, model: str | None = None
+    image: Image.Image, size: tuple[int, int], *, detect_resolution: int, sources: DetectorSources
 ) -> Image.Image:
     """Depth estimated with the short side near `detect_resolution`, as a 3-channel grey map of `size`."""
-    source = model or depth_model_source()
+    source = sources.depth_model
     estimator = cached_detector("depth_anything", source, lambda: _load_depth_pipeline(source))
     # The processor's own size (518) would ignore the detection resolution; it keeps the aspect ratio
     # and rounds to the model's patch multiple.
@@ -54,9 +46,11 @@ def depth_anything_map(
     return _grey_rgb(upsampled[0, 0].numpy())
 
 
-def midas_map(image: Image.Image, size: tuple[int, int], *, detect_resolution: int) -> Image.Image:
+def midas_map(
+    image: Image.Image, size: tuple[int, int], *, detect_resolution: int, sources: DetectorSources
+) -> Image.Image:
     """MiDaS DPT-Hybrid depth found at `detect_resolution` (short side), as a 3-channel grey map of `size`."""
-    detector = cached_detector("midas", annotators_source(), _load_midas)
+    detector = cached_detector("midas", sources.annotators_label, lambda: _load_midas(sources))
     depth = detector(
         np.asarray(image.convert("RGB")),
         detect_resolution=detect_resolution,
@@ -73,14 +67,15 @@ def _load_depth_pipeline(source: str):
         return pipeline("depth-estimation", model=source)
     except (OSError, ValueError) as error:
         # Offline and uncached, transformers raises OSError; a folder without a usable config, ValueError.
-        files = "config.json, preprocessor_config.json, model.safetensors"
-        where = f"the folder {source}" if os.path.isdir(source) else source
-        hint = f" (set {DEPTH_MODEL_ENV} to a local copy)" if not os.path.isdir(source) else ""
-        raise missing_weights_error("Depth Anything", files, where + hint, "depth", type(error).__name__) from None
+        files = "config.json, preprocessor_config.json and model.safetensors"
+        reason = f"{source if source == DEFAULT_DEPTH_MODEL else 'the STUDIO_DEPTH_MODEL model'} could not be loaded"
+        raise missing_weights_error(
+            "Depth Anything", files, "STUDIO_DEPTH_MODEL", DEFAULT_DEPTH_MODEL, "depth", reason
+        ) from error
 
 
-def _load_midas():
-    path = annotator_file(MIDAS_FILE, what="MiDaS", mode="depth")
+def _load_midas(sources: DetectorSources):
+    path = annotator_file(MIDAS_FILE, what="MiDaS", mode="depth", sources=sources)
     midas = import_controlnet_aux("midas")
     inference = load_annotator(
         path, lambda weights: import_controlnet_aux("midas.api").MiDaSInference("dpt_hybrid", weights), what="MiDaS"

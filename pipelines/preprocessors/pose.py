@@ -10,13 +10,7 @@ import numpy as np
 from PIL import Image
 
 from .resize import resize_map
-from .weights import (
-    annotator_file,
-    annotators_source,
-    cached_detector,
-    import_controlnet_aux,
-    load_annotator,
-)
+from .weights import DetectorSources, annotator_file, cached_detector, import_controlnet_aux, load_annotator
 
 BODY_FILE = "body_pose_model.pth"
 HAND_FILE = "hand_pose_model.pth"
@@ -30,13 +24,14 @@ def openpose_map(
     include_hands: bool,
     include_face: bool,
     detect_resolution: int,
+    sources: DetectorSources,
 ) -> Image.Image:
     """The OpenPose skeleton(s) found at `detect_resolution` (short side), as an RGB map of `size`."""
     open_pose = import_controlnet_aux("open_pose")
     detector = open_pose.OpenposeDetector(
-        _part("body", BODY_FILE, "Body"),
-        _part("hand", HAND_FILE, "Hand") if include_hands else None,
-        _part("face", FACE_FILE, "Face") if include_face else None,
+        _part("body", BODY_FILE, "Body", sources),
+        _part("hand", HAND_FILE, "Hand", sources) if include_hands else None,
+        _part("face", FACE_FILE, "Face", sources) if include_face else None,
     )
     skeleton = detector(
         np.asarray(image.convert("RGB")),
@@ -50,10 +45,10 @@ def openpose_map(
     return resize_map(skeleton, size)
 
 
-def _part(name: str, filename: str, class_name: str) -> object:
+def _part(name: str, filename: str, class_name: str, sources: DetectorSources) -> object:
     def load() -> object:
-        path = annotator_file(filename, what=f"OpenPose {name}", mode="pose")
+        path = annotator_file(filename, what=f"OpenPose {name}", mode="pose", sources=sources)
         part_class = getattr(import_controlnet_aux("open_pose"), class_name)
         return load_annotator(path, part_class, what=f"OpenPose {name}")
 
-    return cached_detector(f"openpose-{name}", annotators_source(), load)
+    return cached_detector(f"openpose-{name}", sources.annotators_label, load)

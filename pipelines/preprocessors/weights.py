@@ -1,10 +1,10 @@
 """Where detector weights come from, the once-per-process detector cache, and plain messages for missing weights.
 
 Annotator weights (OpenPose, MiDaS) are the files of the hub repo `lllyasviel/Annotators`, or of a local
-folder holding the same file names, named by the env var STUDIO_ANNOTATORS. Nothing here ever unpickles a
+folder holding the same file names (the setting STUDIO_ANNOTATORS). Nothing here ever unpickles a
 file with `weights_only=False`: controlnet-aux calls torch's loader with no `weights_only` argument,
-which torch >= 2.6 treats as `weights_only=True`, and `load_annotator` refuses to run if that default
-has been switched off.
+which torch >= 2.6 treats as `weights_only=True`, and the settings refuse to start the studio if that
+default has been switched off (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD).
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import pickle
 import threading
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import ModuleType
 from typing import TypeVar
 
 from ..errors import StudioError
 
 ANNOTATORS_REPO = "lllyasviel/Annotators"
-ANNOTATORS_ENV = "STUDIO_ANNOTATORS"
+DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 
 T = TypeVar("T")
 
@@ -29,9 +30,16 @@ _detectors: dict[tuple[str, str], object] = {}
 _detectors_lock = threading.Lock()
 
 
-def annotators_source() -> str:
-    """The local annotator folder named by STUDIO_ANNOTATORS, else the hub repo id."""
-    return os.environ.get(ANNOTATORS_ENV) or ANNOTATORS_REPO
+@dataclass(frozen=True)
+class DetectorSources:
+    """Where detector weights come from (settings STUDIO_ANNOTATORS and STUDIO_DEPTH_MODEL)."""
+
+    annotators: str | None = None  # a local folder of lllyasviel/Annotators' files; None: the hub repo
+    depth_model: str = DEFAULT_DEPTH_MODEL  # hub id or local folder of a transformers depth model
+
+    @property
+    def annotators_label(self) -> str:
+        return self.annotators or ANNOTATORS_REPO
 
 
 def cached_detector(kind: str, source: str, load: Callable[[], T]) -> T:
@@ -49,23 +57,22 @@ def clear_detector_cache() -> None:
         _detectors.clear()
 
 
-def missing_weights_error(what: str, files: str, source: str, mode: str, reason: str) -> StudioError:
+def missing_weights_error(what: str, files: str, setting: str, hub_repo: str, mode: str, reason: str) -> StudioError:
     return StudioError(
-        f"The {what} weights ({files} from {source}) are not available on this machine: {reason}. "
-        f"Put them there (or in the hub cache), or upload a ready {mode} map and choose the preprocessor "
-        '"none" instead.'
+        f"The {what} weights are not available on this machine: {reason}. Set {setting} to a folder holding "
+        f"{files} (the files of the hub repo {hub_repo}), or upload a ready {mode} map and choose the "
+        'preprocessor "none".'
     )
 
 
-def annotator_file(filename: str, *, what: str, mode: str) -> str:
-    """Local path of one annotator weight file, from STUDIO_ANNOTATORS or the hub cache."""
-    folder = os.environ.get(ANNOTATORS_ENV)
+def annotator_file(filename: str, *, what: str, mode: str, sources: DetectorSources) -> str:
+    """Local path of one annotator weight file, from the STUDIO_ANNOTATORS folder or the hub cache."""
+    folder = sources.annotators
     if folder:
         path = os.path.join(folder, filename)
         if not os.path.isfile(path):
-            raise missing_weights_error(
-                what, filename, f"the folder {folder} ({ANNOTATORS_ENV})", mode, "file not found"
-            )
+            reason = f"{filename} is not in the STUDIO_ANNOTATORS folder"
+            raise missing_weights_error(what, filename, "STUDIO_ANNOTATORS", ANNOTATORS_REPO, mode, reason)
         return path
     from huggingface_hub import hf_hub_download
 
@@ -74,16 +81,12 @@ def annotator_file(filename: str, *, what: str, mode: str) -> str:
     except (OSError, ValueError) as error:
         # Offline/uncached (LocalEntryNotFoundError, OfflineModeIsEnabled), HTTP and connection errors are all
         # OSError subclasses in huggingface_hub; a bad repo id or file name is a ValueError.
-        raise missing_weights_error(what, filename, ANNOTATORS_REPO, mode, type(error).__name__) from None
+        reason = "they are not in the Hugging Face cache and the Hub cannot be reached"
+        raise missing_weights_error(what, filename, "STUDIO_ANNOTATORS", ANNOTATORS_REPO, mode, reason) from error
 
 
 def load_annotator(path: str, load: Callable[[str], T], *, what: str) -> T:
     """Build a detector part from a weight file, turning a damaged or wrong file into a plain message."""
-    if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() not in ("", "0", "false"):
-        raise StudioError(
-            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set, which would let weight files run arbitrary code; "
-            "unset it to use the detectors."
-        )
     try:
         return load(path)
     except (RuntimeError, pickle.UnpicklingError, OSError, KeyError, EOFError, ValueError) as error:

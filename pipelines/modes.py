@@ -1,0 +1,93 @@
+"""Every mode, declared once: its tab title, endpoint, hint, preprocessors and default ControlNet per family.
+
+A mode's parameters follow from the declaration: every mode takes the prompting and sampling parameters;
+a mode with preprocessors also takes a control image, its preprocessors' options and the ControlNet settings.
+Adding a mode is one entry here plus its pipeline code; the tab, the endpoint and the checks follow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pipelines.preprocessors import PREPROCESSORS
+
+PROMPTING = ("prompt", "negative_prompt", "loras")
+SAMPLING = (
+    "seed", "randomize_seed", "steps", "guidance_scale", "scheduler", "width", "height", "num_images",
+)
+CONTROL = ("controlnet_scale", "control_start", "control_end")
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    title: str
+    endpoint: str
+    hint: str
+    preprocessors: tuple[str, ...] = ()  # the first is the default
+    controlnets: Mapping[str, str] = field(default_factory=dict)  # family -> ControlNet hub id
+    own_parameters: tuple[str, ...] = ()  # for an endpoint that is not a generation mode (the LoRA grid)
+
+    @property
+    def is_controlled(self) -> bool:
+        return bool(self.preprocessors)
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """The endpoint's parameters, in the order the API lists them."""
+        if self.own_parameters:
+            return self.own_parameters
+        if not self.is_controlled:
+            return (*PROMPTING, *SAMPLING)
+        options = dict.fromkeys(option for name in self.preprocessors for option in PREPROCESSORS[name].options)
+        return ("image", *PROMPTING, "preprocessor", *options, *SAMPLING, *CONTROL)
+
+
+MODES: Mapping[str, Mode] = {
+    mode.name: mode
+    for mode in (
+        Mode("text", "Text", "text2img", "Describe the image; the prompt alone guides it."),
+        Mode(
+            "pose", "Pose", "pose2img",
+            "A photo of a person, or a ready OpenPose map (choose preprocessor 'none').",
+            preprocessors=("openpose", "none"),
+            controlnets={
+                "sd15": "lllyasviel/control_v11p_sd15_openpose",
+                "sd2": "thibaud/controlnet-sd21-openpose-diffusers",
+                "sdxl": "thibaud/controlnet-openpose-sdxl-1.0",
+            },
+        ),
+        Mode(
+            "edge", "Edge", "edge2img",
+            "A photo or drawing, or a ready edge map: white lines on black (preprocessor 'none').",
+            preprocessors=("canny", "none"),
+            controlnets={
+                "sd15": "lllyasviel/control_v11p_sd15_canny",
+                "sd2": "thibaud/controlnet-sd21-canny-diffusers",
+                "sdxl": "diffusers/controlnet-canny-sdxl-1.0",
+            },
+        ),
+        Mode(
+            "depth", "Depth", "depth2img",
+            "A photo, or a ready depth map: near is bright (preprocessor 'none').",
+            preprocessors=("depth_anything", "midas", "none"),
+            controlnets={
+                "sd15": "lllyasviel/control_v11f1p_sd15_depth",
+                "sd2": "thibaud/controlnet-sd21-depth-diffusers",
+                "sdxl": "diffusers/controlnet-depth-sdxl-1.0",
+            },
+        ),
+    )
+}
+CONTROL_MODES = tuple(name for name, mode in MODES.items() if mode.is_controlled)
+
+LORA_GRID = Mode(
+    "lora_grid", "LoRA lab", "lora_grid",
+    "Compare style LoRAs side by side: a 'no LoRA' row, then each LoRA at each weight, one column per seed "
+    "(the same seed down each column). In pose, edge and depth mode the image is a ready control map.",
+    own_parameters=(
+        "lora_names", "weights", "seeds", "prompt", "negative_prompt", "mode", "image", "steps", "guidance_scale",
+        "together", "add_together",
+    ),
+)

@@ -1,0 +1,137 @@
+"""Every parameter a request can carry, declared once: kind, label, default, range or choices, unit, help.
+
+From these declarations come the request type (`pipelines/request.py`), the server-side checks
+(`pipelines/validation.py`), the Gradio components and each endpoint's signature (`ui/fields.py`). A bound
+or default that depends on the model served or on the settings (the largest side, the model's own number of
+steps) is a `Ref` to a `Served` value and is filled in by `bind`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Literal
+
+Kind = Literal["text", "whole", "number", "flag", "choice", "image", "loras", "names", "numbers", "wholes"]
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A bound or default read from the model and settings being served (a field of `Served`)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: Kind
+    label: str
+    help: str
+    default: object = None
+    low: float | Ref | None = None
+    high: float | Ref | None = None
+    step: float | Ref | None = None
+    choices: tuple[str, ...] | Ref | None = None
+    unit: str = ""
+    # Sizes the model cannot take are rounded down to this multiple (with a note) instead of refused.
+    multiple_of: int | Ref | None = None
+
+    @property
+    def python_type(self) -> type:
+        return {
+            "text": str, "whole": int, "number": float, "flag": bool, "choice": str, "loras": str,
+            "names": list, "numbers": str, "wholes": str, "image": str,
+        }[self.kind]
+
+
+@dataclass(frozen=True)
+class Served:
+    """What bounds and defaults depend on: the limits in the settings and the model being served."""
+
+    max_side: int
+    size_multiple: int
+    max_steps: int
+    max_images: int
+    max_guidance: float
+    max_prompt_chars: int
+    max_seed: int
+    resolution: int
+    default_steps: int
+    default_guidance: float
+    default_scheduler: str
+    schedulers: tuple[str, ...]
+    modes: tuple[str, ...] = ()
+    preprocessors: tuple[str, ...] = ()  # the mode's own; the first is its default
+    lora_names: tuple[str, ...] = ()
+
+
+def bind(param: Param, served: Served) -> Param:
+    """`param` with every `Ref` replaced by the served value it names."""
+    concrete = {
+        item.name: getattr(served, value.name)
+        for item in fields(param)
+        if isinstance(value := getattr(param, item.name), Ref)
+    }
+    if param.name == "preprocessor" and served.preprocessors:
+        concrete["default"] = served.preprocessors[0]
+    return replace(param, **concrete)
+
+
+MAX_SEED = 2**32 - 1
+MAX_LORA_WEIGHT = 2.0
+
+_PARAMETERS = (
+    Param("image", "image", "Control image", "the photo or ready map the ControlNet follows (an image file)"),
+    Param("prompt", "text", "Prompt", "what to draw; empty draws without a prompt", default="",
+          high=Ref("max_prompt_chars"), unit="characters"),
+    Param("negative_prompt", "text", "Negative prompt", "what to steer away from", default="",
+          high=Ref("max_prompt_chars"), unit="characters"),
+    Param("loras", "loras", "LoRAs", "style LoRAs as name:weight, comma-separated (weights -2 to 2)", default=""),
+    Param("preprocessor", "choice", "Preprocessor",
+          "how the image becomes a control map; 'none' takes it as a ready map", choices=Ref("preprocessors")),
+    Param("detect_resolution", "whole", "Detection resolution", "short side the detector works at",
+          default=512, low=64, high=2048, step=64, unit="px"),
+    Param("low_threshold", "whole", "Canny low threshold", "weaker edges below this are dropped",
+          default=100, low=0, high=255, step=1),
+    Param("high_threshold", "whole", "Canny high threshold", "edges above this are always kept",
+          default=200, low=0, high=255, step=1),
+    Param("include_hands", "flag", "Detect hands", "also draw hand keypoints (needs hand_pose_model.pth)",
+          default=False),
+    Param("include_face", "flag", "Detect face", "also draw face keypoints (needs facenet.pth)", default=False),
+    Param("seed", "whole", "Seed", "the same seed and settings give the same image", default=0,
+          low=0, high=MAX_SEED, step=1),
+    Param("randomize_seed", "flag", "Randomize seed", "pick a new seed for every run", default=False),
+    Param("steps", "whole", "Steps", "denoising steps", default=Ref("default_steps"), low=1,
+          high=Ref("max_steps"), step=1),
+    Param("guidance_scale", "number", "Guidance scale", "how strongly the prompt steers (classifier-free guidance)",
+          default=Ref("default_guidance"), low=0.0, high=Ref("max_guidance"), step=0.5),
+    Param("scheduler", "choice", "Scheduler", "the sampler that takes the denoising steps",
+          default=Ref("default_scheduler"), choices=Ref("schedulers")),
+    Param("width", "whole", "Width", "image width", default=Ref("resolution"), low=Ref("size_multiple"),
+          high=Ref("max_side"), step=Ref("size_multiple"), unit="px", multiple_of=Ref("size_multiple")),
+    Param("height", "whole", "Height", "image height", default=Ref("resolution"), low=Ref("size_multiple"),
+          high=Ref("max_side"), step=Ref("size_multiple"), unit="px", multiple_of=Ref("size_multiple")),
+    Param("num_images", "whole", "Number of images", "images per run, seeds counting up from the seed",
+          default=1, low=1, high=Ref("max_images"), step=1),
+    Param("controlnet_scale", "number", "ControlNet conditioning scale", "how strongly the control map steers",
+          default=1.0, low=0.0, high=2.0, step=0.05),
+    Param("control_start", "number", "Control guidance start", "fraction of the steps where control begins",
+          default=0.0, low=0.0, high=1.0, step=0.05),
+    Param("control_end", "number", "Control guidance end", "fraction of the steps where control ends",
+          default=1.0, low=0.0, high=1.0, step=0.05),
+    # The LoRA lab's grid
+    Param("lora_names", "names", "LoRAs in the grid", "LoRA names: folder files, uploads or hub:owner/repo",
+          default=(), choices=Ref("lora_names")),
+    Param("weights", "numbers", "Weights", "weights to try, comma-separated (-2 to 2)", default="0.5, 1",
+          low=-MAX_LORA_WEIGHT, high=MAX_LORA_WEIGHT),
+    Param("seeds", "wholes", "Seeds (one column each)", "seeds, comma-separated", default="1, 2",
+          low=0, high=MAX_SEED),
+    Param("together", "loras", "Weight per LoRA for the 'together' row",
+          "name:weight pairs for a row with all chosen LoRAs at once", default=""),
+    Param("add_together", "flag", "Add a 'together' row", "a last row with all chosen LoRAs at once",
+          default=False),
+    Param("mode", "choice", "Mode", "which mode renders the cells", default="text", choices=Ref("modes")),
+)
+
+PARAMETERS: Mapping[str, Param] = {param.name: param for param in _PARAMETERS}

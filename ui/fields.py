@@ -1,0 +1,123 @@
+"""Gradio components and endpoint signatures made from the parameter declarations (`pipelines/parameters.py`).
+
+Every component hands its value to the handler exactly as it was sent: Gradio's own checks would refuse an
+out-of-range slider value without naming the field, round 512.7 to 513 silently, or turn a list into text.
+The studio checks every value instead (`pipelines/validation.py`), with messages that name the field. The
+API page and `client.view_api()` show each parameter's help line, range and unit from the same declaration.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+
+import gradio as gr
+
+from pipelines.parameters import Param
+from ui.control_image import ControlImage
+
+
+class _Declared:
+    """Mixin: the value passes through unchanged; the API info carries the declaration's help line."""
+
+    description = ""
+
+    def preprocess(self, payload):
+        return payload
+
+    def api_info(self) -> dict:
+        return {**super().api_info(), "additional_description": self.description}
+
+    def get_block_name(self) -> str:
+        # The browser draws the Gradio component this one extends.
+        gradio_class = next(cls for cls in type(self).__mro__ if cls.__module__.startswith("gradio."))
+        return gradio_class.__name__.lower()
+
+
+class DeclaredSlider(_Declared, gr.Slider):
+    pass
+
+
+class DeclaredNumber(_Declared, gr.Number):
+    pass
+
+
+class DeclaredTextbox(_Declared, gr.Textbox):
+    pass
+
+
+class DeclaredCheckbox(_Declared, gr.Checkbox):
+    pass
+
+
+class DeclaredDropdown(_Declared, gr.Dropdown):
+    pass
+
+
+class DeclaredImage(_Declared, ControlImage):
+    def preprocess(self, payload):
+        return ControlImage.preprocess(self, payload)
+
+
+def describe(param: Param) -> str:
+    """The one-line help with the range or choices, as the API page shows it."""
+    unit = f" {param.unit}" if param.unit else ""
+    if param.low is not None and param.high is not None:
+        return f"{param.help}; {param.low:g} to {param.high:g}{unit}"
+    if param.high is not None:
+        return f"{param.help}; at most {param.high:g}{unit}"
+    if isinstance(param.choices, tuple) and param.kind == "choice":
+        return f"{param.help}; one of {', '.join(param.choices)}"
+    return param.help
+
+
+def component_for(param: Param, **overrides) -> gr.components.Component:
+    """The input component for a bound `param`; `overrides` adjust its look (lines, height, visibility)."""
+    common = dict(label=param.label, value=param.default, info=None)
+    common.update(overrides)
+    component = _build(param, common)
+    component.description = describe(param)
+    return component
+
+
+def _build(param: Param, common: dict) -> gr.components.Component:
+    kind = param.kind
+    if kind == "image":
+        return DeclaredImage(type="filepath", **{**common, "value": None})
+    if kind in ("whole", "number") and _is_open_ended(param):
+        return DeclaredNumber(precision=0 if kind == "whole" else None, minimum=param.low, **common)
+    if kind in ("whole", "number"):
+        return DeclaredSlider(param.low, param.high, step=param.step, **common)
+    if kind == "flag":
+        return DeclaredCheckbox(**common)
+    if kind == "choice":
+        return DeclaredDropdown(list(param.choices), **common)
+    if kind == "names":
+        return DeclaredDropdown(list(param.choices or ()), multiselect=True, allow_custom_value=True, **common)
+    return DeclaredTextbox(**common)
+
+
+def _is_open_ended(param: Param) -> bool:
+    """A range too wide for a slider (the seed)."""
+    return param.high is None or param.high - param.low > 100_000
+
+
+def with_signature(handler: Callable, params: Iterable[Param], name: str, hidden: Iterable[str] = ()) -> Callable:
+    """Give `handler(*values, progress)` the declared parameters as its signature, so the API takes them by name.
+
+    `hidden` names the inputs after them that API callers never send (a session's `gr.State`).
+    """
+    parameters = [
+        inspect.Parameter(
+            param.name,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=None if param.kind == "image" else param.default,
+            annotation=param.python_type,
+        )
+        for param in params
+    ]
+    parameters += [inspect.Parameter(extra, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for extra in hidden]
+    progress = inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=gr.Progress())
+    handler.__signature__ = inspect.Signature([*parameters, progress])
+    handler.__name__ = name
+    return handler

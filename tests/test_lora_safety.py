@@ -219,3 +219,11 @@ def test_hub_lora_from_the_local_cache_safetensors_only(tmp_path):
     with pytest.raises(StudioError, match="several LoRA files.*hub:artist/two/a.safetensors"):
         HubSource(cache_dir=tmp_path).fetch("hub:artist/two")
     assert HubSource(cache_dir=tmp_path).fetch("hub:artist/two/b.safetensors").name == "b.safetensors"
+
+
+def test_a_named_hub_file_over_the_limit_is_refused_before_download(tmp_path):
+    fake_hub_cache(tmp_path, "artist/ink", ["ink.safetensors"])
+    size = next(tmp_path.rglob("ink.safetensors")).stat().st_size
+    with pytest.raises(StudioError, match="on the Hub; the limit is"):
+        HubSource(cache_dir=tmp_path, max_file_bytes=size - 1).fetch("hub:artist/ink/ink.safetensors")
+    assert HubSource(cache_dir=tmp_path, max_file_bytes=size).fetch("hub:artist/ink/ink.safetensors").is_file()

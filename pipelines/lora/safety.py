@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,8 @@ DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 MAX_TENSORS = 20_000
 MAX_TENSOR_DIMS = 4  # LoRA factors are matrices or conv kernels
-MAX_LORA_BYTES = int(os.environ.get("STUDIO_MAX_LORA_MB", 2048)) * 1024 * 1024
-MAX_UPLOAD_BYTES = int(os.environ.get("STUDIO_MAX_LORA_UPLOAD_MB", 512)) * 1024 * 1024
+DEFAULT_MAX_FILE_BYTES = 2048 * 2**20
+DEFAULT_MAX_UPLOAD_BYTES = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ def contained_path(folder: str | Path, name: str) -> Path:
     return candidate
 
 
-def read_header(path: str | Path, max_file_bytes: int = MAX_LORA_BYTES) -> SafetensorsHeader:
+def read_header(path: str | Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> SafetensorsHeader:
     """Read and check the JSON header of a safetensors file without reading any tensor data."""
     path = Path(path)
     name = path.name

@@ -11,11 +11,21 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines.errors import StudioError
 from pipelines.lora.formats import cross_attention_width, family_from_shapes, family_label
 from pipelines.lora.metadata import describe_metadata, family_from_metadata
-from pipelines.lora.safety import MAX_UPLOAD_BYTES, check_lora_file_name, contained_path, read_header
+from pipelines.lora.safety import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    check_lora_file_name,
+    contained_path,
+    read_header,
+)
+
+if TYPE_CHECKING:
+    from huggingface_hub import DryRunFileInfo
 
 HUB_PREFIX = "hub:"
 PREFERRED_HUB_FILE = "pytorch_lora_weights.safetensors"
@@ -42,9 +52,9 @@ class LoraEntry:
         return family_label(self.family) if self.family else "unknown"
 
 
-def describe_file(path: Path, name: str, source: str) -> LoraEntry:
+def describe_file(path: Path, name: str, source: str, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> LoraEntry:
     """Read name, size, family and trigger words from the header alone."""
-    header = read_header(path)
+    header = read_header(path, max_file_bytes)
     metadata = describe_metadata(header)
     shapes = {key: info.shape for key, info in header.tensors.items()}
     return LoraEntry(
@@ -105,7 +115,7 @@ class LoraLibrary:
 class UploadStore:
     """Uploaded LoRAs, copied under one private folder; only the session that uploaded a file knows its path."""
 
-    def __init__(self, root: str | Path | None = None, max_bytes: int = MAX_UPLOAD_BYTES) -> None:
+    def __init__(self, root: str | Path | None = None, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="studio-lora-uploads-"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
@@ -143,8 +153,9 @@ class UploadStore:
 class HubSource:
     """`hub:owner/repo` or `hub:owner/repo/file.safetensors`; only safetensors files are ever fetched."""
 
-    def __init__(self, cache_dir: str | Path | None = None) -> None:
+    def __init__(self, cache_dir: str | Path | None = None, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
         self.cache_dir = cache_dir
+        self.max_file_bytes = max_file_bytes
         self._fetched: dict[str, Path] = {}  # so a loaded Hub LoRA costs no Hub request per generation
 
     def fetch(self, spec: str) -> Path:
@@ -159,6 +170,7 @@ class HubSource:
 
         try:
             if filename:
+                self._check_size(hf_hub_download(repo_id, filename, cache_dir=self.cache_dir, dry_run=True), spec)
                 return Path(hf_hub_download(repo_id, filename, cache_dir=self.cache_dir))
             folder = Path(snapshot_download(repo_id, allow_patterns=["*.safetensors"], cache_dir=self.cache_dir))
         except StudioError:
@@ -169,6 +181,14 @@ class HubSource:
                 f"be reached from here (or the id or file name is wrong). Details: {type(error).__name__}: {error}"
             ) from None
         return _pick_hub_file(folder, spec)
+
+    def _check_size(self, planned: DryRunFileInfo, spec: str) -> None:
+        """A named file's size is known before it is downloaded (a whole repo's files only after, when read)."""
+        if planned.file_size is not None and planned.file_size > self.max_file_bytes:
+            raise StudioError(
+                f"{spec!r} is {planned.file_size / 2**20:,.0f} MiB on the Hub; "
+                f"the limit is {self.max_file_bytes / 2**20:,.0f} MiB."
+            )
 
 
 def parse_hub_spec(spec: str) -> tuple[str, str | None]:

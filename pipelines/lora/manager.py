@@ -5,12 +5,13 @@ mode. Repeated load/unload grows memory (diffusers #8532, peft #1639), so adapte
 (least recently used ones are deleted past a count and byte cap) and a request only switches the
 active set and weights. An empty set disables the LoRA layers, which then return the base layers'
 output unchanged, so the image equals the base image exactly.
+
+Limits (adapters kept, bytes kept, file and upload sizes) are arguments, so the caller's settings decide them.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from safetensors.torch import load_file
 from pipelines.errors import StudioError
 from pipelines.lora.formats import check_family, plan_adapter
 from pipelines.lora.metadata import family_from_metadata
-from pipelines.lora.safety import SafetensorsHeader, read_header
+from pipelines.lora.safety import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UPLOAD_BYTES, SafetensorsHeader, read_header
 from pipelines.lora.sources import (
     HUB_PREFIX,
     HubSource,
@@ -36,7 +37,8 @@ from pipelines.lora.sources import (
 )
 from pipelines.request import LoraChoice
 
-DEFAULT_MAX_BYTES = int(os.environ.get("STUDIO_LORA_CACHE_MB", 2048)) * 1024 * 1024
+DEFAULT_MAX_LOADED = 8
+DEFAULT_MAX_BYTES = 2048 * 2**20  # adapters kept loaded, all together
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
 
@@ -70,18 +72,23 @@ class LoraManager:
         family: str,
         lora_dir: str | Path,
         *,
-        max_loaded: int = 8,
+        max_loaded: int = DEFAULT_MAX_LOADED,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         uploads: UploadStore | None = None,
         hub: HubSource | None = None,
     ) -> None:
+        """`max_upload_bytes` and `max_file_bytes` size the upload store and Hub source made here; a store or
+        source passed in keeps its own limits."""
         self.pipe = pipe
         self.family = family
         self.library = LoraLibrary(lora_dir)
-        self.uploads = uploads or UploadStore()
-        self.hub = hub or HubSource()
+        self.uploads = uploads or UploadStore(max_bytes=max_upload_bytes)
+        self.hub = hub or HubSource(max_file_bytes=max_file_bytes)
         self.max_loaded = max_loaded
         self.max_bytes = max_bytes
+        self.max_file_bytes = max_file_bytes
         self._loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()  # least recently used first
         self._digests: dict[tuple[str, int, int], str] = {}
         self._lock = threading.RLock()
@@ -119,7 +126,7 @@ class LoraManager:
         entries = []
         for name in self.library.names():
             try:
-                entries.append(describe_file(self.library.path(name), name, "folder"))
+                entries.append(describe_file(self.library.path(name), name, "folder", self.max_file_bytes))
             except StudioError as error:
                 entries.append(LoraEntry(name, 0, None, (), f"refused: {error}", "folder"))
         return entries
@@ -129,13 +136,13 @@ class LoraManager:
         path = self.resolve(name)
         self._preflight(path)
         source = "hub" if name.startswith(HUB_PREFIX) else "upload" if Path(name).is_absolute() else "folder"
-        return describe_file(path, name, source)
+        return describe_file(path, name, source, self.max_file_bytes)
 
     def add_upload(self, uploaded: str | Path, original_name: str | None = None) -> LoraEntry:
         self.uploads.check(uploaded, original_name)
         self._preflight(Path(uploaded))
         path = self.uploads.add(uploaded, original_name)
-        return describe_file(path, str(path), "upload")
+        return describe_file(path, str(path), "upload", self.max_file_bytes)
 
     def resolve(self, name: str) -> Path:
         if not isinstance(name, str) or not name.strip():
@@ -170,7 +177,7 @@ class LoraManager:
 
     def _preflight(self, path: Path) -> SafetensorsHeader:
         """Header, family and layer shapes, all checked before a single tensor is read."""
-        header = read_header(path)
+        header = read_header(path, self.max_file_bytes)
         shapes = {key: info.shape for key, info in header.tensors.items()}
         check_family(shapes, self.family, family_from_metadata(header.metadata))
         plan_adapter(_meta_tensors(shapes), self._components(), header.metadata)

@@ -179,7 +179,7 @@ def test_kohya_sdxl_two_text_encoders_land_and_mark_sdxl(real_size_models):
         check_family(shapes, "sd15", None)
 
 
-def test_lycoris_dora_and_stray_keys_are_reported_not_fatal(real_size_models):
+def test_lycoris_dora_and_stray_keys_are_set_aside_not_fatal(real_size_models):
     shapes = {key: tuple(v["shape"]) for key, v in load_layout("muchai_sd15_locon.json")["tensors"].items()}
     loha = "lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_2"
     lokr = "lora_unet_mid_block_attentions_0_proj_out"
@@ -196,12 +196,11 @@ def test_lycoris_dora_and_stray_keys_are_reported_not_fatal(real_size_models):
         "lora_unet_down_blocks_7_attentions_0_proj_in.lora_up.weight": (320, 4),
     }
     plan = plan_adapter(meta_tensors(shapes), real_size_models["sd15"])
-    notes = "\n".join(plan.notes("style.safetensors"))
-    assert "4 key(s) skipped: LoHa" in notes
-    assert "3 key(s) skipped: LoKr" in notes  # lokr_w1, lokr_w2 and the module's alpha
-    assert "1 key(s) skipped: DoRA" in notes
-    assert "1 layer(s) match nothing" in notes and "down_blocks.7.attentions.0.proj_in" in notes
+    skipped = {reason.split(" ")[0]: count for reason, count in plan.skipped.items()}
+    assert skipped == {"LoHa": 4, "LoKr": 3, "DoRA": 1}  # LoKr: lokr_w1, lokr_w2 and the module's alpha
+    assert plan.unmatched == ["unet.down_blocks.7.attentions.0.proj_in"]
     assert plan.loaded_layers["unet"] == 277  # the LoCon layers still load
+    assert not any(".hada_" in key or ".lokr_" in key or "dora" in key for key in plan.state_dict)
 
 
 def test_a_file_of_only_loha_layers_is_refused_with_the_reason(real_size_models):

@@ -4,22 +4,27 @@ exact restore of the base, every mode, refusals, eviction, and grid cells equal 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pipelines.errors import StudioError
-from pipelines.lora.grid import parse_seeds, parse_weights, render_grid
+from pipelines.lora import LoraManager
+from pipelines.lora.grid import render_grid
 from pipelines.lora.synthetic import kohya_metadata, lora_tensors, write_layout_file, write_lora
 from pipelines.metadata import parse_parameters
-from pipelines.request import GenerationRequest, LoraChoice
+from pipelines.request import GenerationRequest, GridRequest, LoraChoice
 from pipelines.settings import EMBEDDED_LORAS, EMBEDDED_MODEL, Settings
+from pipelines.validation import validate_grid
 
 LAYOUTS = Path(__file__).parent / "fixtures" / "lora_layouts"
 STEPS = 2
+ADALORA_KEY = "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q.lora_E"  # AdaLoRA's singular values
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -49,7 +54,16 @@ def lora_dir(tmp_path_factory, tiny_sd_dir) -> Path:
     sd15 = {**lora_tensors(pipe, layout="kohya", seed=3)}
     sd15["lora_unet_down_blocks_5_attentions_0_proj_in.lora_down.weight"] = sd15[next(iter(sd15))].clone()
     sd15["lora_unet_down_blocks_5_attentions_0_proj_in.lora_up.weight"] = sd15[list(sd15)[1]].clone()
+    loha = "lora_unet_mid_block_attentions_0_proj_out"
+    sd15 |= {f"{loha}.hada_w{i}_{ab}": torch.ones(4, 64) for i in (1, 2) for ab in "ab"}
+    sd15[f"{loha}.alpha"] = torch.tensor(4.0)
+    sd15["lora_unet_mid_block_attentions_0_proj_in.dora_scale"] = torch.ones(1, 64)
     write_lora(folder / "stray-keys.safetensors", sd15)
+    # A key the format planner passes on as part of a known layer, but which diffusers drops (with a log line only).
+    write_lora(
+        folder / "extra-key.safetensors",
+        lora_tensors(pipe, layout="peft", seed=2, text_encoder=False) | {ADALORA_KEY: torch.ones(4, 1)},
+    )
     write_layout_file(folder / "sdxl-locon.safetensors", json.loads((LAYOUTS / "muchai_sdxl_locon.json").read_text()))
     write_layout_file(folder / "sd15-locon.safetensors", json.loads((LAYOUTS / "muchai_sd15_locon.json").read_text()))
     (folder / "old.ckpt").write_bytes(b"not opened")
@@ -61,8 +75,7 @@ def studio(tiny_sd_dir, tiny_controlnet_dirs, lora_dir):
     from pipelines.studio import Studio
 
     return Studio(
-        Settings(model=str(tiny_sd_dir), lora_dir=str(lora_dir), device="cpu"),
-        controlnet_overrides=tiny_controlnet_dirs,
+        Settings(model=str(tiny_sd_dir), lora_dir=str(lora_dir), device="cpu", controlnets=tiny_controlnet_dirs)
     )
 
 
@@ -129,6 +142,17 @@ def test_skipped_keys_are_told_to_the_person(studio):
     request = GenerationRequest(prompt="x", steps=1, seed=1, loras=(LoraChoice("stray-keys.safetensors"),))
     notes = "\n".join(studio.generate(request).notes)
     assert "stray-keys.safetensors: 1 layer(s) match nothing" in notes and "down_blocks.5" in notes
+    assert "stray-keys.safetensors: 5 key(s) skipped: LoHa" in notes  # four factors and the module's alpha
+    assert "stray-keys.safetensors: 1 key(s) skipped: DoRA" in notes
+
+
+def test_a_key_diffusers_drops_silently_is_told_and_the_rest_applies(studio):
+    notes = studio.loras.activate([LoraChoice("extra-key.safetensors")])
+    assert notes == [
+        f"extra-key.safetensors: 1 key(s) skipped: diffusers found no place for them in the model "
+        f"(for example {ADALORA_KEY})."
+    ]
+    assert np.array_equal(pixels(studio, [LoraChoice("extra-key.safetensors")]), pixels(studio, [LoraChoice("neon")]))
 
 
 def test_lora_for_another_family_is_refused_naming_it(studio):
@@ -180,36 +204,88 @@ def test_least_recently_used_adapters_are_evicted_past_the_cap(studio, monkeypat
         manager.activate([LoraChoice("ink.safetensors"), LoraChoice("neon.safetensors")])
 
 
-def test_parse_weights_and_seeds():
-    assert parse_weights("0, 0.5,1") == (0.0, 0.5, 1.0)
-    assert parse_seeds("3;4") == (3, 4)
+@pytest.fixture
+def fresh_pipe(tiny_sd_dir):
+    """A pipeline of its own, so a second manager's adapters never meet the studio's."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(tiny_sd_dir)
+
+
+def test_limits_are_the_managers_arguments(studio, fresh_pipe, lora_dir, tmp_path):
+    ink_bytes = (lora_dir / "ink.safetensors").stat().st_size
+    manager = LoraManager(
+        fresh_pipe, studio.model.family, lora_dir, max_bytes=1, max_file_bytes=ink_bytes, max_upload_bytes=1024
+    )
+    manager.activate([LoraChoice("ink.safetensors")])
+    manager.activate([LoraChoice("neon.safetensors")])
+    assert manager.loaded == ["neon.safetensors"]  # past max_bytes, the adapter no longer active goes
+    with pytest.raises(StudioError, match="the limit is"):
+        manager.check("sdxl-locon.safetensors")
+    assert "limit is" in {entry.name: entry for entry in manager.available()}["sdxl-locon.safetensors"].title
+    upload = tmp_path / "mine.safetensors"
+    upload.write_bytes((lora_dir / "neon.safetensors").read_bytes())
+    with pytest.raises(StudioError, match="uploads are limited to"):
+        manager.add_upload(upload)
+    assert manager.hub.max_file_bytes == ink_bytes
+
+
+def test_text_encoder_loads_leave_no_load_report_in_the_log(studio, fresh_pipe, lora_dir):
+    """transformers reports the base layers and other adapters as MISSING on each text-encoder load: noise."""
+    logger = logging.getLogger("transformers.integrations.peft")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        manager = LoraManager(fresh_pipe, studio.model.family, lora_dir)
+        manager.activate([LoraChoice("ink.safetensors"), LoraChoice("stray-keys.safetensors")])
+        assert logger.level == logging.WARNING  # raised for the load only
+        assert set(fresh_pipe.get_list_adapters()["text_encoder"]) == set(manager._loaded)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+    assert not [record for record in records if "LOAD REPORT" in record.getMessage()]
+
+
+def test_grid_weights_and_seeds_are_read_from_text(studio):
+    def checked(weights, seeds):
+        grid = GridRequest(GenerationRequest(), ("ink.safetensors",), weights, seeds)
+        return validate_grid(grid, studio.served)[0]
+
+    grid = checked("0, 0.5,1", "3;4")
+    assert grid.weights == (0.0, 0.5, 1.0) and grid.seeds == (3, 4)
     for bad in ("", "a", "1,,x"):
-        with pytest.raises(StudioError):
-            parse_weights(bad)
-    with pytest.raises(StudioError):
-        parse_seeds("-1")
+        with pytest.raises(StudioError, match="(?i)weights"):
+            checked(bad, "1")
+    with pytest.raises(StudioError, match="(?i)seeds"):
+        checked("1", "-1")
 
 
 def test_grid_rows_columns_cells_and_png_parameters(studio, tmp_path):
     request = GenerationRequest(prompt="a red circle", steps=STEPS)
-    result = render_grid(
-        studio,
+    grid = GridRequest(
         request,
-        ["ink.safetensors"],
-        [0.0, 1.0],
-        [5, 6],
-        output_dir=tmp_path,
-        together=(LoraChoice("ink.safetensors", 0.5), LoraChoice("neon.safetensors", 0.5)),
+        ("ink.safetensors", "neon.safetensors"),
+        (0.0, 1.0),
+        (5, 6),
+        together="ink.safetensors: 0.5, neon.safetensors: 0.5",
+        add_together=True,
     )
+    result = render_grid(studio, grid, output_dir=tmp_path)
     assert [cell.row_label for cell in result.cells[::2]] == [
         "no LoRA",
         "ink.safetensors @ 0",
         "ink.safetensors @ 1",
+        "neon.safetensors @ 0",
+        "neon.safetensors @ 1",
         "ink.safetensors @ 0.5 + neon.safetensors @ 0.5",
     ]
     saved = Image.open(result.path)
     cell_w, cell_h = result.cells[0].image.size
-    assert saved.width >= 2 * cell_w and saved.height > 4 * cell_h  # labels around 4 rows x 2 columns
+    assert saved.width >= 2 * cell_w and saved.height > 6 * cell_h  # labels around 6 rows x 2 columns
     baseline = parse_parameters(saved.text["parameters"])
     assert baseline["loras"] == [] and baseline["Seed"] == "5"
     cell = parse_parameters(saved.text["parameters r2 c1"])
@@ -222,8 +298,9 @@ def test_grid_rows_columns_cells_and_png_parameters(studio, tmp_path):
 
 
 def test_grid_refuses_a_bad_lora_before_rendering(studio):
+    grid = GridRequest(GenerationRequest(prompt="x", steps=1), ("sdxl-locon.safetensors",), (1.0,), (1,))
     with pytest.raises(StudioError, match="made for SDXL"):
-        render_grid(studio, GenerationRequest(prompt="x", steps=1), ["sdxl-locon.safetensors"], [1.0], [1])
+        render_grid(studio, grid)
 
 
 @pytest.mark.skipif(

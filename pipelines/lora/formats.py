@@ -3,8 +3,9 @@
 diffusers converts kohya/A1111 (`lora_unet_*`, `lora_te*_`, LoCon convs), old diffusers
 (`...processor.to_k_lora.down.weight`) and PEFT keys itself, but it stops on what it cannot convert
 (LoHa `hada_*`, LoKr `lokr_*` in kohya naming), drops DoRA scales with a log line, and only logs keys
-that match no layer. Here the same conversion runs first, on the keys and shapes alone, so every
-skipped key can be told to the person and a LoRA for another model is refused before it is loaded.
+that match no layer. Here the same conversion runs first, on the keys and shapes alone, so a LoRA for
+another model is refused before it is loaded; after loading, the keys handed to diffusers are compared
+with what the adapter holds (`AdapterPlan.report`), so every key that did not land is told to the person.
 """
 
 from __future__ import annotations
@@ -35,21 +36,35 @@ ALPHA_OUTSIDE_KOHYA = "alpha values, which diffusers reads only in kohya files (
 class AdapterPlan:
     """The converted state dict that will be loaded, and what was left out and why."""
 
-    state_dict: dict[str, torch.Tensor]
+    state_dict: dict[str, torch.Tensor]  # keys named after the model's own layers
     network_alphas: dict[str, float] | None
     adapter_metadata: dict | None
     layout: str
     skipped: Counter = field(default_factory=Counter)  # reason -> number of keys
-    unmatched: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)  # converted layers found nowhere in the model
     loaded_layers: Counter = field(default_factory=Counter)  # component -> layers
 
-    def notes(self, label: str) -> list[str]:
+    def report(self, label: str, sent: dict[str, torch.Tensor], held: dict[str, torch.Tensor]) -> list[str]:
+        """Notes for the person on every key of the file that the model does not hold after loading.
+
+        `sent` is what was handed to diffusers, `held` the adapter's tensors read back from the model, both
+        keyed like `state_dict`. diffusers and peft only log keys they drop, so the comparison is what finds them.
+        """
         notes = [f"{label}: {count} key(s) skipped: {reason}." for reason, count in self.skipped.items()]
-        if self.unmatched:
-            examples = ", ".join(self.unmatched[:3])
+        dropped = [key for key, value in sent.items() if not _holds(held, key, value)]
+        sent_layers = Counter(_layer_of(key) for key in sent)
+        dropped_layers = Counter(_layer_of(key) for key in dropped)
+        absent = self.unmatched + [layer for layer, count in dropped_layers.items() if count == sent_layers[layer]]
+        if absent:
             notes.append(
-                f"{label}: {len(self.unmatched)} layer(s) match nothing in this model and were skipped "
-                f"(for example {examples})."
+                f"{label}: {len(absent)} layer(s) match nothing in this model and were skipped "
+                f"(for example {', '.join(absent[:3])})."
+            )
+        partial = [key for key in dropped if _layer_of(key) not in absent]
+        if partial:
+            notes.append(
+                f"{label}: {len(partial)} key(s) skipped: diffusers found no place for them in the model "
+                f"(for example {', '.join(partial[:3])})."
             )
         return notes
 
@@ -217,19 +232,29 @@ def _match_component(prefix: str, part: dict[str, torch.Tensor], module: torch.n
         layer, _, part_name = key.partition(".lora_")
         by_layer.setdefault(layer, {})[part_name] = value
     for layer_name, parts in by_layer.items():
-        # CLIP text models are flattened in recent transformers; files may or may not say `text_model.`.
-        target = (
-            layers.get(layer_name)
-            or layers.get(f"text_model.{layer_name}")
-            or layers.get(layer_name.removeprefix("text_model."))
-        )
-        if target is None:
+        found = _model_layer_name(layers, layer_name)
+        if found is None:
             plan.unmatched.append(f"{prefix}.{layer_name}")
             continue
-        _check_shapes(prefix, layer_name, parts, target)
+        _check_shapes(prefix, layer_name, parts, layers[found])
         plan.loaded_layers[prefix] += 1
         for part_name, value in parts.items():
-            plan.state_dict[f"{prefix}.{layer_name}.lora_{part_name}"] = value
+            plan.state_dict[f"{prefix}.{found}.lora_{part_name}"] = value
+
+
+def _model_layer_name(layers: dict[str, torch.nn.Module], layer_name: str) -> str | None:
+    """CLIP text models are flattened in recent transformers; files may or may not say `text_model.`."""
+    candidates = (layer_name, f"text_model.{layer_name}", layer_name.removeprefix("text_model."))
+    return next((name for name in candidates if name in layers), None)
+
+
+def _layer_of(key: str) -> str:
+    return key.partition(".lora_")[0]
+
+
+def _holds(held: dict[str, torch.Tensor], key: str, sent: torch.Tensor) -> bool:
+    """peft copies what it loads into the layer's own dtype and device; compare after the same cast."""
+    return key in held and torch.equal(held[key], sent.to(held[key].device, held[key].dtype))
 
 
 def _to_peft(prefix: str, inner: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

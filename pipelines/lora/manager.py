@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline
+from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 
 from pipelines.errors import StudioError
@@ -40,21 +42,7 @@ from pipelines.request import LoraChoice
 DEFAULT_MAX_LOADED = 8
 DEFAULT_MAX_BYTES = 2048 * 2**20  # adapters kept loaded, all together
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
-
-
-class _OtherAdaptersReportFilter(logging.Filter):
-    """transformers 5 lists every *other* adapter's weights as MISSING when a text-encoder adapter loads
-    (they are untouched; checked in tests). Drop those reports, keep any that name the adapter loading."""
-
-    loading: str | None = None
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return "LOAD REPORT" not in message or self.loading is None or self.loading in message
-
-
-_REPORT_FILTER = _OtherAdaptersReportFilter()
-logging.getLogger("transformers.integrations.peft").addFilter(_REPORT_FILTER)
+TRANSFORMERS_ADAPTER_LOGGER = "transformers.integrations.peft"
 
 
 @dataclass
@@ -187,28 +175,42 @@ class LoraManager:
         plan = plan_adapter(load_file(path), self._components(), header.metadata)
         dtype = self.pipe.unet.dtype
         state = {key: value.to(dtype) for key, value in plan.state_dict.items()}
-        _REPORT_FILTER.loading = adapter_name
         try:
             self._load_into_components(state, plan.network_alphas, plan.adapter_metadata, adapter_name)
         except Exception as error:
             self._forget(adapter_name)
             raise StudioError(f"The LoRA {label!r} could not be applied to this model: {error}") from None
-        finally:
-            _REPORT_FILTER.loading = None
+        notes = plan.report(label, sent=state, held=self._held_tensors(adapter_name))
         nbytes = sum(value.numel() * value.element_size() for value in state.values())
-        return LoadedAdapter(adapter_name, label, nbytes, plan.notes(label))
+        return LoadedAdapter(adapter_name, label, nbytes, notes)
 
     def _load_into_components(self, state: dict, alphas: dict | None, adapter_metadata: dict | None, name: str) -> None:
+        """diffusers' public per-component loaders: `load_lora_weights` reads kohya alphas only from kohya-named keys
+        and PEFT metadata only from a file's header, and these keys are already converted. (diffusers' private
+        `_pipeline` argument only pauses CPU offloading, which the studio does not use.)"""
         # diffusers refuses network alphas and adapter metadata together; the metadata is the newer record.
         alphas = None if adapter_metadata else alphas
-        common = dict(adapter_name=name, metadata=adapter_metadata, _pipeline=self.pipe)
+        common = dict(network_alphas=alphas, adapter_name=name, metadata=adapter_metadata)
         if any(key.startswith("unet.") for key in state):
-            self.pipe.load_lora_into_unet(state, network_alphas=alphas, unet=self.pipe.unet, **common)
+            self.pipe.load_lora_into_unet(state, unet=self.pipe.unet, **common)
         for component in TEXT_ENCODERS:
             if any(key.startswith(component + ".") for key in state):
-                self.pipe.load_lora_into_text_encoder(
-                    state, network_alphas=alphas, text_encoder=getattr(self.pipe, component), prefix=component, **common
-                )
+                # transformers logs a LOAD REPORT listing the base layers and every other adapter as MISSING on
+                # each text-encoder load; what this adapter really lacks is found by `AdapterPlan.report`.
+                with _quieter(TRANSFORMERS_ADAPTER_LOGGER, logging.ERROR):
+                    self.pipe.load_lora_into_text_encoder(
+                        state, text_encoder=getattr(self.pipe, component), prefix=component, **common
+                    )
+
+    def _held_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        """The adapter's tensors as the model holds them, keyed like the plan's state dict."""
+        held = {}
+        for component, adapters in self.pipe.get_list_adapters().items():
+            if adapter_name in adapters:
+                module = getattr(self.pipe, component)
+                for key, value in get_peft_model_state_dict(module, adapter_name=adapter_name).items():
+                    held[f"{component}.{key}"] = value
+        return held
 
     def _components(self) -> dict[str, torch.nn.Module]:
         components = {"unet": self.pipe.unet}
@@ -236,6 +238,18 @@ class LoraManager:
         if key not in self._digests:
             self._digests[key] = file_digest(path)
         return self._digests[key]
+
+
+@contextmanager
+def _quieter(logger_name: str, level: int) -> Iterator[None]:
+    """Raise one logger's level for the duration of a call, then put it back."""
+    logger = logging.getLogger(logger_name)
+    previous = logger.level
+    logger.setLevel(max(level, previous))
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def _file_key(path: Path) -> tuple[str, int, int]:

@@ -78,6 +78,11 @@ def bind(param: Param, served: Served) -> Param:
     return replace(param, **concrete)
 
 
+def number_text(value: float) -> str:
+    """A bound as people read it: whole numbers in full (4294967295, not 4.29497e+09)."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 MAX_SEED = 2**32 - 1
 MAX_LORA_WEIGHT = 2.0
 
@@ -123,7 +128,7 @@ _PARAMETERS = (
     # The LoRA lab's grid
     Param("lora_names", "names", "LoRAs in the grid", "LoRA names: folder files, uploads or hub:owner/repo",
           default=(), choices=Ref("lora_names")),
-    Param("weights", "numbers", "Weights", "weights to try, comma-separated (-2 to 2)", default="0.5, 1",
+    Param("weights", "numbers", "Weights", "weights to try, comma-separated", default="0.5, 1",
           low=-MAX_LORA_WEIGHT, high=MAX_LORA_WEIGHT),
     Param("seeds", "wholes", "Seeds (one column each)", "seeds, comma-separated", default="1, 2",
           low=0, high=MAX_SEED),

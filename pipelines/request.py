@@ -10,6 +10,7 @@ snapped, prompts as actually used).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, make_dataclass
+from pathlib import Path
 
 from PIL import Image
 
@@ -27,6 +28,11 @@ class LoraChoice:
 
     name: str
     weight: float = 1.0
+
+    @property
+    def label(self) -> str:
+        """The name people see: as given, except that an upload (a server path) shows its file name."""
+        return Path(self.name).name if Path(self.name).is_absolute() else self.name
 
 
 def _request_field(param: Param) -> tuple[str, object, object]:
@@ -56,7 +62,8 @@ class GridRequest:
     lora_names: tuple[str, ...] = ()
     weights: tuple[float, ...] = ()
     seeds: tuple[int, ...] = ()
-    together: tuple[LoraChoice, ...] = ()  # a last row with several LoRAs at once; empty: no such row
+    together: tuple[LoraChoice, ...] = ()  # weights for a last row with all the LoRAs at once
+    add_together: bool = False
 
 
 @dataclass

@@ -38,7 +38,14 @@ class Studio:
         self._scheduler_config = dict(self.base.scheduler.config)
         registry = controlnet_registry(self.model.family, self.model.controlnets, settings.controlnets)
         self.controlnets = ControlNetCache(registry, self.device, self.dtype)
-        self.loras = LoraManager(self.base, self.model.family, settings.lora_dir)
+        self.loras = LoraManager(
+            self.base,
+            self.model.family,
+            settings.lora_dir,
+            max_bytes=settings.loras.cache_bytes,
+            max_file_bytes=settings.loras.file_bytes,
+            max_upload_bytes=settings.loras.upload_bytes,
+        )
         self._mode_pipes: dict[str, DiffusionPipeline] = {"text": self.base}
         # One generation at a time: LoRA weights and the scheduler live on the shared modules.
         self._lock = threading.Lock()
@@ -162,7 +169,7 @@ class Studio:
                 f"Guidance End: {request.control_end:g}"
             )
         settings["Version"] = "diffusion-studio"
-        loras = [(lora.name, lora.weight) for lora in request.loras]
+        loras = [(lora.label, lora.weight) for lora in request.loras]
         return format_parameters(request.prompt, request.negative_prompt, settings, loras)
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from pipelines.errors import StudioError
 from pipelines.modes import MODES, Mode
-from pipelines.parameters import MAX_LORA_WEIGHT, MAX_SEED, PARAMETERS, Param, Served, bind
+from pipelines.parameters import MAX_LORA_WEIGHT, MAX_SEED, PARAMETERS, Param, Served, bind, number_text
 from pipelines.request import GenerationRequest, GridRequest, LoraChoice
 
 MAX_GRID_VALUES = 8  # weights or seeds in one grid
@@ -42,14 +42,15 @@ def validate_grid(grid: GridRequest, served: Served) -> tuple[GridRequest, list[
     served = replace(served, modes=tuple(MODES))
     checked = {
         name: clean(bind(PARAMETERS[name], served), getattr(grid, name), notes)
-        for name in ("lora_names", "weights", "seeds", "together")
+        for name in ("lora_names", "weights", "seeds", "together", "add_together")
     }
     if not checked["lora_names"]:
         raise StudioError("Choose at least one LoRA for the grid (lora_names).")
     for name in ("weights", "seeds"):
         if not checked[name]:
             raise StudioError(f"Give at least one value for the {name} of the grid, separated by commas.")
-    checked["together"] = _together_row(checked["together"], checked["lora_names"])
+    together = _together_row(checked["together"], checked["lora_names"])
+    checked["together"] = together if checked["add_together"] else ()
     return replace(grid, base=base, **checked), notes
 
 
@@ -106,7 +107,7 @@ def _text(param: Param, value: object, notes: list[str]) -> str:
         raise StudioError(f"{field_name(param)} must be text, not {_show(value)}.")
     _check_characters(field_name(param), value)
     if param.high is not None and len(value) > param.high:
-        raise StudioError(f"{field_name(param)} has {len(value)} characters; the limit is {param.high:g}.")
+        raise StudioError(f"{field_name(param)} has {len(value)} characters; the limit is {number_text(param.high)}.")
     return value
 
 
@@ -156,10 +157,10 @@ def _loras(param: Param, value: object, notes: list[str]) -> tuple[LoraChoice, .
     for choice in choices:
         _check_characters(f"The LoRA name {choice.name[:40]!r}", choice.name)
         if choice.name in merged:
-            notes.append(f"The LoRA {choice.name!r} was named more than once; its weights were added.")
-        merged[choice.name] = merged.get(choice.name, 0.0) + _lora_weight(param, choice.name, choice.weight)
+            notes.append(f"The LoRA {choice.label!r} was named more than once; its weights were added.")
+        merged[choice.name] = merged.get(choice.name, 0.0) + _lora_weight(param, choice)
     for name, weight in merged.items():
-        _lora_weight(param, name, weight)
+        _lora_weight(param, LoraChoice(name, weight))
     return tuple(LoraChoice(name, weight) for name, weight in merged.items())
 
 
@@ -175,10 +176,11 @@ def _parse_lora(param: Param, item: str) -> LoraChoice:
         ) from None
 
 
-def _lora_weight(param: Param, name: str, weight: object) -> float:
+def _lora_weight(param: Param, choice: LoraChoice) -> float:
+    weight = choice.weight
     if not _is_number(weight) or not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:
         raise StudioError(
-            f"{field_name(param)}: the weight of {name!r} must be a number from {-MAX_LORA_WEIGHT:g} to "
+            f"{field_name(param)}: the weight of {choice.label!r} must be a number from {-MAX_LORA_WEIGHT:g} to "
             f"{MAX_LORA_WEIGHT:g}; got {_show(weight)}."
         )
     return float(weight)
@@ -234,7 +236,7 @@ def _number_in_range(param: Param, value: object, whole: bool) -> float:
 def _range_text(param: Param) -> str:
     unit = f" {param.unit}" if param.unit else ""
     if param.low is not None and param.high is not None:
-        return f" from {param.low:g} to {param.high:g}{unit}"
+        return f" from {number_text(param.low)} to {number_text(param.high)}{unit}"
     return ""
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 import app
+from pipelines.errors import StudioError
 from pipelines.settings import Settings
 
 
@@ -13,7 +17,7 @@ def test_unreachable_hub_model_falls_back_to_the_embedded_model_and_says_so(
 ):
     monkeypatch.setattr(app, "EMBEDDED_MODEL", tiny_sd_dir)
     settings = Settings(model="someone/not-cached-anywhere", lora_dir=str(empty_lora_dir), device="cpu")
-    studio, warning = app.open_studio(settings, {})
+    studio, warning = app.open_studio(settings)
     assert studio.model.source == str(tiny_sd_dir)
     assert "someone/not-cached-anywhere" in warning and "embedded model instead" in warning
 
@@ -30,3 +34,37 @@ def test_controlnet_flags_map_modes_to_sources():
 def test_flags_override_settings():
     args = app.parse_args(["--model", "m", "--lora-dir", "l", "--share", "--port", "7999"])
     assert (args.model, args.lora_dir, args.share, args.port) == ("m", "l", True, 7999)
+    environment = {"STUDIO_MODEL": "from-env", "STUDIO_CONTROLNET_EDGE": "env/edge", "STUDIO_MAX_STEPS": "12"}
+    settings = Settings.from_env(environment).with_flags(model="from-flag", controlnets={"pose": "flag/pose"})
+    assert settings.model == "from-flag" and settings.limits.max_steps == 12
+    assert settings.controlnets == {"edge": "env/edge", "pose": "flag/pose"}
+
+
+def test_host_and_port_are_left_to_gradio_unless_a_flag_names_them():
+    """Spaces set GRADIO_SERVER_NAME=0.0.0.0; a launch() argument would override it."""
+    args = app.parse_args([])
+    assert args.host is None and args.port is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "words"),
+    [("STUDIO_MAX_STEPS", "many", "STUDIO_MAX_STEPS must be a whole number"),
+     ("STUDIO_MAX_SIDE", "0", "at least 1"),
+     ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1", "arbitrary code")],
+)
+def test_bad_settings_stop_the_start_with_a_plain_message(variable, value, words):
+    with pytest.raises(StudioError, match=words):
+        Settings.from_env({variable: value})
+
+
+def test_only_the_settings_module_reads_the_environment():
+    served = [Path("app.py"), *Path("ui").rglob("*.py"), *Path("pipelines").rglob("*.py")]
+    readers = [str(path) for path in served if re.search(r"os\.environ|os\.getenv", path.read_text())]
+    assert readers == [str(Path("pipelines/settings.py"))]
+
+
+def test_the_readme_lists_every_setting():
+    variables = set(re.findall(r"STUDIO_[A-Z_]+", Path("pipelines/settings.py").read_text()))
+    variables.discard("STUDIO_CONTROLNET_")
+    readme = Path("README.md").read_text()
+    assert variables and all(variable in readme for variable in variables), variables - set(readme.split("`"))

@@ -131,7 +131,7 @@ def test_together_weights_text(studio):
     names = ["ink.safetensors", "/tmp/uploads/ab/neon.safetensors"]
 
     def together(text):
-        grid = GridRequest(GenerationRequest(), names, "1", "1", text)
+        grid = GridRequest(GenerationRequest(), names, "1", "1", text, add_together=True)
         return validate_grid(grid, studio.served)[0].together
 
     assert together("neon.safetensors: 0.5") == (LoraChoice("ink.safetensors", 1.0), LoraChoice(names[1], 0.5))

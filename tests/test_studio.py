@@ -9,7 +9,7 @@ import pytest
 from diffusers import ControlNetModel
 from PIL import Image, ImageDraw
 
-from pipelines import loader as loader_module
+from pipelines import studio as studio_module
 from pipelines.errors import StudioError
 from pipelines.metadata import parse_parameters
 from pipelines.request import GenerationRequest
@@ -47,20 +47,22 @@ def test_every_mode_makes_images_at_the_requested_size(tiny_studio, mode):
 
 
 def test_mode_pipelines_share_the_base_weights_and_load_each_controlnet_once(tiny_studio, monkeypatch):
-    base = tiny_studio.base
+    studio = Studio(tiny_studio.settings)  # fresh: no mode pipeline built yet, so every guard below can fire
+    base = studio.base
     loads = []
     original = ControlNetModel.from_pretrained.__func__
     monkeypatch.setattr(
         ControlNetModel, "from_pretrained", classmethod(lambda cls, *a, **k: loads.append(a) or original(cls, *a, **k))
     )
-    monkeypatch.setattr(loader_module, "load_base_pipeline", lambda *a, **k: pytest.fail("base reloaded"))
+    # The name the studio looks the loader up by: a base reload on a mode switch would go through it.
+    monkeypatch.setattr(studio_module, "load_base_pipeline", lambda *a, **k: pytest.fail("base reloaded"))
     for mode in ["edge", "text", "pose", "edge", "depth", "pose", "text"]:
         request = GenerationRequest(mode=mode, image=circle_map((12, 12), 6), **FAST)
-        tiny_studio.generate(request)
-        pipe = tiny_studio.pipeline_for(mode)
+        studio.generate(request)
+        pipe = studio.pipeline_for(mode)
         assert pipe.unet is base.unet and pipe.vae is base.vae and pipe.text_encoder is base.text_encoder
-    assert len(loads) <= 3  # at most one load per mode; earlier tests may have loaded some already
-    assert len({id(tiny_studio.pipeline_for(mode).controlnet) for mode in ["pose", "edge", "depth"]}) == 3
+    assert len(loads) == 3  # one load per control mode
+    assert len({id(studio.pipeline_for(mode).controlnet) for mode in ["pose", "edge", "depth"]}) == 3
 
 
 def test_the_control_image_changes_the_result(tiny_studio):

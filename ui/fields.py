@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 
 import gradio as gr
 
-from pipelines.parameters import Param
+from pipelines.parameters import Param, number_text
 from ui.control_image import ControlImage
 
 
@@ -29,9 +29,11 @@ class _Declared:
         return {**super().api_info(), "additional_description": self.description}
 
     def get_block_name(self) -> str:
-        # The browser draws the Gradio component this one extends.
+        # The browser draws, and the API page names, the Gradio component this one extends.
         gradio_class = next(cls for cls in type(self).__mro__ if cls.__module__.startswith("gradio."))
         return gradio_class.__name__.lower()
+
+    get_block_class = get_block_name
 
 
 class DeclaredSlider(_Declared, gr.Slider):
@@ -63,9 +65,9 @@ def describe(param: Param) -> str:
     """The one-line help with the range or choices, as the API page shows it."""
     unit = f" {param.unit}" if param.unit else ""
     if param.low is not None and param.high is not None:
-        return f"{param.help}; {param.low:g} to {param.high:g}{unit}"
+        return f"{param.help}; {number_text(param.low)} to {number_text(param.high)}{unit}"
     if param.high is not None:
-        return f"{param.help}; at most {param.high:g}{unit}"
+        return f"{param.help}; at most {number_text(param.high)}{unit}"
     if isinstance(param.choices, tuple) and param.kind == "choice":
         return f"{param.help}; one of {', '.join(param.choices)}"
     return param.help
@@ -73,7 +75,7 @@ def describe(param: Param) -> str:
 
 def component_for(param: Param, **overrides) -> gr.components.Component:
     """The input component for a bound `param`; `overrides` adjust its look (lines, height, visibility)."""
-    common = dict(label=param.label, value=param.default, info=None)
+    common = dict(label=param.label, value=param.default)
     common.update(overrides)
     component = _build(param, common)
     component.description = describe(param)
@@ -82,17 +84,19 @@ def component_for(param: Param, **overrides) -> gr.components.Component:
 
 def _build(param: Param, common: dict) -> gr.components.Component:
     kind = param.kind
+    precision = 0 if kind == "whole" else None
     if kind == "image":
         return DeclaredImage(type="filepath", **{**common, "value": None})
     if kind in ("whole", "number") and _is_open_ended(param):
-        return DeclaredNumber(precision=0 if kind == "whole" else None, minimum=param.low, **common)
+        return DeclaredNumber(precision=precision, minimum=param.low, **common)
     if kind in ("whole", "number"):
-        return DeclaredSlider(param.low, param.high, step=param.step, **common)
+        return DeclaredSlider(param.low, param.high, step=param.step, precision=precision, **common)
     if kind == "flag":
         return DeclaredCheckbox(**common)
     if kind == "choice":
         return DeclaredDropdown(list(param.choices), **common)
     if kind == "names":
+        common["value"] = list(common["value"] or ())
         return DeclaredDropdown(list(param.choices or ()), multiselect=True, allow_custom_value=True, **common)
     return DeclaredTextbox(**common)
 

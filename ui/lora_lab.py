@@ -88,7 +88,12 @@ def build_lora_lab(studio: Studio) -> None:
             api_description=LORA_GRID.hint,
             concurrency_limit=GRID_CONCURRENCY,
         )
-        gr.api(partial(list_loras, studio), api_name="loras", api_description="The LoRA folder's files, described.")
+
+        def loras() -> list[dict]:
+            """Every LoRA in the folder: name, size, family, trigger words, title and header metadata."""
+            return [entry_as_dict(entry) for entry in manager.available()]
+
+        gr.api(loras, api_name="loras")
 
 
 def grid_parameters(studio: Studio) -> list[Param]:
@@ -109,8 +114,9 @@ def grid_handler(studio: Studio, params: list[Param]):
         *declared, kept = values
         given = dict(zip(names, declared, strict=True))
         base = GenerationRequest(preprocessor="none", **{name: given[name] for name in GRID_FIELDS_OF_BASE})
-        together = given["together"] if given["add_together"] is True else ""
-        grid = GridRequest(base, given["lora_names"], given["weights"], given["seeds"], together)
+        grid = GridRequest(
+            base, given["lora_names"], given["weights"], given["seeds"], given["together"], given["add_together"]
+        )
         return render(studio, grid, kept, progress)
 
     return with_signature(handler, params, LORA_GRID.endpoint, hidden=("uploads",))
@@ -126,11 +132,6 @@ def render(studio: Studio, grid: GridRequest, kept: list[str] | None, progress=N
         )
     summary = f"Rendered {len(result.cells)} images in {result.seconds:.1f} s."
     return str(result.path), str(result.path), "\n\n".join([summary, *result.notes])
-
-
-def list_loras(studio: Studio) -> list[dict]:
-    """Every LoRA in the folder: name, size, family, trigger words, title and header metadata."""
-    return [entry_as_dict(entry) for entry in studio.loras.available()]
 
 
 def refresh_library(studio: Studio, current: list[str] | None, kept: list[str]):

@@ -50,9 +50,10 @@ def grid_rows(
 ) -> list[tuple[str, tuple[LoraChoice, ...]]]:
     """The baseline first, then every LoRA at every weight, then (optionally) one row of several LoRAs at once."""
     rows = [(BASELINE_LABEL, ())]
-    rows += [(f"{Path(name).name} @ {weight:g}", (LoraChoice(name, weight),)) for name in loras for weight in weights]
+    for name in loras:
+        rows += [(f"{LoraChoice(name).label} @ {weight:g}", (LoraChoice(name, weight),)) for weight in weights]
     if together:
-        rows.append((" + ".join(f"{Path(c.name).name} @ {c.weight:g}" for c in together), tuple(together)))
+        rows.append((" + ".join(f"{choice.label} @ {choice.weight:g}" for choice in together), tuple(together)))
     return rows
 
 

@@ -1,0 +1,146 @@
+"""Every parameter of every endpoint, sent bad values the way a stranger's script would, through the real client.
+
+Each refusal must name the field (its label or its API name) and the server must keep serving. The values come
+from the parameter declarations, so a new parameter or endpoint is covered without touching this file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import httpx
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from pipelines.modes import LORA_GRID, MODES
+from pipelines.parameters import PARAMETERS, Param
+from ui.app import build_app
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+NUL = "a red\x00 circle"
+
+
+@pytest.fixture(scope="module")
+def client(tiny_studio):
+    demo = build_app(tiny_studio)
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+    yield Client(url, verbose=False)
+    demo.close()
+
+
+def call(client: Client, endpoint: str, arguments: dict) -> str:
+    """The refusal's message. NaN and infinity cannot pass through `gradio_client` (its JSON encoder refuses
+    them), but other clients send them: those go as raw JSON to Gradio's REST route, as such a client would."""
+    if not any(isinstance(value, float) and not math.isfinite(value) for value in arguments.values()):
+        with pytest.raises(AppError) as refused:
+            client.predict(**arguments, api_name=f"/{endpoint}")
+        return str(refused.value)
+    declared = client.view_api(print_info=False, return_format="dict")["named_endpoints"][f"/{endpoint}"]
+    data = [arguments.get(item["parameter_name"], item["parameter_default"]) for item in declared["parameters"]]
+    posted = httpx.post(
+        f"{client.src}gradio_api/call/{endpoint}",
+        content=json.dumps({"data": data}),  # allow_nan: NaN and Infinity as JavaScript writes them
+        headers={"content-type": "application/json"},
+    )
+    events = httpx.get(f"{client.src}gradio_api/call/{endpoint}/{posted.json()['event_id']}", timeout=60).text
+    assert "event: error" in events, events
+    return json.loads(events.split("data: ", 1)[1].splitlines()[0])["error"]
+
+
+def bad_values(param: Param) -> list[object]:
+    """Values no declaration of this kind accepts."""
+    not_a_number = ["5", [1], {"a": 1}, True, math.nan, math.inf, -math.inf]
+    if param.kind in ("whole", "number"):
+        out_of_range = [param.low - 1] if isinstance(param.low, (int, float)) else []
+        fraction = [param.low + 0.5] if param.kind == "whole" and isinstance(param.low, (int, float)) else []
+        return [*not_a_number, *out_of_range, *fraction]
+    if param.kind == "text":
+        return [NUL, ["a"], {"a": 1}, 5]
+    if param.kind == "flag":
+        return ["yes", 1, [True]]
+    if param.kind == "choice":
+        return ["bogus", 5, ["text"]]
+    if param.kind == "loras":
+        return ["stripes:nan", "stripes:5", "stripes:2, stripes:2", "str\x00ipes:1", {"a": 1}, 3]
+    if param.kind == "names":
+        return ["stripes", {"stripes": 1}, [1], ["str\x00ipes"]]
+    if param.kind in ("numbers", "wholes"):
+        return ["0.5, nan", "1, inf", "1.5" if param.kind == "wholes" else "9", {"a": 1}, 3.5, NUL]
+    return []  # images: a broken or missing file is covered in test_api.py
+
+
+ENDPOINTS = [(mode.endpoint, mode.parameters) for mode in MODES.values()]
+ENDPOINTS.append((LORA_GRID.endpoint, LORA_GRID.parameters))
+CASES = [
+    (endpoint, name, value)
+    for endpoint, names in ENDPOINTS
+    for name in names
+    for value in bad_values(PARAMETERS[name])
+]
+
+
+def valid_arguments(endpoint: str) -> dict:
+    if endpoint == LORA_GRID.endpoint:
+        return dict(lora_names=["stripes.safetensors"], weights="1", seeds="1", prompt="a red circle", steps=1)
+    return dict(prompt="a red circle", steps=1, preprocessor="none") if endpoint != "text2img" else dict(steps=1)
+
+
+@pytest.mark.parametrize(("endpoint", "name", "value"), CASES, ids=[f"{e}-{n}-{v!r}"[:60] for e, n, v in CASES])
+def test_bad_value_is_refused_naming_the_field(client, endpoint, name, value):
+    param = PARAMETERS[name]
+    message = call(client, endpoint, {**valid_arguments(endpoint), name: value}).lower()
+    assert param.label.lower() in message or name in message, message
+    assert "traceback" not in message and "/tmp" not in message
+
+
+@pytest.mark.parametrize("endpoint", [endpoint for endpoint, _ in ENDPOINTS if endpoint != LORA_GRID.endpoint])
+def test_after_the_refusals_the_same_endpoint_still_serves(client, endpoint, edge_map):
+    arguments = valid_arguments(endpoint)
+    if endpoint != "text2img":
+        from gradio_client import handle_file
+
+        arguments["image"] = handle_file(edge_map)
+    gallery, *_ = client.predict(**arguments, api_name=f"/{endpoint}")
+    assert gallery
+
+
+@pytest.fixture(scope="module")
+def edge_map(tmp_path_factory) -> str:
+    from PIL import Image, ImageDraw
+
+    path = tmp_path_factory.mktemp("maps") / "edges.png"
+    image = Image.new("RGB", (32, 32), "black")
+    ImageDraw.Draw(image).ellipse((6, 6, 26, 26), outline="white", width=2)
+    image.save(path)
+    return str(path)
+
+
+def test_the_same_lora_named_twice_is_merged_within_range(tiny_studio):
+    from pipelines.request import GenerationRequest
+    from pipelines.validation import validate_request
+
+    request, notes = validate_request(GenerationRequest(loras="a:0.5, a:0.75"), tiny_studio.served)
+    assert [(choice.name, choice.weight) for choice in request.loras] == [("a", 1.25)]
+    assert any("more than once" in note for note in notes)
+
+
+def test_sizes_snap_to_what_every_pipeline_of_the_family_takes(tiny_studio):
+    from pipelines.request import GenerationRequest
+
+    result = tiny_studio.generate(GenerationRequest(width=60, height=44, steps=1))
+    assert result.images[0].size == (56, 40)  # multiples of 8, which diffusers' text pipeline insists on
+
+
+@pytest.mark.parametrize("field", ["prompt", "negative_prompt", "loras"])
+def test_lone_surrogates_are_refused_by_name(tiny_studio, field):
+    """httpx cannot even encode them, so they are checked here rather than through the client."""
+    from pipelines.errors import StudioError
+    from pipelines.request import GenerationRequest
+    from pipelines.validation import validate_request
+
+    with pytest.raises(StudioError, match=f"(?i)({PARAMETERS[field].label}|LoRA name).*unpaired surrogate"):
+        validate_request(GenerationRequest(**{field: "a red \ud800 circle"}), tiny_studio.served)

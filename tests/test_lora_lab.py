@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines.errors import StudioError
 from pipelines.lora.synthetic import kohya_metadata, lora_tensors, write_lora
 from pipelines.metadata import parse_parameters
-from pipelines.errors import StudioError
 from pipelines.request import GenerationRequest, GridRequest, LoraChoice
 from pipelines.settings import Settings
 from pipelines.validation import validate_grid

@@ -31,8 +31,11 @@ LOOKS = {
 }
 
 
-def build_mode_tab(studio: Studio, mode: Mode) -> None:
-    """The tab for `mode`; its event is the API endpoint `/<mode.endpoint>` with keyword parameters."""
+def build_mode_tab(studio: Studio, mode: Mode) -> dict[str, gr.components.Component]:
+    """The tab for `mode`; its event is the API endpoint `/<mode.endpoint>` with keyword parameters.
+
+    Returns its input components by parameter name, so other parts of the page can fill them in.
+    """
     params = mode_parameters(studio, mode)
     with gr.Tab(mode.title, id=mode.name):
         with gr.Row():
@@ -61,6 +64,7 @@ def build_mode_tab(studio: Studio, mode: Mode) -> None:
             api_description=f"{mode.title} mode: {mode.hint}",
             concurrency_id=GPU_QUEUE,
         )
+    return fields
 
 
 def mode_parameters(studio: Studio, mode: Mode) -> list[Param]:

@@ -88,6 +88,6 @@ LORA_GRID = Mode(
     "(the same seed down each column). In pose, edge and depth mode the image is a ready control map.",
     own_parameters=(
         "lora_names", "weights", "seeds", "prompt", "negative_prompt", "mode", "image", "steps", "guidance_scale",
-        "together", "add_together",
+        "add_triggers", "together", "add_together",
     ),
 )

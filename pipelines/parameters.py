@@ -136,6 +136,8 @@ _PARAMETERS = (
           "name:weight pairs for a row with all chosen LoRAs at once", default=""),
     Param("add_together", "flag", "Add a 'together' row", "a last row with all chosen LoRAs at once",
           default=False),
+    Param("add_triggers", "flag", "Add each row's trigger words", "each row's prompt gets its LoRAs' trigger "
+          "words; the 'no LoRA' row keeps the prompt as written", default=True),
     Param("mode", "choice", "Mode", "which mode renders the cells", default="text", choices=Ref("modes")),
 )
 

@@ -64,6 +64,7 @@ class GridRequest:
     seeds: tuple[int, ...] = ()
     together: tuple[LoraChoice, ...] = ()  # weights for a last row with all the LoRAs at once
     add_together: bool = False
+    add_triggers: bool = True  # each row's prompt gets its LoRAs' trigger words
 
 
 @dataclass

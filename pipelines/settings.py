@@ -50,6 +50,7 @@ class Settings:
     loras: LoraLimits = field(default_factory=LoraLimits)
     controlnets: Mapping[str, str] = field(default_factory=dict)  # mode -> ControlNet source, over the defaults
     detectors: DetectorSources = field(default_factory=DetectorSources)
+    cache_age_s: int = 3600  # files made per request (images, grids, uploads) are removed after this age
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -79,6 +80,7 @@ class Settings:
                 annotators=read.text("STUDIO_ANNOTATORS", None),
                 depth_model=read.text("STUDIO_DEPTH_MODEL", DEFAULT_DEPTH_MODEL),
             ),
+            cache_age_s=read.whole("STUDIO_CACHE_AGE_S", cls.cache_age_s),
         )
 
     def with_flags(

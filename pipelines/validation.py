@@ -42,7 +42,7 @@ def validate_grid(grid: GridRequest, served: Served) -> tuple[GridRequest, list[
     served = replace(served, modes=tuple(MODES))
     checked = {
         name: clean(bind(PARAMETERS[name], served), getattr(grid, name), notes)
-        for name in ("lora_names", "weights", "seeds", "together", "add_together")
+        for name in ("lora_names", "weights", "seeds", "together", "add_together", "add_triggers")
     }
     if not checked["lora_names"]:
         raise StudioError("Choose at least one LoRA for the grid (lora_names).")

@@ -15,11 +15,12 @@ from PIL import Image
 
 from pipelines.errors import StudioError
 from pipelines.lora.synthetic import kohya_metadata, lora_tensors, write_lora
+from pipelines.lora.triggers import add_trigger_words
 from pipelines.metadata import parse_parameters
 from pipelines.request import GenerationRequest, GridRequest, LoraChoice
 from pipelines.settings import Settings
 from pipelines.validation import validate_grid
-from ui.lora_lab import _check_session, add_trigger_words, build_lora_lab
+from ui.lora_lab import _check_session, build_lora_lab
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -77,8 +78,8 @@ def grid_args(loras, weights="0, 1", seeds="3, 4"):
 
 def call_grid(client, loras, **overrides):
     args = grid_args(loras, **overrides)
-    image, download, notes = client.predict(**args, api_name="/lora_grid")
-    return Image.open(image), Image.open(download), notes
+    image, notes = client.predict(**args, api_name="/lora_grid")
+    return Image.open(image), notes
 
 
 def test_loras_endpoint_lists_the_folder(client):
@@ -90,9 +91,8 @@ def test_loras_endpoint_lists_the_folder(client):
 
 
 def test_lora_grid_endpoint_returns_a_labelled_png_with_every_cells_parameters(client):
-    shown, download, notes = call_grid(client, ["ink.safetensors"])
-    assert np.array_equal(np.asarray(shown), np.asarray(download))
-    assert "Rendered 6 images" in notes
+    download, notes = call_grid(client, ["ink.safetensors"])
+    assert download.format == "PNG" and "Rendered 6 images" in notes
     cells = [key for key in download.text if key.startswith("parameters r")]
     assert len(cells) == 6  # baseline + ink @ 0 + ink @ 1, two seeds each
     assert parse_parameters(download.text["parameters r2 c1"])["loras"] == [("ink.safetensors", 1.0)]
@@ -112,14 +112,14 @@ def test_refusals_reach_api_callers_as_plain_errors(client):
 
 def test_concurrent_grids_with_different_lora_sets_match_their_solo_runs(client, studio, monkeypatch):
     sets = [["ink.safetensors"], ["neon.safetensors"], ["ink.safetensors", "neon.safetensors"]]
-    alone = [np.asarray(call_grid(client, loras, seeds="3")[1]) for loras in sets]
+    alone = [np.asarray(call_grid(client, loras, seeds="3")[0]) for loras in sets]
     callers = []  # the worker thread behind each activation
     activate = studio.loras.activate
     monkeypatch.setattr(
         studio.loras, "activate", lambda choices: callers.append(threading.get_ident()) or activate(choices)
     )
     with ThreadPoolExecutor(len(sets)) as pool:
-        together = list(pool.map(lambda loras: np.asarray(call_grid(client, loras, seeds="3")[1]), sets))
+        together = list(pool.map(lambda loras: np.asarray(call_grid(client, loras, seeds="3")[0]), sets))
     for solo, concurrent in zip(alone, together, strict=True):
         assert np.array_equal(solo, concurrent)
     assert len({solo.tobytes() for solo in alone}) == 3  # the three sets really differ

@@ -17,7 +17,7 @@ from pipelines.errors import StudioError
 from pipelines.lora import LoraManager
 from pipelines.lora.grid import render_grid
 from pipelines.lora.synthetic import kohya_metadata, lora_tensors, write_layout_file, write_lora
-from pipelines.metadata import parse_parameters
+from pipelines.metadata import parse_parameters, save_png
 from pipelines.request import GenerationRequest, GridRequest, LoraChoice
 from pipelines.settings import EMBEDDED_LORAS, EMBEDDED_MODEL, Settings
 from pipelines.validation import validate_grid
@@ -274,7 +274,7 @@ def test_grid_rows_columns_cells_and_png_parameters(studio, tmp_path):
         together="ink.safetensors: 0.5, neon.safetensors: 0.5",
         add_together=True,
     )
-    result = render_grid(studio, grid, output_dir=tmp_path)
+    result = render_grid(studio, grid)
     assert [cell.row_label for cell in result.cells[::2]] == [
         "no LoRA",
         "ink.safetensors @ 0",
@@ -283,16 +283,18 @@ def test_grid_rows_columns_cells_and_png_parameters(studio, tmp_path):
         "neon.safetensors @ 1",
         "ink.safetensors @ 0.5 + neon.safetensors @ 0.5",
     ]
-    saved = Image.open(result.path)
+    save_png(result.image, tmp_path / "grid.png")
+    saved = Image.open(tmp_path / "grid.png")
     cell_w, cell_h = result.cells[0].image.size
-    assert saved.width >= 2 * cell_w and saved.height > 6 * cell_h  # labels around 6 rows x 2 columns
+    assert min(cell_w, cell_h) < 256 and saved.width >= 2 * 256 and saved.height > 6 * 256  # cells enlarged
     baseline = parse_parameters(saved.text["parameters"])
-    assert baseline["loras"] == [] and baseline["Seed"] == "5"
+    assert baseline["loras"] == [] and baseline["Seed"] == "5" and baseline["prompt"] == "a red circle"
     cell = parse_parameters(saved.text["parameters r2 c1"])
     assert cell["loras"] == [("ink.safetensors", 1.0)] and cell["Seed"] == "6"
+    assert cell["prompt"].startswith("a red circle, ink style")  # the row's own trigger words, not the baseline's
     assert json.loads(saved.text["grid"])["cells"][5]["row_label"] == "ink.safetensors @ 1"
     # the same seed down a column, and each cell is exactly the solo image for its request
-    solo = pixels(studio, [LoraChoice("ink.safetensors", 1.0)], seed=6)
+    solo = pixels(studio, [LoraChoice("ink.safetensors", 1.0)], seed=6, prompt=cell["prompt"])
     assert np.array_equal(np.asarray(result.cells[5].image), solo)
     assert np.array_equal(np.asarray(result.cells[2].image), np.asarray(result.cells[0].image))  # weight 0 = base
 

@@ -14,7 +14,10 @@ CSS = ".pixelated img { image-rendering: pixelated; object-fit: contain; min-wid
 
 
 def build_app(studio: Studio, warning: str = "") -> gr.Blocks:
-    with gr.Blocks(title="Diffusion studio") as demo:
+    age = studio.settings.cache_age_s
+    # Gradio's cache holds every image, grid and upload of every request; checked every `age` seconds (at most
+    # ten minutes), a file goes once it is `age` seconds old.
+    with gr.Blocks(title="Diffusion studio", delete_cache=(min(age, 600), age)) as demo:
         gr.Markdown(
             f"# Diffusion studio\nModel: **{studio.model.name}** ({studio.model.family}), "
             f"{studio.model.resolution}x{studio.model.resolution} native, on {studio.device}."

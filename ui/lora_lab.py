@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 
 import gradio as gr
+from PIL import Image
 
 from pipelines.errors import StudioError
 from pipelines.gpu import gpu_task
@@ -56,7 +57,7 @@ def build_lora_lab(studio: Studio) -> None:
             fields[name] = component_for(params_by_name(params)[name])
         with gr.Row():
             fields["prompt"] = component_for(params_by_name(params)["prompt"], lines=2, scale=4)
-            add_triggers = gr.Button("Add trigger words to the prompt", scale=1)
+            fields["add_triggers"] = component_for(params_by_name(params)["add_triggers"], scale=1)
         fields["negative_prompt"] = component_for(params_by_name(params)["negative_prompt"])
         with gr.Row():
             for name in ("weights", "seeds", "steps", "guidance_scale"):
@@ -65,10 +66,10 @@ def build_lora_lab(studio: Studio) -> None:
             fields["mode"] = component_for(params_by_name(params)["mode"])
             fields["image"] = component_for(params_by_name(params)["image"], label="Control map (pose, edge, depth)")
         render = gr.Button("Render the grid", variant="primary")
+        # The download button saves the PNG with every cell's parameters; Gradio's cache holds it, and clears it.
         grid_image = gr.Image(
-            label="Grid", type="filepath", format="png", interactive=False, elem_classes=["pixelated"]
+            label="Grid", type="pil", format="png", interactive=False, buttons=["download", "fullscreen"]
         )
-        grid_file = gr.File(label="Download the grid (PNG with every cell's parameters)")
         notes = gr.Markdown(label="Notes")
 
         chosen = fields["lora_names"]
@@ -78,12 +79,10 @@ def build_lora_lab(studio: Studio) -> None:
         add_hub.click(partial(on_hub, studio), [hub_id, chosen, uploads], [chosen, details], **private)
         chosen.change(partial(on_choose, studio), [chosen, uploads, fields["together"]], [details, fields["together"]],
                       **private)
-        add_triggers.click(partial(on_add_triggers, studio), [fields["prompt"], chosen, uploads], fields["prompt"],
-                           **private)
         render.click(
             grid_handler(studio, params),
             inputs=[*(fields[param.name] for param in params), uploads],
-            outputs=[grid_image, grid_file, notes],
+            outputs=[grid_image, notes],
             api_name=LORA_GRID.endpoint,
             api_description=LORA_GRID.hint,
             concurrency_limit=GRID_CONCURRENCY,
@@ -115,14 +114,20 @@ def grid_handler(studio: Studio, params: list[Param]):
         given = dict(zip(names, declared, strict=True))
         base = GenerationRequest(preprocessor="none", **{name: given[name] for name in GRID_FIELDS_OF_BASE})
         grid = GridRequest(
-            base, given["lora_names"], given["weights"], given["seeds"], given["together"], given["add_together"]
+            base,
+            given["lora_names"],
+            given["weights"],
+            given["seeds"],
+            given["together"],
+            given["add_together"],
+            given["add_triggers"],
         )
         return render(studio, grid, kept, progress)
 
     return with_signature(handler, params, LORA_GRID.endpoint, hidden=("uploads",))
 
 
-def render(studio: Studio, grid: GridRequest, kept: list[str] | None, progress=None) -> tuple[str, str, str]:
+def render(studio: Studio, grid: GridRequest, kept: list[str] | None, progress=None) -> tuple[Image.Image, str]:
     with shown_to_person():
         _check_session(grid.lora_names, kept or [])
         result = render_grid(
@@ -131,7 +136,7 @@ def render(studio: Studio, grid: GridRequest, kept: list[str] | None, progress=N
             on_cell=lambda done, total: progress and progress((done, total), desc="Rendering the grid", unit="images"),
         )
     summary = f"Rendered {len(result.cells)} images in {result.seconds:.1f} s."
-    return str(result.path), str(result.path), "\n\n".join([summary, *result.notes])
+    return result.image, "\n\n".join([summary, *result.notes])
 
 
 def refresh_library(studio: Studio, current: list[str] | None, kept: list[str]):
@@ -173,13 +178,6 @@ def on_choose(studio: Studio, names: list[str] | None, kept: list[str], table: s
     return describe_entries(entries) + "\n\n".join(["", *refusals]), ", ".join(pairs)
 
 
-def on_add_triggers(studio: Studio, text: str, names: list[str] | None, kept: list[str]) -> str:
-    with shown_to_person():
-        _check_session(names or [], kept)
-        words = [word for name in names or [] for word in studio.loras.check(name).trigger_words]
-    return add_trigger_words(text, words)
-
-
 def library_rows(entries: list[LoraEntry]) -> list[list[str]]:
     return [
         [entry.name, entry.size_label, entry.family_label, ", ".join(entry.trigger_words), entry.title or ""]
@@ -209,13 +207,6 @@ def describe_entries(entries: list[LoraEntry]) -> str:
         lines += [f"`{key}`: {value}" for key, value in entry.fields.items()]
         blocks.append("  \n".join(lines))
     return "\n\n".join(blocks)
-
-
-def add_trigger_words(prompt: str, words: list[str]) -> str:
-    """Append the words the prompt does not already contain, comma-separated."""
-    present = prompt.lower()
-    missing = [word for word in dict.fromkeys(words) if word.lower() not in present]
-    return ", ".join(part for part in [prompt.strip().rstrip(","), *missing] if part)
 
 
 def _together_pairs(text: str | None) -> list[tuple[str, str]]:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
+from pathlib import Path
 
 import gradio as gr
 
 from pipelines.gpu import gpu_task
+from pipelines.lora.triggers import add_trigger_words
 from pipelines.modes import SAMPLING, Mode
 from pipelines.parameters import PARAMETERS, Param, bind
 from pipelines.request import GenerationRequest, GenerationResult
@@ -86,7 +89,7 @@ def _input_fields(studio: Studio, mode: Mode, params: list[Param]) -> dict[str, 
         if param.name == "image":
             gr.Markdown(mode.hint)
         if param.name == "loras":
-            _lora_picker(studio, fields["loras"])
+            _lora_picker(studio, fields)
     if by_group["preprocessing"]:
         with gr.Accordion("Preprocessing", open=True):
             for param in by_group["preprocessing"]:
@@ -97,19 +100,30 @@ def _input_fields(studio: Studio, mode: Mode, params: list[Param]) -> dict[str, 
     return fields
 
 
-def _lora_picker(studio: Studio, loras: gr.Textbox) -> None:
-    """A menu of the LoRA folder that appends `name:1` to the LoRA box (the lab tab has uploads and the hub)."""
-    names = [lora.name for lora in studio.loras.available()]
+def _lora_picker(studio: Studio, fields: dict[str, gr.components.Component]) -> None:
+    """A menu of the LoRA folder that adds `name:1` to the LoRA box, and its trigger words to the prompt if asked
+    (the LoRA lab has uploads and the Hub)."""
+    names = [Path(entry.name).stem for entry in studio.loras.available()]
     if not names:
         return
-    picker = gr.Dropdown(names, value=None, label="Add a LoRA from the folder")
-    picker.select(_append_lora, inputs=[loras, picker], outputs=[loras, picker], api_visibility="private")
+    with gr.Row():
+        picker = gr.Dropdown(names, value=None, label="Add a LoRA from the folder", scale=3)
+        with_triggers = gr.Checkbox(label="and its trigger words", value=True, scale=1)
+    picker.select(
+        partial(add_lora, studio),
+        inputs=[fields["loras"], fields["prompt"], picker, with_triggers],
+        outputs=[fields["loras"], fields["prompt"], picker],
+        api_visibility="private",
+    )
 
 
-def _append_lora(current: str, name: str | None) -> tuple[str, None]:
+def add_lora(studio: Studio, loras: str, prompt: str, name: str | None, with_triggers: bool) -> tuple[str, str, None]:
     if not name:
-        return current, None
-    return ", ".join(filter(None, [current.strip(), f"{name}:1"])), None
+        return loras, prompt, None
+    if with_triggers:
+        with shown_to_person():
+            prompt = add_trigger_words(prompt, studio.loras.check(name).trigger_words)
+    return ", ".join(filter(None, [loras.strip(), f"{name}:1"])), prompt, None
 
 
 def mode_handler(studio: Studio, mode: Mode, params: list[Param]) -> Callable:

@@ -1,29 +1,34 @@
 """Comparison grids: the "no LoRA" baseline and each LoRA at each weight, one column per seed.
 
 Every cell is one ordinary `Studio.generate` call with its own LoRA set, so a cell is exactly the image
-that the same request gives on its own, and other requests may run between cells without mixing in.
-The grid PNG keeps each cell's A1111 parameters in its own text chunk ("parameters r<row> c<col>"),
-the baseline's in "parameters" (which other tools read) and the layout in "grid" (JSON).
+that the same request gives on its own, and other requests may run between cells without mixing in. Each
+row's prompt gets that row's trigger words (when asked), the baseline's none, so the baseline is the base.
+The grid image carries, for the PNG it is saved as, each cell's A1111 parameters in its own text entry
+("parameters r<row> c<col>"), the baseline's in "parameters" (which other tools read) and the layout in
+"grid" (JSON). Nothing is written to disk here: the page saves the PNG into Gradio's cache, which it clears.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont
 
 from pipelines.errors import StudioError
+from pipelines.lora.triggers import add_trigger_words
 from pipelines.request import GridRequest, LoraChoice
 from pipelines.validation import validate_grid
 
 MAX_CELLS = 48
 BASELINE_LABEL = "no LoRA"
-LABEL_PADDING = 6
+LABEL_PADDING = 8
+# Small native sizes (the embedded model's 64 px) are enlarged, pixel for pixel, so a cell reads on screen.
+MIN_CELL_SIDE = 256
+FONT_SIZE = 20
 
 
 @dataclass(frozen=True)
@@ -38,8 +43,7 @@ class GridCell:
 
 @dataclass
 class GridResult:
-    image: Image.Image
-    path: Path
+    image: Image.Image  # with its PNG text entries in `image.info`
     cells: list[GridCell]
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -57,13 +61,7 @@ def grid_rows(
     return rows
 
 
-def render_grid(
-    studio,
-    grid: GridRequest,
-    *,
-    output_dir: str | Path | None = None,
-    on_cell: Callable[[int, int], None] | None = None,
-) -> GridResult:
+def render_grid(studio, grid: GridRequest, *, on_cell: Callable[[int, int], None] | None = None) -> GridResult:
     """Render `grid` with `studio.generate` (any mode): every cell is `grid.base` with its row's LoRAs and seed."""
     grid, notes = validate_grid(grid, studio.served)
     rows = grid_rows(grid.lora_names, grid.weights, grid.together)
@@ -77,20 +75,27 @@ def render_grid(
     started = time.perf_counter()
     cells = []
     for row, (row_label, choices) in enumerate(rows):
+        prompt = _with_triggers(studio, grid.base.prompt, choices) if grid.add_triggers else grid.base.prompt
         for column, seed in enumerate(grid.seeds):
-            result = studio.generate(replace(grid.base, loras=choices, seed=seed, num_images=1))
+            result = studio.generate(replace(grid.base, prompt=prompt, loras=choices, seed=seed, num_images=1))
             notes += [note for note in result.notes if note not in notes]
             cells.append(GridCell(row, column, row_label, f"seed {seed}", result.images[0], result.parameters[0]))
             if on_cell:
                 on_cell(len(cells), total)
     image = compose_grid(cells, [label for label, _ in rows], [f"seed {seed}" for seed in grid.seeds])
-    path = save_grid(image, cells, output_dir)
-    return GridResult(Image.open(path), path, cells, notes, time.perf_counter() - started)
+    image.info.update(grid_text_entries(cells))
+    return GridResult(image, cells, notes, time.perf_counter() - started)
+
+
+def _with_triggers(studio, prompt: str, choices: Sequence[LoraChoice]) -> str:
+    words = [word for choice in choices if choice.weight for word in studio.loras.check(choice.name).trigger_words]
+    return add_trigger_words(prompt, words)
 
 
 def compose_grid(cells: list[GridCell], row_labels: list[str], column_labels: list[str]) -> Image.Image:
-    width, height = cells[0].image.size
-    font = _font(max(10, min(16, height // 5)))
+    scale = math.ceil(MIN_CELL_SIDE / min(cells[0].image.size))
+    width, height = (side * scale for side in cells[0].image.size)
+    font = _font(FONT_SIZE)
     font_size = getattr(font, "size", 11)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     left = int(max(measure.textlength(label, font=font) for label in row_labels)) + 2 * LABEL_PADDING
@@ -103,24 +108,22 @@ def compose_grid(cells: list[GridCell], row_labels: list[str], column_labels: li
     for row, label in enumerate(row_labels):
         draw.text((LABEL_PADDING, top + row * height + (height - font_size) // 2), label, fill="black", font=font)
     for cell in cells:
-        grid.paste(cell.image.convert("RGB"), (left + cell.column * column_width, top + cell.row * height))
+        enlarged = cell.image.convert("RGB").resize((width, height), Image.Resampling.NEAREST)
+        grid.paste(enlarged, (left + cell.column * column_width, top + cell.row * height))
     return grid
 
 
-def save_grid(image: Image.Image, cells: list[GridCell], output_dir: str | Path | None = None) -> Path:
-    folder = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="studio-lora-grid-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", cells[0].parameters)
+def grid_text_entries(cells: list[GridCell]) -> dict[str, str]:
+    """The PNG text entries: the baseline's parameters, the layout, and every cell's parameters."""
     layout = [
         {"row": c.row, "column": c.column, "row_label": c.row_label, "column_label": c.column_label} for c in cells
     ]
-    info.add_text("grid", json.dumps({"cells": layout, "cell_size": list(cells[0].image.size)}))
-    for cell in cells:
-        info.add_text(f"parameters r{cell.row} c{cell.column}", cell.parameters)
-    path = folder / f"lora-grid-{time.strftime('%Y%m%d-%H%M%S')}-{time.perf_counter_ns() % 10**6:06d}.png"
-    image.save(path, format="PNG", pnginfo=info)
-    return path
+    entries = {
+        "parameters": cells[0].parameters,
+        "grid": json.dumps({"cells": layout, "cell_size": list(cells[0].image.size)}),
+    }
+    entries.update({f"parameters r{cell.row} c{cell.column}": cell.parameters for cell in cells})
+    return entries
 
 
 def _font(size: int) -> ImageFont.ImageFont:

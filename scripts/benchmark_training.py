@@ -34,9 +34,9 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.embedded import train, world  # noqa: E402
-from pipelines.embedded.models import build_scheduler, build_text_encoder, build_unet, build_vae  # noqa: E402
-from pipelines.embedded.tokenizer import write_tokenizer_folder  # noqa: E402
+from embedded import train, world  # noqa: E402
+from embedded.models import build_scheduler, build_text_encoder, build_unet, build_vae  # noqa: E402
+from embedded.tokenizer import write_tokenizer_folder  # noqa: E402
 
 BATCH = 16
 

@@ -2,8 +2,8 @@
 
     HF_HUB_OFFLINE=1 python scripts/evaluate_embedded.py [--models models] [--count 24] [--validation]
 
-Loads models/ through plain diffusers (StableDiffusionPipeline, StableDiffusionControlNetPipeline) and
-scores prompts, control maps and seeds that training never used. `--validation` scores text and LoRAs on
+Serves models/ with the studio and scores the images its `generate` makes, the ones a person gets, for
+prompts, control maps and seeds that training never used. `--validation` scores text and LoRAs on
 other unseen prompts instead, the ones to choose settings on, so the evaluation's prompts stay unseen.
 """
 
@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines.embedded import evaluation, world  # noqa: E402
+from embedded import evaluation, world
+from pipelines.studio import Studio
 
 
 def main() -> None:
@@ -30,50 +28,47 @@ def main() -> None:
     parser.add_argument("--validation", action="store_true", help="score the validation prompts (text, LoRAs)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("EMBEDDED_THREADS", "2")))
-    models = evaluation.load(args.models, modes=() if args.validation else world.CONTROL_MODES)
-    default = models.guidance_scale
+    studio = evaluation.load(args.models)
+    default = evaluation.default_guidance(studio)
     print(f"model: {args.models / 'embedded'} (default guidance {default}, {evaluation.STEPS} steps, "
           f"{world.RESOLUTION}x{world.RESOLUTION})")
     scenes = evaluation.validation_prompts(2 * args.count) if args.validation else evaluation.text_prompts(args.count)
-    text = print_text_scores(models, sorted({default, 1.0, 7.5, *args.guidance}), scenes)
+    text = print_text_scores(studio, sorted({default, 1.0, 7.5, *args.guidance}), scenes)
     print(f"guidance 7.5 beats 1.0 on colour: {evaluation.colour_beats(text[7.5], text[1.0])}")
     if args.validation:
-        print_lora_scores(models, scenes[::3])  # every third prompt: all three shapes, unlike the evaluation's 8
+        print_lora_scores(studio, scenes[::3])  # every third prompt: all three shapes, unlike the evaluation's 8
         return
-    negative = evaluation.negative_prompt_scores(models)
+    negative = evaluation.negative_prompt_scores(studio)
     print(f"negative prompt naming the object's colour: that colour's share {negative['share_without']:.1%} -> "
           f"{negative['share_with']:.1%}")
     for mode in ("edge", "depth"):
-        scores = evaluation.control_scores(models, mode, args.control_count)
+        scores = evaluation.control_scores(studio, mode, args.control_count)
         print(f"{mode:<5} IoU mean {scores['iou']:.3f} (floor 0.7), min {scores['min_iou']:.3f}, n={scores['count']}")
-    pose = evaluation.control_scores(models, "pose", args.control_count)
+    pose = evaluation.control_scores(studio, "pose", args.control_count)
     print(f"pose  limbs covered {pose['limb_coverage']:.0%} (floor 70%), n={pose['count']}")
-    print_lora_scores(models)
-    text_seconds = evaluation.seconds_for_20_steps(models.base, default)
+    print_lora_scores(studio)
+    text_seconds = evaluation.seconds_for_20_steps(studio)
     print(f"speed text mode: {text_seconds:.2f} s for 20 steps (limit 1 s)")
-    from PIL import Image
-
-    edge_map = Image.fromarray(world.make_scene(world.EVALUATION_SEED_OFFSET, "object").edge)
-    control_seconds = evaluation.seconds_for_20_steps(models.controlled["edge"], default, image=edge_map)
+    control_seconds = evaluation.seconds_for_20_steps(studio, mode="edge")
     print(f"speed with a ControlNet: {control_seconds:.2f} s for 20 steps (limit 1.5 s)")
 
 
-def print_text_scores(models, guidance_scales: list[float], scenes: list[world.Scene]) -> dict[float, dict]:
+def print_text_scores(studio: Studio, guidance_scales: list[float], scenes: list[world.Scene]) -> dict[float, dict]:
     truth = evaluation.ground_truth_text_scores(scenes)
     print(f"text  ground truth:    colour {truth['colour']:.0%} (mean error {truth['colour_error']:.1f} RGB), "
           f"shape {truth['shape']:.0%}, n={truth['count']}")
     text = {}
     for guidance in guidance_scales:
-        scores = text[guidance] = evaluation.text_scores(models, guidance, scenes)
+        scores = text[guidance] = evaluation.text_scores(studio, guidance, scenes)
         print(f"text  guidance {guidance:>4}: colour {scores['colour']:.0%} (floor 90%, mean error "
               f"{scores['colour_error']:.1f} RGB), shape {scores['shape']:.0%} (floor 80%), held-out pairs colour "
               f"{scores['held_out_colour']:.0%}, n={scores['count']}")
     return text
 
 
-def print_lora_scores(models, scenes: list[world.Scene] | None = None) -> None:
+def print_lora_scores(studio: Studio, scenes: list[world.Scene] | None = None) -> None:
     for style in world.STYLES:
-        scores = evaluation.lora_scores(models, style, scenes)
+        scores = evaluation.lora_scores(studio, style, scenes)
         ratio = scores["weight_1"] / scores["without"]
         print(f"lora {style} ({world.STYLES[style]}): {scores['measure']} {scores['without']:.3f} -> "
               f"{scores['weight_1']:.3f} at weight 1 ({ratio:.2f}x); weight 0 identical to base: "

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from pipelines.embedded import world
+from embedded import world
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def train_smoke(tmp_path: Path, *extra: str, workers: int = 2) -> None:
     # Its run time (about 40 s here) is reported by pytest --durations, not asserted: this machine is noisy.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "EMBEDDED_WORKERS": str(workers)}
-    subprocess.run([sys.executable, "-m", "pipelines.embedded.train", "--smoke", "--work", str(tmp_path / "work"),
+    subprocess.run([sys.executable, "-m", "embedded.train", "--smoke", "--work", str(tmp_path / "work"),
                     "--output", str(tmp_path / "models"), *extra], cwd=ROOT, env=env, check=True, capture_output=True)
 
 
@@ -52,7 +52,7 @@ def test_smoke_training_writes_a_loadable_family(smoke_run):
 
 
 def test_training_is_deterministic_by_seed(tmp_path):
-    from pipelines.embedded.train import SMOKE, build_dataset
+    from embedded.train import SMOKE, build_dataset
 
     build_dataset(SMOKE, tmp_path / "a.npz")
     build_dataset(SMOKE, tmp_path / "b.npz")
@@ -85,8 +85,8 @@ def test_decoder_tuning_keeps_the_latents_every_later_stage_learns_from(tmp_path
 
     from diffusers import AutoencoderKL
 
-    from pipelines.embedded.models import build_vae
-    from pipelines.embedded.train import SMOKE, encode_latents, tune_vae_decoder
+    from embedded.models import build_vae
+    from embedded.train import SMOKE, encode_latents, tune_vae_decoder
 
     torch.manual_seed(0)
     build_vae().save_pretrained(tmp_path / "vae")

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pipelines.embedded import evaluation, measures, world
-from pipelines.embedded.tokenizer import write_tokenizer_folder
+from embedded import evaluation, measures, world
+from embedded.tokenizer import write_tokenizer_folder
 
 EVAL = world.EVALUATION_SEED_OFFSET
 

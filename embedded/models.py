@@ -5,7 +5,7 @@ from __future__ import annotations
 from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from .world import RESOLUTION
+from embedded.world import RESOLUTION
 
 LATENT_FACTOR = 4  # the VAE downsamples twice: 64x64 images, 16x16x4 latents
 TEXT_WIDTH = 64

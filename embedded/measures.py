@@ -8,7 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .world import BODY_LIMBS, COLOURS
+from embedded.world import BODY_LIMBS, COLOURS
 
 MAX_FIGURE_SHARE = 0.35
 MAX_RGB_DISTANCE = float(np.sqrt(3) * 255)

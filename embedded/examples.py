@@ -1,6 +1,6 @@
 """Write examples/embedded/: prompts and control maps that suit the embedded model, from unseen scenes.
 
-    python -m pipelines.embedded.examples [folder]
+    python -m embedded.examples [folder]
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import world
+from embedded import world
 
 SHOWN_SIZE = 512  # maps are stored at a detector's usual size; the pipeline resizes them to 64x64
 EXAMPLE_SEED = world.EVALUATION_SEED_OFFSET + 900_000

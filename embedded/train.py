@@ -1,4 +1,4 @@
-"""Train the embedded family from scratch: `python -m pipelines.embedded.train [--smoke] [--resume]`.
+"""Train the embedded family from scratch: `python -m embedded.train [--smoke] [--resume]`.
 
 Stages: data -> vae -> unet (with the text encoder), while the vae-decoder trains beside it in a worker
 process -> controlnet-{edge,depth,pose} and lora-{stripes,mono} side by side, one single-threaded worker process
@@ -31,8 +31,8 @@ from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from . import world  # noqa: E402
-from .models import (  # noqa: E402
+from embedded import world  # noqa: E402
+from embedded.models import (  # noqa: E402
     SAMPLER,
     build_controlnet,
     build_scheduler,
@@ -40,7 +40,7 @@ from .models import (  # noqa: E402
     build_unet,
     build_vae,
 )
-from .tokenizer import MODEL_MAX_LENGTH, write_tokenizer_folder  # noqa: E402
+from embedded.tokenizer import MODEL_MAX_LENGTH, write_tokenizer_folder  # noqa: E402
 
 # Maps that mostly set an object's outline; a pose map's thin limbs are fine detail, which the less noisy
 # steps draw, so the pose ControlNet trains on all timesteps alike.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pipelines.preprocessors import PREPROCESSORS
+from pipelines.preprocessors import PREPROCESSORS, DetectorSources, available_preprocessors
 
 PROMPTING = ("prompt", "negative_prompt", "loras")
 SAMPLING = (
@@ -25,13 +25,18 @@ class Mode:
     title: str
     endpoint: str
     hint: str
-    preprocessors: tuple[str, ...] = ()  # the first is the default
+    preprocessors: tuple[str, ...] = ()  # the first whose weights are here is the default
     controlnets: Mapping[str, str] = field(default_factory=dict)  # family -> ControlNet hub id
     own_parameters: tuple[str, ...] = ()  # for an endpoint that is not a generation mode (the LoRA grid)
 
     @property
     def is_controlled(self) -> bool:
         return bool(self.preprocessors)
+
+    def preprocessors_here(self, sources: DetectorSources) -> tuple[str, ...]:
+        """The mode's preprocessors, those whose weights are on this machine first: the first is the default."""
+        ready = available_preprocessors(self.preprocessors, sources)
+        return (*ready, *(name for name in self.preprocessors if name not in ready))
 
     @property
     def parameters(self) -> tuple[str, ...]:

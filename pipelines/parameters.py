@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
+from pipelines.preprocessors.weights import DetectorSources
+
 Kind = Literal["text", "whole", "number", "flag", "choice", "image", "loras", "names", "numbers", "wholes"]
 
 
@@ -63,7 +65,9 @@ class Served:
     schedulers: tuple[str, ...]
     modes: tuple[str, ...] = ()
     preprocessors: tuple[str, ...] = ()  # the mode's own; the first is its default
+    unavailable_preprocessors: tuple[str, ...] = ()  # their weights are not on this machine
     lora_names: tuple[str, ...] = ()
+    detectors: DetectorSources = DetectorSources()
 
 
 def bind(param: Param, served: Served) -> Param:

@@ -15,6 +15,7 @@ from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 from PIL import Image
 
 from pipelines.controlnets import ControlNetCache, controlnet_registry
+from pipelines.errors import StudioError
 from pipelines.images import prepare_user_image
 from pipelines.loader import display_name, load_base_pipeline, pick_device
 from pipelines.lora import LoraManager
@@ -28,6 +29,7 @@ from pipelines.settings import Settings
 from pipelines.validation import validate_request
 
 Progress = Callable[[int, int], None]
+ShouldStop = Callable[[], bool]
 
 
 class Studio:
@@ -74,6 +76,7 @@ class Studio:
             default_scheduler=model.default_scheduler,
             schedulers=tuple(scheduler_names()),
             modes=tuple(MODES),
+            detectors=self.settings.detectors,
         )
 
     def pipeline_for(self, mode: str) -> DiffusionPipeline:
@@ -85,7 +88,10 @@ class Studio:
             self._mode_pipes[mode] = pipe
         return self._mode_pipes[mode]
 
-    def generate(self, request: GenerationRequest, progress: Progress | None = None) -> GenerationResult:
+    def generate(
+        self, request: GenerationRequest, progress: Progress | None = None, should_stop: ShouldStop | None = None
+    ) -> GenerationResult:
+        """Validate and run `request`; `should_stop`, polled at every step, ends a run early (StudioError)."""
         request, notes = validate_request(request, self.served)
         if not request.prompt:
             notes.append("The prompt was empty, so this image was generated unconditionally (no text guidance).")
@@ -95,7 +101,9 @@ class Studio:
             notes += self.loras.activate(request.loras)
             notes += self._prompt_notes(request)
             pipe.scheduler = make_scheduler(request.scheduler, self._scheduler_config)
-            images = self._run(pipe, request, control_map, progress)
+            images = self._run(pipe, request, control_map, _step_callback(progress, should_stop, request.steps))
+        if should_stop is not None and should_stop():
+            raise StudioError("Stopped before the last step; no image was made.")
         seeds = [request.seed + index for index in range(request.num_images)]
         parameters = [self._parameters(request, seed) for seed in seeds]
         tagged = [tag_with_parameters(image, text) for image, text in zip(images, parameters, strict=True)]
@@ -115,7 +123,7 @@ class Studio:
         pipe: DiffusionPipeline,
         request: GenerationRequest,
         control_map: Image.Image | None,
-        progress: Progress | None,
+        on_step_end: Callable | None,
     ) -> list[Image.Image]:
         generators = [
             torch.Generator("cpu").manual_seed(request.seed + index) for index in range(request.num_images)
@@ -129,7 +137,7 @@ class Studio:
             height=request.height,
             num_images_per_prompt=request.num_images,
             generator=generators,
-            callback_on_step_end=_progress_callback(progress, request.steps),
+            callback_on_step_end=on_step_end,
         )
         if control_map is not None:
             kwargs.update(
@@ -173,12 +181,15 @@ class Studio:
         return format_parameters(request.prompt, request.negative_prompt, settings, loras)
 
 
-def _progress_callback(progress: Progress | None, total: int):
-    if progress is None:
+def _step_callback(progress: Progress | None, should_stop: ShouldStop | None, total: int) -> Callable | None:
+    if progress is None and should_stop is None:
         return None
 
     def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
-        progress(step + 1, total)
+        if should_stop is not None and should_stop():
+            pipe._interrupt = True  # diffusers' documented way to end a run: the remaining steps are skipped
+        if progress is not None:
+            progress(step + 1, total)
         return callback_kwargs
 
     return on_step_end

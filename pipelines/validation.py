@@ -19,6 +19,7 @@ from PIL import Image
 from pipelines.errors import StudioError
 from pipelines.modes import MODES, Mode
 from pipelines.parameters import MAX_LORA_WEIGHT, MAX_SEED, PARAMETERS, Param, Served, bind, number_text
+from pipelines.preprocessors import PREPROCESSORS
 from pipelines.request import GenerationRequest, GridRequest, LoraChoice
 
 MAX_GRID_VALUES = 8  # weights or seeds in one grid
@@ -28,7 +29,7 @@ def validate_request(request: GenerationRequest, served: Served) -> tuple[Genera
     """Check `request` and resolve its defaults; returns the request as it will run and notes for the person."""
     mode = mode_of(request.mode, served)
     notes: list[str] = []
-    served = replace(served, preprocessors=mode.preprocessors)
+    served = for_mode(served, mode)
     values = {name: clean(bind(PARAMETERS[name], served), getattr(request, name), notes) for name in mode.parameters}
     check_inputs(mode, values)
     if values["randomize_seed"]:
@@ -66,6 +67,13 @@ def _together_row(together: tuple[LoraChoice, ...], lora_names: tuple[str, ...])
         )
     weights = {by_file[Path(choice.name).name]: choice.weight for choice in together}
     return tuple(LoraChoice(name, weights.get(name, 1.0)) for name in lora_names)
+
+
+def for_mode(served: Served, mode: Mode) -> Served:
+    """`served` with the mode's preprocessors, those whose weights are here first (the first is the default)."""
+    ordered = mode.preprocessors_here(served.detectors)
+    unavailable = tuple(name for name in ordered if not PREPROCESSORS[name].available(served.detectors))
+    return replace(served, preprocessors=ordered, unavailable_preprocessors=unavailable)
 
 
 def mode_of(name: object, served: Served) -> Mode:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.preprocessors import PREPROCESSORS
+from pipelines.modes import MODES
 from ui.examples import example_columns, mode_examples
 
 
@@ -16,4 +16,10 @@ def test_every_example_row_fits_its_tab_and_its_files_exist(family, mode):
         if mode != "text":
             _, image, preprocessor, _ = row
             assert Path(image).is_file()
-            assert preprocessor in PREPROCESSORS[mode]
+            assert preprocessor in MODES[mode].preprocessors
+
+
+def test_examples_that_need_missing_detector_weights_are_hidden():
+    shown = mode_examples("embedded", "pose", hidden=("openpose",))
+    assert shown and all(row[2] != "openpose" for row in shown)
+    assert any(row[2] == "openpose" for row in mode_examples("embedded", "pose"))

@@ -225,3 +225,41 @@ def test_unreachable_hub_controlnet_fails_only_its_mode(tiny_sd_dir, empty_lora_
     with pytest.raises(StudioError, match="pose ControlNet 'lllyasviel/control_v11p_sd15_openpose'"):
         studio.generate(GenerationRequest(mode="pose", image=circle_map((16, 16), 8), **FAST))
     assert studio.generate(GenerationRequest(**FAST)).images
+
+
+def test_a_stop_request_ends_the_run_at_the_next_step_and_the_next_run_works(tiny_studio):
+    steps_seen = []
+
+    def stop_after_two_steps() -> bool:
+        return len(steps_seen) >= 2
+
+    request = GenerationRequest(**{**FAST, "steps": 10})
+    with pytest.raises(StudioError, match="Stopped"):
+        tiny_studio.generate(
+            request, progress=lambda step, total: steps_seen.append(step), should_stop=stop_after_two_steps
+        )
+    assert len(steps_seen) == 3  # the step under way when the stop came ended; the other seven were skipped
+    assert tiny_studio.generate(request).images
+
+
+def test_a_detector_without_its_weights_is_not_the_default(tiny_studio, tmp_path):
+    from pipelines.modes import MODES
+    from pipelines.preprocessors import DetectorSources
+    from pipelines.validation import for_mode
+
+    empty = replace(tiny_studio.served, detectors=DetectorSources(annotators=str(tmp_path)))
+    served = for_mode(empty, MODES["pose"])
+    assert served.preprocessors[0] == "none" and served.unavailable_preprocessors == ("openpose",)
+    (tmp_path / "body_pose_model.pth").write_bytes(b"weights")
+    assert for_mode(empty, MODES["pose"]).preprocessors[0] == "openpose"
+
+
+def test_gpu_durations_grow_with_the_work_and_survive_garbage():
+    from pipelines.gpu import FALLBACK_SECONDS, gpu_seconds
+
+    small = gpu_seconds({"steps": 20, "width": 512, "height": 512})
+    assert small < gpu_seconds({"steps": 40, "width": 512, "height": 512}) < gpu_seconds(
+        {"steps": 40, "width": 1024, "height": 1024}
+    )
+    assert gpu_seconds({"steps": 20, "width": 512, "height": 512}, images=8) > small
+    assert gpu_seconds({"steps": "many"}) == FALLBACK_SECONDS == gpu_seconds({"steps": float("nan")})

@@ -26,8 +26,8 @@ def example_columns(mode: str) -> tuple[str, ...]:
     return TEXT_COLUMNS if mode == "text" else CONTROL_COLUMNS
 
 
-def mode_examples(family: str, mode: str) -> list[list[str]]:
-    """Rows of values for `example_columns(mode)`."""
+def mode_examples(family: str, mode: str, hidden: tuple[str, ...] = ()) -> list[list[str]]:
+    """Rows of values for `example_columns(mode)`, leaving out those that need a `hidden` preprocessor."""
     folder = example_set(family)
     index = folder / "prompts.json"
     if not index.is_file():
@@ -42,7 +42,7 @@ def mode_examples(family: str, mode: str) -> list[list[str]]:
             continue
         if "control_map" in example:
             rows.append([example["prompt"], str(folder / example["control_map"]), "none", lora])
-        if "source_image" in example:
-            preprocessor = example.get("preprocessor", MODES[mode].preprocessors[0])
+        preprocessor = example.get("preprocessor", MODES[mode].preprocessors[0])
+        if "source_image" in example and preprocessor not in hidden:
             rows.append([example["prompt"], str(folder / example["source_image"]), preprocessor, lora])
     return rows

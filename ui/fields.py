@@ -94,7 +94,7 @@ def _build(param: Param, common: dict) -> gr.components.Component:
     if kind == "flag":
         return DeclaredCheckbox(**common)
     if kind == "choice":
-        return DeclaredDropdown(list(param.choices), **common)
+        return DeclaredDropdown(common.pop("choices", list(param.choices)), **common)
     if kind == "names":
         common["value"] = list(common["value"] or ())
         return DeclaredDropdown(list(param.choices or ()), multiselect=True, allow_custom_value=True, **common)
@@ -121,7 +121,9 @@ def with_signature(handler: Callable, params: Iterable[Param], name: str, hidden
         for param in params
     ]
     parameters += [inspect.Parameter(extra, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for extra in hidden]
+    # Gradio fills these two in itself: the caller's session, and the progress bar.
+    session = inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=gr.Request)
     progress = inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=gr.Progress())
-    handler.__signature__ = inspect.Signature([*parameters, progress])
+    handler.__signature__ = inspect.Signature([*parameters, session, progress])
     handler.__name__ = name
     return handler

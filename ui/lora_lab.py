@@ -16,8 +16,8 @@ import gradio as gr
 from PIL import Image
 
 from pipelines.errors import StudioError
-from pipelines.gpu import gpu_task
-from pipelines.lora.grid import render_grid
+from pipelines.gpu import gpu_seconds, gpu_task
+from pipelines.lora.grid import MAX_CELLS, render_grid
 from pipelines.lora.sources import HUB_PREFIX, LoraEntry
 from pipelines.modes import LORA_GRID
 from pipelines.parameters import PARAMETERS, Param, bind
@@ -108,8 +108,8 @@ def grid_handler(studio: Studio, params: list[Param]):
     """The `/lora_grid` endpoint: the declared parameters by name (the session's uploads come from its state)."""
     names = [param.name for param in params]
 
-    @gpu_task
-    def handler(*values, progress=gr.Progress()):
+    @gpu_task(duration=lambda *values, **_: grid_gpu_seconds(dict(zip(names, values, strict=False))))
+    def handler(*values, request: gr.Request = None, progress=gr.Progress()):
         *declared, kept = values
         given = dict(zip(names, declared, strict=True))
         base = GenerationRequest(preprocessor="none", **{name: given[name] for name in GRID_FIELDS_OF_BASE})
@@ -125,6 +125,16 @@ def grid_handler(studio: Studio, params: list[Param]):
         return render(studio, grid, kept, progress)
 
     return with_signature(handler, params, LORA_GRID.endpoint, hidden=("uploads",))
+
+
+def grid_gpu_seconds(given: dict) -> int:
+    """The ZeroGPU duration for a grid: one image per cell, the number of cells read off the raw values."""
+    try:
+        rows = 2 + len(given["lora_names"]) * len(str(given["weights"]).split(","))  # baseline, 'together'
+        cells = min(MAX_CELLS, rows * len(str(given["seeds"]).split(",")))
+    except TypeError:
+        cells = MAX_CELLS
+    return gpu_seconds(given, images=cells)
 
 
 def render(studio: Studio, grid: GridRequest, kept: list[str] | None, progress=None) -> tuple[Image.Image, str]:

@@ -7,24 +7,26 @@ A tab is made from its mode's declaration (`pipelines/modes.py`) and the paramet
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import gradio as gr
 
-from pipelines.gpu import gpu_task
+from pipelines.gpu import gpu_seconds, gpu_task
 from pipelines.lora.triggers import add_trigger_words
 from pipelines.modes import SAMPLING, Mode
 from pipelines.parameters import PARAMETERS, Param, bind
 from pipelines.request import GenerationRequest, GenerationResult
 from pipelines.studio import Studio
+from pipelines.validation import for_mode
 from ui.errors import shown_to_person
 from ui.examples import example_columns, mode_examples
 from ui.fields import component_for, with_signature
+from ui.stop import request_stop, session_flag
 
 # Every generating event joins one queue, so one generation runs at a time per GPU whatever the tab.
 GPU_QUEUE = "gpu"
+RESULT_HEIGHT = 400
 PREPROCESSING = ("detect_resolution", "low_threshold", "high_threshold", "include_hands", "include_face")
 # How the tab shows some fields; a person exploring gets a new seed each run, an API caller the declared default.
 LOOKS = {
@@ -39,43 +41,52 @@ def build_mode_tab(studio: Studio, mode: Mode) -> dict[str, gr.components.Compon
 
     Returns its input components by parameter name, so other parts of the page can fill them in.
     """
-    params = mode_parameters(studio, mode)
+    served = for_mode(studio.served, mode)
+    params = [bind(PARAMETERS[name], served) for name in mode.parameters]
     with gr.Tab(mode.title, id=mode.name):
         with gr.Row():
             with gr.Column(scale=1):
-                fields = _input_fields(studio, mode, params)
-                run = gr.Button("Generate", variant="primary")
+                fields = _input_fields(studio, mode, params, served.unavailable_preprocessors)
+                with gr.Row():
+                    run = gr.Button("Generate", variant="primary", scale=3)
+                    stop = gr.Button("Stop", variant="stop", scale=1)
             with gr.Column(scale=1):
-                gallery = gr.Gallery(
-                    label="Images", format="png", columns=2, height=520, object_fit="contain", elem_classes="pixelated"
-                )
-                control_map = gr.Image(
-                    label="Control map used", format="png", visible=mode.is_controlled, height=260,
-                    elem_classes="pixelated",
-                )
-                seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
-                info = gr.Markdown(label="Parameters")
-        examples = mode_examples(studio.model.family, mode.name)
+                with gr.Row(equal_height=True):  # the control map beside the result, at the same scale
+                    gallery = gr.Gallery(
+                        label="Images", format="png", columns=1, height=RESULT_HEIGHT, object_fit="contain",
+                        elem_classes="pixelated", scale=1,
+                    )
+                    control_map = gr.Image(
+                        label="Control map used", format="png", visible=mode.is_controlled, height=RESULT_HEIGHT,
+                        elem_classes="pixelated", interactive=False, scale=1,
+                    )
+                seed_used = gr.Number(label="Seed used", value=None, precision=0, interactive=False)
+                info = gr.Markdown(label="Parameters", elem_classes="parameters")
+        examples = mode_examples(studio.model.family, mode.name, hidden=served.unavailable_preprocessors)
         if examples:
             columns = [fields[name] for name in example_columns(mode.name)]
             gr.Examples(examples, inputs=columns, label="Examples (click one)")
-        run.click(
+        outputs = [gallery, control_map, seed_used, info]
+        # A new run first clears the last one's outputs, so what shows is always this run's (or its error).
+        generating = run.click(_cleared, None, outputs, queue=False, api_visibility="private").then(
             mode_handler(studio, mode, params),
             inputs=[fields[param.name] for param in params],
-            outputs=[gallery, control_map, seed_used, info],
+            outputs=outputs,
             api_name=mode.endpoint,
             api_description=f"{mode.title} mode: {mode.hint}",
             concurrency_id=GPU_QUEUE,
         )
+        stop.click(request_stop, None, None, cancels=[generating], queue=False, api_visibility="private")
     return fields
 
 
-def mode_parameters(studio: Studio, mode: Mode) -> list[Param]:
-    served = replace(studio.served, preprocessors=mode.preprocessors)
-    return [bind(PARAMETERS[name], served) for name in mode.parameters]
+def _cleared() -> tuple:
+    return None, None, None, ""
 
 
-def _input_fields(studio: Studio, mode: Mode, params: list[Param]) -> dict[str, gr.components.Component]:
+def _input_fields(
+    studio: Studio, mode: Mode, params: list[Param], unavailable: tuple[str, ...]
+) -> dict[str, gr.components.Component]:
     """name -> component, laid out in groups: the inputs, preprocessing, then generation settings."""
     by_group = {"main": [], "preprocessing": [], "settings": []}
     for param in params:
@@ -93,11 +104,26 @@ def _input_fields(studio: Studio, mode: Mode, params: list[Param]) -> dict[str, 
     if by_group["preprocessing"]:
         with gr.Accordion("Preprocessing", open=True):
             for param in by_group["preprocessing"]:
-                fields[param.name] = component_for(param)
+                looks = _preprocessor_menu(param, unavailable) if param.name == "preprocessor" else {}
+                fields[param.name] = component_for(param, **looks)
+            if unavailable:
+                gr.Markdown(_missing_weights_hint(unavailable))
     with gr.Accordion("Generation settings", open=False):
         for param in by_group["settings"]:
             fields[param.name] = component_for(param)
     return fields
+
+
+def _preprocessor_menu(param: Param, unavailable: tuple[str, ...]) -> dict:
+    """The menu marks detectors whose weights are not on this machine (choosing one says what to provide)."""
+    return {"choices": [(f"{name} (weights missing)" if name in unavailable else name, name) for name in param.choices]}
+
+
+def _missing_weights_hint(unavailable: tuple[str, ...]) -> str:
+    return (
+        f"Not on this machine: the weights of {', '.join(unavailable)}. Upload a ready map with preprocessor "
+        "'none', or see the README's settings (`STUDIO_ANNOTATORS`, `STUDIO_DEPTH_MODEL`) to provide them."
+    )
 
 
 def _lora_picker(studio: Studio, fields: dict[str, gr.components.Component]) -> None:
@@ -130,21 +156,21 @@ def mode_handler(studio: Studio, mode: Mode, params: list[Param]) -> Callable:
     """The endpoint: one keyword parameter per declared parameter, in the declared order."""
     names = [param.name for param in params]
 
-    @gpu_task
-    def handler(*values, progress=gr.Progress()):
-        request = GenerationRequest(mode=mode.name, **dict(zip(names, values, strict=True)))
-        return run_request(studio, request, progress)
+    @gpu_task(duration=lambda *values, **_: gpu_seconds(dict(zip(names, values, strict=False))))
+    def handler(*values, request: gr.Request = None, progress=gr.Progress()):
+        generation = GenerationRequest(mode=mode.name, **dict(zip(names, values, strict=True)))
+        return run_request(studio, generation, progress, should_stop=session_flag(request).is_set)
 
     return with_signature(handler, params, mode.endpoint)
 
 
-def run_request(studio: Studio, request: GenerationRequest, progress=None) -> tuple:
+def run_request(studio: Studio, request: GenerationRequest, progress=None, should_stop=None) -> tuple:
     def report(step: int, total: int) -> None:
         if progress is not None:
             progress(step / total, desc=f"Denoising step {step}/{total}")
 
     with shown_to_person():
-        result = studio.generate(request, progress=report)
+        result = studio.generate(request, progress=report, should_stop=should_stop)
     return _outputs(result)
 
 

@@ -13,13 +13,20 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from .depth import depth_anything_map, midas_map
+from .depth import MIDAS_FILE, depth_anything_map, midas_map
 from .edge import canny_map
-from .pose import openpose_map
+from .pose import BODY_FILE, openpose_map
 from .resize import crop_to_aspect
-from .weights import DetectorSources, clear_detector_cache
+from .weights import DetectorSources, annotators_present, clear_detector_cache, model_present
 
-__all__ = ["PREPROCESSORS", "DetectorSources", "Preprocessor", "clear_detector_cache", "make_control_map"]
+__all__ = [
+    "PREPROCESSORS",
+    "DetectorSources",
+    "Preprocessor",
+    "available_preprocessors",
+    "clear_detector_cache",
+    "make_control_map",
+]
 
 
 @dataclass(frozen=True)
@@ -27,17 +34,30 @@ class Preprocessor:
     name: str
     options: tuple[str, ...]  # the request parameters it reads (declared in pipelines/parameters.py)
     run: Callable[..., Image.Image] | None  # (cropped image, size, **options) -> map; None: a ready map
-    uses_weights: bool = True  # then `run` also takes `sources=`, where to find them
+    # Whether its weights are on this machine; None: it needs none. A detector with weights also takes
+    # `sources=` (where to find them) in `run`.
+    present: Callable[[DetectorSources], bool] | None = None
+
+    def available(self, sources: DetectorSources) -> bool:
+        return self.present is None or self.present(sources)
 
 
 PREPROCESSORS: Mapping[str, Preprocessor] = {
     preprocessor.name: preprocessor
     for preprocessor in (
-        Preprocessor("none", (), None, uses_weights=False),
-        Preprocessor("canny", ("detect_resolution", "low_threshold", "high_threshold"), canny_map, uses_weights=False),
-        Preprocessor("openpose", ("detect_resolution", "include_hands", "include_face"), openpose_map),
-        Preprocessor("depth_anything", ("detect_resolution",), depth_anything_map),
-        Preprocessor("midas", ("detect_resolution",), midas_map),
+        Preprocessor("none", (), None),
+        Preprocessor("canny", ("detect_resolution", "low_threshold", "high_threshold"), canny_map),
+        Preprocessor(
+            "openpose", ("detect_resolution", "include_hands", "include_face"), openpose_map,
+            lambda sources: annotators_present(sources, BODY_FILE),
+        ),
+        Preprocessor(
+            "depth_anything", ("detect_resolution",), depth_anything_map,
+            lambda sources: model_present(sources.depth_model),
+        ),
+        Preprocessor(
+            "midas", ("detect_resolution",), midas_map, lambda sources: annotators_present(sources, MIDAS_FILE)
+        ),
     )
 }
 
@@ -60,6 +80,11 @@ def make_control_map(
     if chosen.run is None:
         return cropped.convert("RGB").resize(size, Image.Resampling.BILINEAR)
     kwargs = {name: options[name] for name in chosen.options}
-    if chosen.uses_weights:
+    if chosen.present is not None:
         kwargs["sources"] = sources or DetectorSources()
     return chosen.run(cropped, size, **kwargs)
+
+
+def available_preprocessors(names: tuple[str, ...], sources: DetectorSources) -> tuple[str, ...]:
+    """`names` whose weights are on this machine, in their order."""
+    return tuple(name for name in names if PREPROCESSORS[name].available(sources))

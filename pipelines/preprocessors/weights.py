@@ -65,6 +65,27 @@ def missing_weights_error(what: str, files: str, setting: str, hub_repo: str, mo
     )
 
 
+def annotators_present(sources: DetectorSources, *filenames: str) -> bool:
+    """Whether the annotator files are on this machine (the STUDIO_ANNOTATORS folder or the hub cache)."""
+    if sources.annotators:
+        return all(os.path.isfile(os.path.join(sources.annotators, name)) for name in filenames)
+    return all(_in_hub_cache(ANNOTATORS_REPO, name) for name in filenames)
+
+
+def model_present(source: str) -> bool:
+    """Whether a transformers model (a local folder or a hub id) can load without the network."""
+    return os.path.isdir(source) or _in_hub_cache(source, "config.json")
+
+
+def _in_hub_cache(repo: str, filename: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo, filename), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
 def annotator_file(filename: str, *, what: str, mode: str, sources: DetectorSources) -> str:
     """Local path of one annotator weight file, from the STUDIO_ANNOTATORS folder or the hub cache."""
     folder = sources.annotators

@@ -1,0 +1,119 @@
+"""On ZeroGPU each `spaces.GPU` call runs in a forked worker: a call must carry all the state it needs.
+
+A stand-in for `spaces.GPU` runs every call in a forked child, as ZeroGPU does, after computing the declared
+duration from the call's own arguments; the generating handlers must give exactly the in-process results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from pipelines import gpu
+from pipelines.lora.synthetic import lora_tensors, write_lora
+from pipelines.modes import LORA_GRID, MODES
+from pipelines.parameters import PARAMETERS, bind
+from pipelines.studio import Studio
+from pipelines.validation import for_mode
+from ui.lora_lab import grid_handler, grid_parameters
+from ui.modes import mode_handler
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+declared: list[int] = []
+workers: set[int] = set()
+
+
+def forked_gpu(duration):
+    def decorate(task):
+        def in_a_forked_child(*args, **kwargs):
+            declared.append(duration(*args, **kwargs))
+            receive, send = multiprocessing.Pipe(duplex=False)
+            child = multiprocessing.get_context("fork").Process(target=_run, args=(task, args, kwargs, send))
+            child.start()
+            outcome = receive.recv()
+            child.join()
+            workers.add(child.pid)
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+
+        return in_a_forked_child
+
+    return decorate
+
+
+def _run(task, args, kwargs, send) -> None:
+    try:
+        send.send(task(*args, **kwargs))
+    except BaseException as error:  # noqa: BLE001 - handed to the parent, as ZeroGPU does
+        send.send(error)
+
+
+def in_process_gpu(duration):
+    return lambda task: task
+
+
+def png_pixels(value) -> np.ndarray:
+    image = value if isinstance(value, Image.Image) else Image.open(value)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def studio(tiny_studio, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("zerogpu-loras")
+    write_lora(folder / "ink.safetensors", lora_tensors(tiny_studio.base, seed=5), {})
+    return Studio(dataclasses.replace(tiny_studio.settings, lora_dir=str(folder)))
+
+
+def handlers(studio, monkeypatch, stand_in):
+    monkeypatch.setattr(gpu, "GPU", stand_in)
+    made = {}
+    for name in ("text", "edge"):
+        mode = MODES[name]
+        params = [bind(PARAMETERS[p], for_mode(studio.served, mode)) for p in mode.parameters]
+        made[name] = (mode_handler(studio, mode, params), params)
+    params = grid_parameters(studio)
+    made[LORA_GRID.name] = (grid_handler(studio, params), params)
+    return made
+
+
+def call(handler, params, uploads=None, **given):
+    values = [given.get(param.name, param.default) for param in params]
+    if uploads is not None:
+        values.append(uploads)
+    return handler(*values, request=None, progress=None)
+
+
+def test_generating_handlers_give_the_same_results_in_a_forked_worker(studio, monkeypatch, tmp_path):
+    edge_map = tmp_path / "edge.png"
+    image = Image.new("RGB", (32, 32), "black")
+    ImageDraw.Draw(image).ellipse((6, 6, 26, 26), outline="white", width=2)
+    image.save(edge_map)
+    requests = {
+        "text": dict(prompt="a red circle", seed=3, steps=2, loras="ink:0.8"),
+        "edge": dict(prompt="a red circle", seed=4, steps=2, image=str(edge_map), preprocessor="none"),
+        LORA_GRID.name: dict(lora_names=["ink.safetensors"], weights="1", seeds="2", steps=2, prompt="a circle"),
+    }
+    results = {}
+    for label, stand_in in (("forked", forked_gpu), ("in process", in_process_gpu)):
+        made = handlers(studio, monkeypatch, stand_in)
+        results[label] = {
+            name: call(handler, params, [] if name == LORA_GRID.name else None, **requests[name])
+            for name, (handler, params) in made.items()
+        }
+    for name in requests:
+        forked, local = results["forked"][name], results["in process"][name]
+        first_forked = forked[0][0][0] if name != LORA_GRID.name else forked[0]
+        first_local = local[0][0][0] if name != LORA_GRID.name else local[0]
+        assert np.array_equal(png_pixels(first_forked), png_pixels(first_local)), name
+    assert len(declared) == 3 and all(5 <= seconds <= gpu.MAX_SECONDS for seconds in declared)
+    assert len(workers) == 3 and os.getpid() not in workers  # each call really ran in its own forked process

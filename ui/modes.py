@@ -16,6 +16,7 @@ from pipelines.gpu import gpu_seconds, gpu_task
 from pipelines.lora.triggers import add_trigger_words
 from pipelines.modes import SAMPLING, Mode
 from pipelines.parameters import PARAMETERS, Param, bind
+from pipelines.preprocessors import PREPROCESSORS
 from pipelines.request import GenerationRequest, GenerationResult
 from pipelines.studio import Studio
 from pipelines.validation import for_mode
@@ -103,15 +104,38 @@ def _input_fields(
             _lora_picker(studio, fields)
     if by_group["preprocessing"]:
         with gr.Accordion("Preprocessing", open=True):
-            for param in by_group["preprocessing"]:
-                looks = _preprocessor_menu(param, unavailable) if param.name == "preprocessor" else {}
-                fields[param.name] = component_for(param, **looks)
-            if unavailable:
-                gr.Markdown(_missing_weights_hint(unavailable))
+            _preprocessing_fields(fields, by_group["preprocessing"], unavailable)
     with gr.Accordion("Generation settings", open=False):
         for param in by_group["settings"]:
-            fields[param.name] = component_for(param)
+            looks = _size_looks(studio, param) if param.name in ("width", "height") else {}
+            fields[param.name] = component_for(param, **looks)
     return fields
+
+
+def _preprocessing_fields(fields: dict, params: list[Param], unavailable: tuple[str, ...]) -> None:
+    """The preprocessor menu, then only the options the chosen preprocessor reads."""
+    chosen = next(param.default for param in params if param.name == "preprocessor")
+    for param in params:
+        if param.name == "preprocessor":
+            fields[param.name] = component_for(param, **_preprocessor_menu(param, unavailable))
+        else:
+            fields[param.name] = component_for(param, visible=param.name in PREPROCESSORS[chosen].options)
+    if unavailable:
+        gr.Markdown(_missing_weights_hint(unavailable))
+    options = [fields[param.name] for param in params if param.name != "preprocessor"]
+    names = [param.name for param in params if param.name != "preprocessor"]
+    fields["preprocessor"].change(
+        lambda name: [gr.update(visible=option in PREPROCESSORS[name].options) for option in names],
+        fields["preprocessor"],
+        options,
+        api_visibility="private",
+        queue=False,
+    )
+
+
+def _size_looks(studio: Studio, param: Param) -> dict:
+    native = studio.model.resolution
+    return {"info": f"The model draws best at {native} px; up to {param.high} px here (STUDIO_MAX_SIDE)."}
 
 
 def _preprocessor_menu(param: Param, unavailable: tuple[str, ...]) -> dict:

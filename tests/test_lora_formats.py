@@ -210,6 +210,13 @@ def test_a_file_of_only_loha_layers_is_refused_with_the_reason(real_size_models)
         plan_adapter(meta_tensors(shapes), real_size_models["sd15"])
 
 
+def test_factors_of_different_ranks_are_refused_as_damaged(real_size_models):
+    layer = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"
+    shapes = {f"{layer}.lora_down.weight": (4, 1280), f"{layer}.lora_up.weight": (1280, 8), f"{layer}.alpha": ()}
+    with pytest.raises(StudioError, match=r"damaged.*ranks \(4 and 8\) differ"):
+        plan_adapter(meta_tensors(shapes), real_size_models["sd15"])
+
+
 def test_metadata_claim_decides_only_when_shapes_are_silent():
     unet_only_self_attention = {
         "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight": (4, 320)

@@ -280,6 +280,11 @@ def _check_shapes(prefix: str, layer_name: str, parts: dict[str, torch.Tensor], 
             f"This LoRA does not fit the loaded model: its layer {prefix}.{layer_name} has shapes {found}, but the "
             f"model's layer takes {size_in} and gives {size_out} features. It was made for another model."
         )
+    if down.shape[0] != up.shape[1]:  # peft would stop on a size mismatch deep inside the load
+        raise StudioError(
+            f"This LoRA is damaged: its layer {prefix}.{layer_name} has factors of shapes {tuple(down.shape)} / "
+            f"{tuple(up.shape)}, whose ranks ({down.shape[0]} and {up.shape[1]}) differ."
+        )
 
 
 def _adapter_metadata(file_metadata: dict[str, str]) -> dict | None:

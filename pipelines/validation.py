@@ -264,7 +264,7 @@ def _check_characters(what: str, text: str) -> None:
 def _show(value: object) -> str:
     """A value as the refusal quotes it: short, and without the contents of a long list or text."""
     if isinstance(value, (list, tuple, dict)):
-        return f"a {type(value).__name__} of {len(value)} items"
+        return f"a {type(value).__name__} of {len(value)} item{'' if len(value) == 1 else 's'}"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

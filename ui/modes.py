@@ -107,7 +107,7 @@ def _input_fields(
             _preprocessing_fields(fields, by_group["preprocessing"], unavailable)
     with gr.Accordion("Generation settings", open=False):
         for param in by_group["settings"]:
-            looks = _size_looks(studio, param) if param.name in ("width", "height") else {}
+            looks = _size_looks(studio, param) if param.name in ("width", "height") else LOOKS.get(param.name, {})
             fields[param.name] = component_for(param, **looks)
     return fields
 

@@ -1,4 +1,4 @@
-"""The whole page: a tab per mode, then the LoRA lab."""
+"""The whole page: a tab per mode, then the LoRA lab and PNG info."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pipelines.modes import MODES
 from pipelines.studio import Studio
 from ui.lora_lab import build_lora_lab
 from ui.modes import build_mode_tab
+from ui.png_info import build_png_info_tab
 
 # Small native resolutions (the embedded model's 64x64) are shown enlarged without blurring.
 CSS = ".pixelated img { image-rendering: pixelated; object-fit: contain; min-width: 50%; }"
@@ -24,8 +25,8 @@ def build_app(studio: Studio, warning: str = "") -> gr.Blocks:
         )
         if warning:
             gr.Markdown(f"> **Note:** {warning}")
-        with gr.Tabs():
-            for mode in MODES.values():
-                build_mode_tab(studio, mode)
+        with gr.Tabs() as tabs:
+            mode_fields = {mode.name: build_mode_tab(studio, mode) for mode in MODES.values()}
             build_lora_lab(studio)
+            build_png_info_tab(studio, tabs, mode_fields)
     return demo

@@ -1,0 +1,133 @@
+"""The "PNG info" tab and the `/png_info` endpoint: the settings a PNG made here or by AUTOMATIC1111 was made with,
+and one click that puts them into the tab of the mode that made it.
+
+The endpoint answers with the raw `parameters` text and the settings as JSON (`pipelines/png_info.py`). The preview
+and the "Send" button read that text again rather than trusting what the page sends back, and "Send" only fills
+components: the studio checks every value when the person presses Generate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import gradio as gr
+
+from pipelines.errors import StudioError
+from pipelines.modes import MODES
+from pipelines.parameters import PARAMETERS
+from pipelines.png_info import PngSettings, read_parameters_chunk, settings_from_parameters
+from pipelines.studio import Studio
+from ui.errors import shown_to_person
+from ui.fields import DeclaredImage
+
+TAB_ID = "png_info"
+SUMMARY_HEADERS = ["Setting", "Value"]
+NO_NOTES = "Every setting in the file has a place in the studio."
+ModeFields = Mapping[str, Mapping[str, gr.components.Component]]
+
+
+def build_png_info_tab(studio: Studio, tabs: gr.Tabs, mode_fields: ModeFields) -> None:
+    """Create the tab inside `tabs`; `mode_fields` are the mode tabs' inputs by mode and parameter name."""
+    with gr.Tab("PNG info", id=TAB_ID):
+        gr.Markdown(
+            "Upload a PNG made here or by AUTOMATIC1111 to read the settings it was made with (its `parameters` "
+            "text chunk), then send them to the tab of the mode that made it. Only the text is read; the image "
+            "itself is not used."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = DeclaredImage(label="PNG image", type="filepath", sources=["upload", "clipboard"], height=360)
+                upload.description = "a PNG made here or by AUTOMATIC1111, with its 'parameters' text chunk"
+            with gr.Column(scale=1):
+                raw = gr.Textbox(label="Parameters text", lines=5, max_lines=16, interactive=False, buttons=["copy"])
+                destination = gr.Markdown()
+                summary = gr.Dataframe(
+                    headers=SUMMARY_HEADERS, interactive=False, label="What will be sent", wrap=True,
+                    column_widths=["35%", "65%"],
+                )
+                notes = gr.Textbox(label="Notes: not sent, or to change before generating", interactive=False)
+                send = gr.Button("Send", variant="primary", visible=False)
+                with gr.Accordion("The /png_info answer (JSON)", open=False):
+                    answer = gr.JSON(label="Settings for the studio")
+        shown = [destination, summary, notes, send]
+        # A failed read must not leave the previous file's settings on show, ready to be sent.
+        upload.upload(_cleared, outputs=[raw, answer, *shown], api_visibility="private", queue=False).then(
+            png_info_handler(studio),
+            inputs=[upload],
+            outputs=[raw, answer],
+            api_name="png_info",
+            api_description="The settings a PNG made here or by AUTOMATIC1111 was made with: the raw 'parameters' "
+            "text, and as JSON the mode, its parameters by name and notes on what was not used.",
+        ).success(preview_handler(studio), inputs=[raw], outputs=shown, api_visibility="private", queue=False)
+        upload.clear(_cleared, outputs=[raw, answer, *shown], api_visibility="private", queue=False)
+        targets = [tabs, *(component for fields in mode_fields.values() for component in fields.values())]
+        send.click(
+            send_handler(studio, tabs, mode_fields), inputs=[raw], outputs=targets, api_visibility="private",
+            show_progress="hidden",  # no spinner over every field of every mode tab
+        )
+
+
+def png_info_handler(studio: Studio) -> Callable[[str], tuple[str, dict]]:
+    def png_info(image: str) -> tuple[str, dict]:
+        """Read the generation settings stored in a PNG.
+
+        Args:
+            image: a PNG made here or by AUTOMATIC1111, with its 'parameters' text chunk
+        Returns:
+            the raw parameters text, and {"mode", "values" (parameters by name), "notes"}
+        """
+        with shown_to_person():
+            text = read_parameters_chunk(image)
+            return text, settings_from_parameters(text, studio.served).as_json()
+
+    return png_info
+
+
+def preview_handler(studio: Studio) -> Callable[[str], tuple]:
+    def preview(text: str) -> tuple[str, list[list[str]], str, gr.Button]:
+        with shown_to_person():
+            settings = _settings(text, studio)
+        title = MODES[settings.mode].title
+        return (
+            f"These settings go to the **{title}** tab.",
+            summary_rows(settings),
+            "\n".join(settings.notes) or NO_NOTES,
+            gr.Button(f"Send to {title} tab", visible=True),
+        )
+
+    return preview
+
+
+def send_handler(studio: Studio, tabs: gr.Tabs, mode_fields: ModeFields) -> Callable[[str], dict]:
+    """The "Send" click: the settings into their mode tab's components, and that tab selected."""
+
+    def send(text: str) -> dict:
+        with shown_to_person():
+            settings = _settings(text, studio)
+        fields = mode_fields[settings.mode]
+        filled = {fields[name]: value for name, value in settings.values.items()}
+        return {tabs: gr.Tabs(selected=settings.mode), **filled}
+
+    return send
+
+
+def summary_rows(settings: PngSettings) -> list[list[str]]:
+    return [[PARAMETERS[name].label, _shown(value)] for name, value in settings.values.items()]
+
+
+def _settings(text: str, studio: Studio) -> PngSettings:
+    if not text or not text.strip():
+        raise StudioError("Upload a PNG with generation parameters first.")
+    return settings_from_parameters(text, studio.served)
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _cleared() -> tuple:
+    return "", None, "", [], "", gr.Button(visible=False)

@@ -9,9 +9,14 @@ from pipelines.studio import Studio
 from ui.lora_lab import build_lora_lab
 from ui.modes import build_mode_tab
 from ui.png_info import build_png_info_tab
+from ui.stop import forget_session
 
-# Small native resolutions (the embedded model's 64x64) are shown enlarged without blurring.
-CSS = ".pixelated img { image-rendering: pixelated; object-fit: contain; min-width: 50%; }"
+# Small native resolutions (the embedded model's 64x64) are shown enlarged without blurring, and whole; the
+# parameters block wraps instead of running off the panel.
+CSS = """
+.pixelated img { image-rendering: pixelated; object-fit: contain; max-width: 100%; max-height: 100%; }
+.parameters pre, .parameters code { white-space: pre-wrap; overflow-wrap: anywhere; }
+"""
 
 
 def build_app(studio: Studio, warning: str = "") -> gr.Blocks:
@@ -29,4 +34,5 @@ def build_app(studio: Studio, warning: str = "") -> gr.Blocks:
             mode_fields = {mode.name: build_mode_tab(studio, mode) for mode in MODES.values()}
             build_lora_lab(studio)
             build_png_info_tab(studio, tabs, mode_fields)
+        demo.unload(forget_session)
     return demo

@@ -14,20 +14,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from embedded.synthetic_loras import kohya_metadata, lora_tensors, write_lora  # noqa: E402
 from pipelines.lora.grid import render_grid  # noqa: E402
-from pipelines.lora.synthetic import kohya_metadata, lora_tensors, write_lora  # noqa: E402
 from pipelines.request import GenerationRequest, LoraChoice  # noqa: E402
 from pipelines.settings import EMBEDDED_LORAS, EMBEDDED_MODEL, Settings  # noqa: E402
 
@@ -44,7 +41,7 @@ def resident_mib() -> float:
 
 def tiny_model(folder: Path) -> Path:
     # The test suite's own tiny model, so the benchmark and the tests measure the same thing.
-    from tiny_models import build_tiny_pipeline
+    from embedded.tiny_models import build_tiny_pipeline
 
     build_tiny_pipeline(folder)
     return folder

@@ -8,24 +8,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from diffusers import AutoPipelineForText2Image
 from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from diffusers import AutoPipelineForText2Image  # noqa: E402
-from tiny_models import build_tiny_controlnets, build_tiny_pipeline  # noqa: E402
-
-from pipelines.loader import load_base_pipeline  # noqa: E402
-from pipelines.request import MODES, GenerationRequest  # noqa: E402
-from pipelines.settings import Settings  # noqa: E402
-from pipelines.studio import Studio  # noqa: E402
+from embedded.tiny_models import build_tiny_controlnets, build_tiny_pipeline
+from pipelines.loader import load_base_pipeline
+from pipelines.request import MODES, GenerationRequest
+from pipelines.settings import Settings
+from pipelines.studio import Studio
 
 
 def timed(function, repeats: int = 1) -> tuple[float, object]:

@@ -10,8 +10,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from tiny_models import build_tiny_controlnets, build_tiny_pipeline  # noqa: E402
 
+from embedded.tiny_models import build_tiny_controlnets, build_tiny_pipeline  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 from pipelines.studio import Studio  # noqa: E402
 

@@ -11,7 +11,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from pipelines.lora.synthetic import lora_tensors, write_lora
+from embedded.synthetic_loras import lora_tensors, write_lora
 from pipelines.studio import Studio
 from ui.app import build_app
 

@@ -12,11 +12,11 @@ import torch
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from embedded.synthetic_loras import write_layout_file
 from pipelines.errors import StudioError
 from pipelines.lora.formats import check_family, detect_layout, family_from_shapes, plan_adapter
 from pipelines.lora.metadata import describe_metadata
 from pipelines.lora.safety import read_header
-from pipelines.lora.synthetic import write_layout_file
 
 LAYOUTS = Path(__file__).parent / "fixtures" / "lora_layouts"
 LAYOUT_FILES = sorted(path.name for path in LAYOUTS.glob("*.json"))

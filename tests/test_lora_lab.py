@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from embedded.synthetic_loras import kohya_metadata, lora_tensors, write_lora
 from pipelines.errors import StudioError
-from pipelines.lora.synthetic import kohya_metadata, lora_tensors, write_lora
 from pipelines.lora.triggers import add_trigger_words
 from pipelines.metadata import parse_parameters
 from pipelines.request import GenerationRequest, GridRequest, LoraChoice

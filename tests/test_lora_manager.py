@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
+from embedded.synthetic_loras import kohya_metadata, lora_tensors, write_layout_file, write_lora
 from pipelines.errors import StudioError
 from pipelines.lora import LoraManager
 from pipelines.lora.grid import render_grid
-from pipelines.lora.synthetic import kohya_metadata, lora_tensors, write_layout_file, write_lora
 from pipelines.metadata import parse_parameters, save_png
 from pipelines.request import GenerationRequest, GridRequest, LoraChoice
 from pipelines.settings import EMBEDDED_LORAS, EMBEDDED_MODEL, Settings

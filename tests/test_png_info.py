@@ -11,8 +11,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image, ImageDraw, PngImagePlugin
 
+from embedded.synthetic_loras import lora_tensors, write_lora
 from pipelines.errors import StudioError
-from pipelines.lora.synthetic import lora_tensors, write_lora
 from pipelines.modes import MODES
 from pipelines.png_info import read_parameters_chunk, settings_from_parameters
 from pipelines.settings import Settings

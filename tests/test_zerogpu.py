@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from embedded.synthetic_loras import lora_tensors, write_lora
 from pipelines import gpu
-from pipelines.lora.synthetic import lora_tensors, write_lora
 from pipelines.modes import LORA_GRID, MODES
 from pipelines.parameters import PARAMETERS, bind
 from pipelines.studio import Studio

@@ -1,7 +1,8 @@
 """Random LoRA files that fit a given pipeline, in the layouts people download.
 
 Used by the benchmark and the tests: real LoRA weights cannot be fetched here, and a random LoRA
-exercises the same loading, mapping and switching paths as a trained one.
+exercises the same loading, mapping and switching paths as a trained one. It lives here, beside training,
+because serving never needs it and scripts import nothing from tests/.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Tiny models built the way diffusers' own fast tests build them (random weights, a few blocks), for the
-tests and the benchmarks; nothing is downloaded."""
+tests and the benchmarks; nothing is downloaded. It lives here, not under tests/, because scripts import
+nothing from tests/."""
 
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from diffusers.training_utils import EMAModel, compute_snr  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -207,31 +208,21 @@ def diffusion_loss(scheduler, prediction_fn, latents, generator, favour_noisy: b
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = scheduler.get_velocity(latents, noise, timesteps)
     prediction = prediction_fn(noisy, timesteps)
-    alphas = scheduler.alphas_cumprod[timesteps]
-    snr = alphas / (1 - alphas)
+    snr = compute_snr(scheduler, timesteps)
     weight = torch.clamp(snr, max=5.0) / (snr + 1)
     per_sample = ((prediction - target) ** 2).mean(dim=(1, 2, 3))
     return (weight * per_sample).mean()
 
 
-class Ema:
-    """Exponential moving average of parameters; the shipped UNet and text encoder are the averages."""
+def build_ema(parameters: list[torch.nn.Parameter], decay: float = 0.997) -> EMAModel:
+    """The moving average the shipped UNet and text encoder are: decay min(`decay`, (1 + s) / (10 + s)) after
+    update s, counted from 0, the schedule the committed weights were averaged with.
 
-    def __init__(self, modules, decay: float):
-        self.params = [p for m in modules for p in m.parameters()]
-        self.shadow = [p.detach().clone() for p in self.params]
-        self.decay = decay
-
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))
-        for shadow, param in zip(self.shadow, self.params):
-            shadow.lerp_(param.detach(), 1 - decay)
-
-    @torch.no_grad()
-    def copy_to_params(self) -> None:
-        for shadow, param in zip(self.shadow, self.params):
-            param.copy_(shadow)
+    EMAModel's plain schedule differs in the first update alone (decay 0: it copies the weights). Its warmup,
+    1 - (1 + n / inv_gamma) ** -power, is n / (n + 9) with inv_gamma 9 and power 1, and with update_after_step -1
+    its n is the 1-based update count s + 1: the same schedule from the first update.
+    """
+    return EMAModel(parameters, decay=decay, use_ema_warmup=True, inv_gamma=9, power=1, update_after_step=-1)
 
 
 def train_unet(config: TrainConfig, data: dict, latents: torch.Tensor, tokenizer, work: Path) -> None:
@@ -244,7 +235,7 @@ def train_unet(config: TrainConfig, data: dict, latents: torch.Tensor, tokenizer
     scheduler = build_scheduler()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, fused=True)
-    ema = Ema([unet, text_encoder], decay=0.997)
+    ema = build_ema(params)
     generator = torch.Generator().manual_seed(config.seed + 2)
     checkpoint_path = work / "unet-checkpoint.pt"
     start = 0
@@ -253,7 +244,7 @@ def train_unet(config: TrainConfig, data: dict, latents: torch.Tensor, tokenizer
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
         optimizer.load_state_dict(state["optimizer"])
-        ema.shadow = state["ema"]
+        ema.load_state_dict(state["ema"])
         generator.set_state(state["generator"])
         start = state["step"]
         print(f"unet: resumed at step {start}", flush=True)
@@ -278,17 +269,17 @@ def train_unet(config: TrainConfig, data: dict, latents: torch.Tensor, tokenizer
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        ema.update(step)
+        ema.step(params)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         progress.set_postfix(loss=f"{running:.4f}")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.unet_steps:
             state = {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
-                     "optimizer": optimizer.state_dict(), "ema": ema.shadow, "generator": generator.get_state(),
+                     "optimizer": optimizer.state_dict(), "ema": ema.state_dict(), "generator": generator.get_state(),
                      "step": step + 1}
             torch.save(state, checkpoint_path.with_suffix(".tmp"))
             os.replace(checkpoint_path.with_suffix(".tmp"), checkpoint_path)
             print(f"unet: step {step + 1} loss {running:.4f}", flush=True)
-    ema.copy_to_params()
+    ema.copy_to(params)
     unet.save_pretrained(work / "unet")
     text_encoder.save_pretrained(work / "text_encoder")
 

@@ -100,3 +100,95 @@ def test_decoder_tuning_keeps_the_latents_every_later_stage_learns_from(tmp_path
     assert torch.equal(encode_latents(after, images), latents)
     with torch.no_grad():
         assert not torch.allclose(after.decode(latents).sample, before.decode(latents).sample)
+
+
+def reference_ema_decay(step: int) -> float:
+    """The hand-written average the committed UNet and text encoder were made with, after update `step` (from 0)."""
+    return min(0.997, (1 + step) / (10 + step))
+
+
+def train_a_little(params: list[torch.nn.Parameter], ema, steps: int, generator: torch.Generator) -> list[float]:
+    decays = []
+    for _ in range(steps):
+        with torch.no_grad():
+            for param in params:
+                param.add_(torch.randn(param.shape, generator=generator))
+        ema.step(params)
+        decays.append(ema.cur_decay_value)
+    return decays
+
+
+def test_ema_keeps_the_decay_schedule_and_averages_the_committed_weights_were_made_with():
+    from embedded.train import build_ema
+
+    torch.manual_seed(0)
+    params = list(torch.nn.Linear(4, 3).parameters())
+    reference = [param.detach().clone() for param in params]
+    ema = build_ema(params)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(6):  # few updates: the starting weights still weigh in, so a first-update slip shows
+        [decay] = train_a_little(params, ema, 1, generator)
+        assert decay == pytest.approx(reference_ema_decay(step), rel=1e-15, abs=0)
+        for shadow, param in zip(reference, params):
+            shadow.lerp_(param.detach(), 1 - reference_ema_decay(step))
+    for averaged, expected in zip(ema.shadow_params, reference):
+        torch.testing.assert_close(averaged, expected, rtol=1e-6, atol=1e-6)
+    assert train_a_little(params, ema, 3000, generator)[-1] == 0.997  # (1 + s) / (10 + s) passes 0.997 at s = 2990
+
+
+def test_ema_resumed_from_a_checkpoint_goes_on_as_if_never_stopped(tmp_path):
+    from embedded.train import build_ema
+
+    torch.manual_seed(0)
+    start = [param.detach().clone() for param in torch.nn.Linear(4, 3).parameters()]
+    through = [torch.nn.Parameter(tensor.clone()) for tensor in start]
+    ema_through = build_ema(through)
+    train_a_little(through, ema_through, 12, torch.Generator().manual_seed(0))
+
+    stopped = [torch.nn.Parameter(tensor.clone()) for tensor in start]
+    generator = torch.Generator().manual_seed(0)
+    before_the_stop = build_ema(stopped)
+    train_a_little(stopped, before_the_stop, 6, generator)
+    torch.save({"ema": before_the_stop.state_dict()}, tmp_path / "checkpoint.pt")
+    resumed = build_ema(stopped)
+    resumed.load_state_dict(torch.load(tmp_path / "checkpoint.pt", weights_only=True)["ema"])
+    train_a_little(stopped, resumed, 6, generator)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.shadow_params, ema_through.shadow_params))
+
+
+def test_diffusion_loss_weights_each_sample_by_min_snr_5():
+    from embedded.models import build_scheduler
+    from embedded.train import diffusion_loss
+
+    scheduler = build_scheduler()
+    latents = torch.randn(8, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+
+    def predict(noisy, timesteps):
+        return 0.5 * noisy
+
+    loss = diffusion_loss(scheduler, predict, latents, torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)  # the same draws, in diffusion_loss's order
+    noise = torch.randn(latents.shape, generator=generator)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    target = scheduler.get_velocity(latents, noise, timesteps)
+    alphas = scheduler.alphas_cumprod[timesteps]
+    snr = alphas / (1 - alphas)
+    per_sample = ((predict(noisy, timesteps) - target) ** 2).mean(dim=(1, 2, 3))
+    expected = (torch.clamp(snr, max=5.0) / (snr + 1) * per_sample).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+    assert not torch.allclose(loss, per_sample.mean(), rtol=1e-2)  # the weighting is not a no-op here
+
+
+def test_min_snr_weights_match_alphas_over_one_minus_alphas_at_every_timestep():
+    from diffusers.training_utils import compute_snr
+
+    from embedded.models import build_scheduler
+
+    scheduler = build_scheduler()
+    timesteps = torch.arange(scheduler.config.num_train_timesteps)
+    alphas = scheduler.alphas_cumprod
+    hand_written = alphas / (1 - alphas)
+    snr = compute_snr(scheduler, timesteps)
+    torch.testing.assert_close(torch.clamp(snr, max=5.0) / (snr + 1),
+                               torch.clamp(hand_written, max=5.0) / (hand_written + 1), rtol=1e-6, atol=0)

@@ -1,6 +1,9 @@
 """One studio process (`python app.py`, the embedded model) for the whole browser suite, driven by Debian's
 chromium through Playwright. Each test gets a fresh page; the screenshots of the last run stay in
 `tests/browser/screenshots/` (git-ignored), one per check.
+
+The app and the browser are module fixtures: every browser test lives in `test_page.py`, and the app's 1.2 GB
+go when those tests end instead of idling through the rest of the suite.
 """
 
 from __future__ import annotations
@@ -36,14 +39,14 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def studio_url(chromium, tmp_path_factory) -> Iterator[str]:
     """The app serves the browser only; without chromium it is not started at all."""
     with running_app(tmp_path_factory.mktemp("studio") / "app.log") as (_, url):
         yield url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_context(chromium, tmp_path_factory):
     from playwright.sync_api import sync_playwright
 

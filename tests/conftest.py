@@ -4,6 +4,7 @@ loader, so every path runs for real without the Hub."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,3 +49,42 @@ def tiny_studio(tiny_sd_dir, tiny_controlnet_dirs, empty_lora_dir):
         model=str(tiny_sd_dir), lora_dir=str(empty_lora_dir), device="cpu", controlnets=tiny_controlnet_dirs
     )
     return Studio(settings)
+
+
+@contextmanager
+def running_app(studio):
+    """The whole page served on a free local port, and a `gradio_client` talking to it."""
+    from gradio_client import Client
+
+    from ui.app import build_app
+
+    demo = build_app(studio)
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+    try:
+        yield Client(url, verbose=False)
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="session")
+def launch_app():
+    return running_app
+
+
+@pytest.fixture(scope="module")
+def client(tiny_studio):
+    with running_app(tiny_studio) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def edge_map(tmp_path_factory) -> str:
+    """A ready edge map: a white circle on black, 32x32."""
+    from PIL import Image, ImageDraw
+
+    path = tmp_path_factory.mktemp("maps") / "edges.png"
+    image = Image.new("RGB", (32, 32), "black")
+    ImageDraw.Draw(image).ellipse((6, 6, 26, 26), outline="white", width=2)
+    image.save(path)
+    return str(path)

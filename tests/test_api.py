@@ -4,31 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradio_client import Client, handle_file
-from PIL import Image, ImageDraw
+from gradio_client import handle_file
+from PIL import Image
 
 from pipelines.metadata import parse_parameters
-from ui.app import build_app
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-@pytest.fixture(scope="module")
-def client(tiny_studio):
-    demo = build_app(tiny_studio)
-    demo.queue(default_concurrency_limit=1, max_size=16)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
-    yield Client(url, verbose=False)
-    demo.close()
-
-
-@pytest.fixture(scope="module")
-def edge_map(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("maps") / "edges.png"
-    image = Image.new("RGB", (32, 32), "black")
-    ImageDraw.Draw(image).ellipse((6, 6, 26, 26), outline="white", width=2)
-    image.save(path)
-    return str(path)
-
 
 COMMON = dict(prompt="a red circle on a blue background", negative_prompt="", seed=5, steps=2, guidance_scale=3.0)
 

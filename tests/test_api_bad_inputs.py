@@ -16,20 +16,10 @@ from gradio_client.exceptions import AppError
 
 from pipelines.modes import LORA_GRID, MODES
 from pipelines.parameters import PARAMETERS, Param
-from ui.app import build_app
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 NUL = "a red\x00 circle"
-
-
-@pytest.fixture(scope="module")
-def client(tiny_studio):
-    demo = build_app(tiny_studio)
-    demo.queue(default_concurrency_limit=1, max_size=64)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
-    yield Client(url, verbose=False)
-    demo.close()
 
 
 def call(client: Client, endpoint: str, arguments: dict) -> str:
@@ -106,17 +96,6 @@ def test_after_the_refusals_the_same_endpoint_still_serves(client, endpoint, edg
         arguments["image"] = handle_file(edge_map)
     gallery, *_ = client.predict(**arguments, api_name=f"/{endpoint}")
     assert gallery
-
-
-@pytest.fixture(scope="module")
-def edge_map(tmp_path_factory) -> str:
-    from PIL import Image, ImageDraw
-
-    path = tmp_path_factory.mktemp("maps") / "edges.png"
-    image = Image.new("RGB", (32, 32), "black")
-    ImageDraw.Draw(image).ellipse((6, 6, 26, 26), outline="white", width=2)
-    image.save(path)
-    return str(path)
 
 
 def test_the_same_lora_named_twice_is_merged_within_range(tiny_studio):

@@ -17,7 +17,6 @@ from pipelines.modes import MODES
 from pipelines.png_info import read_parameters_chunk, settings_from_parameters
 from pipelines.settings import Settings
 from pipelines.studio import Studio
-from ui.app import build_app
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,12 +44,9 @@ def studio(tiny_sd_dir, tiny_controlnet_dirs, tmp_path_factory) -> Studio:
 
 
 @pytest.fixture(scope="module")
-def client(studio):
-    demo = build_app(studio)
-    demo.queue(default_concurrency_limit=1, max_size=16)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
-    yield Client(url, verbose=False)
-    demo.close()
+def client(studio, launch_app):
+    with launch_app(studio) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

@@ -90,7 +90,7 @@ def call(handler, params, uploads=None, **given):
     values = [given.get(param.name, param.default) for param in params]
     if uploads is not None:
         values.append(uploads)
-    return handler(*values, request=None, progress=None)
+    return handler(*values, None, None)  # no session, no progress bar
 
 
 def test_generating_handlers_give_the_same_results_in_a_forked_worker(studio, monkeypatch, tmp_path):

@@ -107,23 +107,27 @@ def _is_open_ended(param: Param) -> bool:
 
 
 def with_signature(handler: Callable, params: Iterable[Param], name: str, hidden: Iterable[str] = ()) -> Callable:
-    """Give `handler(*values, progress)` the declared parameters as its signature, so the API takes them by name.
+    """Give `handler(*args)` the declared parameters as its signature, so the API takes them by name.
 
-    `hidden` names the inputs after them that API callers never send (a session's `gr.State`).
+    `args` are the declared values, then the `hidden` inputs API callers never send (a session's `gr.State`),
+    then the caller's `gr.Request` and a `gr.Progress`, which Gradio fills in by their place in this signature.
     """
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
     parameters = [
         inspect.Parameter(
-            param.name,
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            default=None if param.kind == "image" else param.default,
+            param.name, positional, default=None if param.kind == "image" else param.default,
             annotation=param.python_type,
         )
         for param in params
     ]
-    parameters += [inspect.Parameter(extra, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for extra in hidden]
-    # Gradio fills these two in itself: the caller's session, and the progress bar.
-    session = inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=gr.Request)
-    progress = inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=gr.Progress())
-    handler.__signature__ = inspect.Signature([*parameters, session, progress])
+    parameters += [inspect.Parameter(extra, positional, default=None) for extra in hidden]
+    parameters += [
+        inspect.Parameter("request", positional, default=None, annotation=gr.Request),
+        inspect.Parameter("progress", positional, default=gr.Progress()),
+    ]
+    handler.__signature__ = inspect.Signature(parameters)
+    # Gradio finds the gr.Request parameter by its type hint, read from __annotations__ rather than the signature.
+    handler.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters
+                               if parameter.annotation is not inspect.Parameter.empty}
     handler.__name__ = name
     return handler

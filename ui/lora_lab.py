@@ -108,9 +108,9 @@ def grid_handler(studio: Studio, params: list[Param]):
     """The `/lora_grid` endpoint: the declared parameters by name (the session's uploads come from its state)."""
     names = [param.name for param in params]
 
-    @gpu_task(duration=lambda *values, **_: grid_gpu_seconds(dict(zip(names, values, strict=False))))
-    def handler(*values, request: gr.Request = None, progress=gr.Progress()):
-        *declared, kept = values
+    @gpu_task(duration=lambda *args: grid_gpu_seconds(dict(zip(names, args, strict=False))))
+    def handler(*args):
+        *declared, kept, request, progress = args
         given = dict(zip(names, declared, strict=True))
         base = GenerationRequest(preprocessor="none", **{name: given[name] for name in GRID_FIELDS_OF_BASE})
         grid = GridRequest(

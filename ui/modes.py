@@ -52,17 +52,22 @@ def build_mode_tab(studio: Studio, mode: Mode) -> dict[str, gr.components.Compon
                     run = gr.Button("Generate", variant="primary", scale=3)
                     stop = gr.Button("Stop", variant="stop", scale=1)
             with gr.Column(scale=1):
-                with gr.Row(equal_height=True):  # the control map beside the result, at the same scale
+                # The result takes half the column, where its fixed height fits a square image whole; beside it
+                # the control map at the same scale, or in text mode the run's seed and parameters.
+                with gr.Row(equal_height=True):
                     gallery = gr.Gallery(
-                        label="Images", format="png", columns=1, height=RESULT_HEIGHT, object_fit="contain",
+                        label="Images", format="png", columns=1, object_fit="contain", height=RESULT_HEIGHT,
                         elem_classes="pixelated", scale=1,
                     )
                     control_map = gr.Image(
                         label="Control map used", format="png", visible=mode.is_controlled, height=RESULT_HEIGHT,
                         elem_classes="pixelated", interactive=False, scale=1,
                     )
-                seed_used = gr.Number(label="Seed used", value=None, precision=0, interactive=False)
-                info = gr.Markdown(label="Parameters", elem_classes="parameters")
+                    if not mode.is_controlled:
+                        with gr.Column(scale=1):
+                            seed_used, info = _run_details()
+                if mode.is_controlled:
+                    seed_used, info = _run_details()
         examples = mode_examples(studio.model.family, mode.name, hidden=served.unavailable_preprocessors)
         if examples:
             columns = [fields[name] for name in example_columns(mode.name)]
@@ -77,8 +82,14 @@ def build_mode_tab(studio: Studio, mode: Mode) -> dict[str, gr.components.Compon
             api_description=f"{mode.title} mode: {mode.hint}",
             concurrency_id=GPU_QUEUE,
         )
-        stop.click(request_stop, None, None, cancels=[generating], queue=False, api_visibility="private")
+        # Queued, so that its message reaches the page (Gradio sends messages over the queue's stream).
+        stop.click(request_stop, None, None, cancels=[generating], api_visibility="private")
     return fields
+
+
+def _run_details() -> tuple[gr.Number, gr.Markdown]:
+    seed_used = gr.Number(label="Seed used", value=None, precision=0, interactive=False)
+    return seed_used, gr.Markdown(label="Parameters", elem_classes="parameters")
 
 
 def _cleared() -> tuple:
@@ -180,8 +191,9 @@ def mode_handler(studio: Studio, mode: Mode, params: list[Param]) -> Callable:
     """The endpoint: one keyword parameter per declared parameter, in the declared order."""
     names = [param.name for param in params]
 
-    @gpu_task(duration=lambda *values, **_: gpu_seconds(dict(zip(names, values, strict=False))))
-    def handler(*values, request: gr.Request = None, progress=gr.Progress()):
+    @gpu_task(duration=lambda *args: gpu_seconds(dict(zip(names, args, strict=False))))
+    def handler(*args):
+        *values, request, progress = args
         generation = GenerationRequest(mode=mode.name, **dict(zip(names, values, strict=True)))
         return run_request(studio, generation, progress, should_stop=session_flag(request).is_set)
 

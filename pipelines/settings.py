@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pipelines.errors import StudioError
+from pipelines.lora.manager import DEFAULT_MAX_BYTES
+from pipelines.lora.safety import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UPLOAD_BYTES
 from pipelines.modes import CONTROL_MODES
 from pipelines.preprocessors.weights import DEFAULT_DEPTH_MODEL, DetectorSources
 
@@ -36,9 +38,9 @@ class Limits:
 
 @dataclass(frozen=True)
 class LoraLimits:
-    cache_bytes: int = 2048 * MIB  # adapters kept loaded, all together
-    file_bytes: int = 2048 * MIB
-    upload_bytes: int = 512 * MIB
+    cache_bytes: int = DEFAULT_MAX_BYTES  # adapters kept loaded, all together
+    file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
 
 
 @dataclass(frozen=True)

@@ -90,17 +90,21 @@ class LoraManager:
         return sum(adapter.nbytes for adapter in self._loaded.values())
 
     def activate(self, choices: Sequence[LoraChoice]) -> list[str]:
-        """Make exactly `choices` active with their weights; returns notes for the person."""
+        """Make exactly `choices` active with their weights; returns notes for the person.
+
+        A request's LoRAs arrive checked and merged by name (`pipelines/validation.py`); the same file under two
+        names is one adapter, whose weights add up.
+        """
         with self._lock:
-            merged, notes = _merge_duplicates(choices)
-            if len(merged) > self.max_loaded:
-                raise StudioError(f"At most {self.max_loaded} LoRAs can be active at once; {len(merged)} were chosen.")
-            if not merged:
+            notes: list[str] = []
+            if len(choices) > self.max_loaded:
+                raise StudioError(f"At most {self.max_loaded} LoRAs can be active at once; {len(choices)} were chosen.")
+            if not choices:
                 if self._loaded:
                     self.pipe.disable_lora()
                 return notes
             active: dict[str, float] = {}
-            for choice in merged:
+            for choice in choices:
                 adapter = self._ensure_loaded(choice.name)
                 active[adapter.adapter_name] = active.get(adapter.adapter_name, 0.0) + choice.weight
                 notes += adapter.notes
@@ -260,13 +264,3 @@ def _file_key(path: Path) -> tuple[str, int, int]:
 def _meta_tensors(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     """Shapes without storage for the layer check; scalars (alphas) must be real, the conversion reads them."""
     return {key: torch.empty(shape, device="meta") if shape else torch.tensor(1.0) for key, shape in shapes.items()}
-
-
-def _merge_duplicates(choices: Sequence[LoraChoice]) -> tuple[list[LoraChoice], list[str]]:
-    merged: dict[str, float] = {}
-    notes = []
-    for choice in choices:
-        if choice.name in merged:
-            notes.append(f"The LoRA {choice.name!r} was chosen twice; its weights were added.")
-        merged[choice.name] = merged.get(choice.name, 0.0) + choice.weight
-    return [LoraChoice(name, weight) for name, weight in merged.items()], notes

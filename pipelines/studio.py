@@ -172,13 +172,33 @@ class Studio:
         }
         if MODES[request.mode].is_controlled:
             settings["ControlNet 0"] = (
-                f"Module: {request.preprocessor}, Model: {display_name(self.controlnets.registry[request.mode])}, "
+                f"Module: {_module_name(request)}, Model: {display_name(self.controlnets.registry[request.mode])}, "
                 f"Weight: {request.controlnet_scale:g}, Guidance Start: {request.control_start:g}, "
-                f"Guidance End: {request.control_end:g}"
+                f"Guidance End: {request.control_end:g}{_detector_settings(request)}"
             )
         settings["Version"] = "diffusion-studio"
         loras = [(lora.label, lora.weight) for lora in request.loras]
         return format_parameters(request.prompt, request.negative_prompt, settings, loras)
+
+
+def _module_name(request: GenerationRequest) -> str:
+    """The preprocessor as AUTOMATIC1111's ControlNet names it (its OpenPose variants say what they draw)."""
+    if request.preprocessor != "openpose" or not (request.include_hands or request.include_face):
+        return request.preprocessor
+    return "openpose_full" if request.include_hands and request.include_face else (
+        "openpose_hand" if request.include_hands else "openpose_face"
+    )
+
+
+def _detector_settings(request: GenerationRequest) -> str:
+    """The detector's options, in AUTOMATIC1111's ControlNet words, so PNG info can send them back."""
+    if request.preprocessor == "none":
+        return ""
+    thresholds = (
+        f", Threshold A: {request.low_threshold}, Threshold B: {request.high_threshold}"
+        if request.preprocessor == "canny" else ""
+    )
+    return f", Processor Res: {request.detect_resolution}{thresholds}"
 
 
 def _step_callback(progress: Progress | None, should_stop: ShouldStop | None, total: int) -> Callable | None:

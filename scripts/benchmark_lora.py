@@ -25,7 +25,7 @@ import transformers  # noqa: E402
 
 from embedded.synthetic_loras import kohya_metadata, lora_tensors, write_lora  # noqa: E402
 from pipelines.lora.grid import render_grid  # noqa: E402
-from pipelines.request import GenerationRequest, LoraChoice  # noqa: E402
+from pipelines.request import GenerationRequest, GridRequest, LoraChoice  # noqa: E402
 from pipelines.settings import EMBEDDED_LORAS, EMBEDDED_MODEL, Settings  # noqa: E402
 
 
@@ -120,13 +120,14 @@ def main() -> None:
     )
     print(f"adapters kept loaded: {len(studio.loras.loaded)} ({studio.loras.loaded_bytes / 2**20:.2f} MiB)")
 
-    request = GenerationRequest(prompt="a red circle on a blue background")
-    result = render_grid(studio, request, names[:2], (0.0, 0.5, 1.0), (1, 2), output_dir=scratch)
+    grid = GridRequest(GenerationRequest(prompt="a red circle on a blue background"), tuple(names[:2]), "0, 0.5, 1",
+                       "1, 2")
+    result = render_grid(studio, grid)
     rows = len(result.cells) // 2
     print(
         f"grid: {rows} rows x 2 seeds = {len(result.cells)} images at {result.cells[0].image.size[0]} px, "
         f"{studio.model.default_steps} steps: {result.seconds:.1f} s ({result.seconds / len(result.cells):.2f} s "
-        f"an image); saved {result.path}"
+        f"an image)"
     )
 
 

@@ -337,3 +337,21 @@ def test_the_send_event_targets_every_mode_field_and_the_tabs(page):
     targets = {block._id for block in send.outputs}
     assert tabs._id in targets
     assert all(component._id in targets for mode in fields.values() for component in mode.values())
+
+
+def test_canny_settings_travel_in_the_png_and_come_back(tiny_studio, tmp_path):
+    from pipelines.metadata import save_png
+    from pipelines.request import GenerationRequest
+
+    photo = tmp_path / "photo.png"
+    image = Image.new("RGB", (64, 64), "black")
+    ImageDraw.Draw(image).rectangle((10, 10, 50, 50), fill="white")
+    image.save(photo)
+    request = GenerationRequest(mode="edge", image=str(photo), preprocessor="canny", low_threshold=40,
+                                high_threshold=90, detect_resolution=128, steps=1, seed=1)
+    made = tiny_studio.generate(request)
+    save_png(made.images[0], tmp_path / "made.png")
+    sent = settings_from_parameters(read_parameters_chunk(str(tmp_path / "made.png")), tiny_studio.served)
+    assert sent.mode == "edge"
+    assert {key: sent.values[key] for key in ("preprocessor", "low_threshold", "high_threshold", "detect_resolution")} \
+        == {"preprocessor": "canny", "low_threshold": 40, "high_threshold": 90, "detect_resolution": 128}

@@ -121,11 +121,12 @@ def lora_scores(studio: Studio, style: str, scenes: list[world.Scene] | None = N
     scenes = text_prompts(8) if scenes is None else scenes
     prompted = [replace(request(s), prompt=f"{world.STYLES[style]}, {s.caption}") for s in scenes]
 
-    def at_weight(weight: float | None) -> list[np.ndarray]:
-        loras = () if weight is None else (LoraChoice(f"{style}.safetensors", weight),)
+    def made_with(*loras: LoraChoice) -> list[np.ndarray]:
         return generate(studio, [replace(r, loras=loras) for r in prompted])
 
-    before, styled, zero = at_weight(None), at_weight(1.0), at_weight(0.0)
+    before = made_with()
+    styled = made_with(LoraChoice(f"{style}.safetensors", 1.0))
+    zero = made_with(LoraChoice(f"{style}.safetensors", 0.0))
     return {"measure": name, "without": float(np.mean([measure(i) for i in before])),
             "weight_1": float(np.mean([measure(i) for i in styled])),
             "weight_0_identical": all(np.array_equal(a, b) for a, b in zip(before, zero)), "count": len(scenes)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pipelines.preprocessors import PREPROCESSORS, DetectorSources, available_preprocessors
+from pipelines.preprocessors import PREPROCESSORS
 
 PROMPTING = ("prompt", "negative_prompt", "loras")
 SAMPLING = (
@@ -32,11 +32,6 @@ class Mode:
     @property
     def is_controlled(self) -> bool:
         return bool(self.preprocessors)
-
-    def preprocessors_here(self, sources: DetectorSources) -> tuple[str, ...]:
-        """The mode's preprocessors, those whose weights are on this machine first: the first is the default."""
-        ready = available_preprocessors(self.preprocessors, sources)
-        return (*ready, *(name for name in self.preprocessors if name not in ready))
 
     @property
     def parameters(self) -> tuple[str, ...]:

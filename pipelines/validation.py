@@ -19,7 +19,7 @@ from PIL import Image
 from pipelines.errors import StudioError
 from pipelines.modes import MODES, Mode
 from pipelines.parameters import MAX_LORA_WEIGHT, MAX_SEED, PARAMETERS, Param, Served, bind, number_text
-from pipelines.preprocessors import PREPROCESSORS
+from pipelines.preprocessors import available_preprocessors
 from pipelines.request import GenerationRequest, GridRequest, LoraChoice
 
 MAX_GRID_VALUES = 8  # weights or seeds in one grid
@@ -71,9 +71,9 @@ def _together_row(together: tuple[LoraChoice, ...], lora_names: tuple[str, ...])
 
 def for_mode(served: Served, mode: Mode) -> Served:
     """`served` with the mode's preprocessors, those whose weights are here first (the first is the default)."""
-    ordered = mode.preprocessors_here(served.detectors)
-    unavailable = tuple(name for name in ordered if not PREPROCESSORS[name].available(served.detectors))
-    return replace(served, preprocessors=ordered, unavailable_preprocessors=unavailable)
+    ready = available_preprocessors(mode.preprocessors, served.detectors)  # looks on disk once per call
+    unavailable = tuple(name for name in mode.preprocessors if name not in ready)
+    return replace(served, preprocessors=(*ready, *unavailable), unavailable_preprocessors=unavailable)
 
 
 def mode_of(name: object, served: Served) -> Mode:

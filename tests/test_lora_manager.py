@@ -179,13 +179,16 @@ def test_refused_names(studio, name, reason):
         studio.loras.activate([LoraChoice(name)])
 
 
-def test_uploads_load_from_their_private_folder(studio, lora_dir, tmp_path):
+def test_uploads_load_from_gradios_cache_until_it_removes_them(studio, lora_dir, tmp_path):
     upload = tmp_path / "gradio" / "mine.safetensors"
     upload.parent.mkdir()
     upload.write_bytes((lora_dir / "neon.safetensors").read_bytes())
     entry = studio.loras.add_upload(upload)
     assert entry.source == "upload" and entry.trigger_words == ("neon glow",)
     assert np.array_equal(pixels(studio, [LoraChoice(entry.name)]), pixels(studio, [LoraChoice("neon.safetensors")]))
+    upload.unlink()  # what Gradio's delete_cache does after STUDIO_CACHE_AGE_S
+    with pytest.raises(StudioError, match="no longer available; upload it again"):
+        studio.loras.check(entry.name)
     sdxl = tmp_path / "gradio" / "xl.safetensors"
     write_layout_file(sdxl, json.loads((LAYOUTS / "muchai_sdxl_locon.json").read_text()))
     with pytest.raises(StudioError, match="made for SDXL"):

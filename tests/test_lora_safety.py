@@ -52,7 +52,7 @@ def test_pickle_files_are_refused_and_never_unpickled(tmp_path, suffix):
     with pytest.raises(StudioError, match="pickle-based"):
         LoraLibrary(tmp_path).path(trap.name)
     with pytest.raises(StudioError, match="pickle-based"):
-        UploadStore(tmp_path / "uploads").add(trap)
+        UploadStore().add(trap)
     assert not marker.exists()
 
 
@@ -135,11 +135,15 @@ def test_file_size_cap(tmp_path):
         read_header(path, max_file_bytes=64)
 
 
-def test_uploads_are_capped_checked_and_kept_privately(tmp_path):
-    store = UploadStore(tmp_path / "uploads", max_bytes=10_000)
-    kept = store.add(small_lora(tmp_path / "gradio-tmp.safetensors"), "My Style.safetensors")
-    assert kept.name == "My Style.safetensors" and store.owns(kept)
-    assert not store.owns(tmp_path / "gradio-tmp.safetensors")
+def test_uploads_are_capped_checked_and_read_where_gradio_put_them(tmp_path):
+    store = UploadStore(max_bytes=10_000)
+    (tmp_path / "gradio-cache").mkdir()
+    upload = small_lora(tmp_path / "gradio-cache" / "My Style.safetensors")
+    before = sorted(tmp_path.rglob("*"))
+    kept = store.add(upload)
+    assert kept == upload.resolve() and store.owns(kept)
+    assert sorted(tmp_path.rglob("*")) == before  # nothing copied: Gradio's cache decides how long it lives
+    assert not store.owns(tmp_path / "elsewhere.safetensors")
     big = tmp_path / "big.safetensors"
     save_file({"w": torch.zeros(100, 100)}, str(big))
     with pytest.raises(StudioError, match="uploads are limited to"):
@@ -149,6 +153,7 @@ def test_uploads_are_capped_checked_and_kept_privately(tmp_path):
     )
     with pytest.raises(StudioError, match="truncated"):
         store.add(broken)
+    assert not store.owns(big) and not store.owns(broken)
 
 
 def test_metadata_trigger_words_from_kohya_tags_and_modelspec(tmp_path):

@@ -39,8 +39,9 @@ def build_lora_lab(studio: Studio) -> None:
     with gr.Tab(LORA_GRID.title):
         uploads = gr.State([])
         gr.Markdown(
-            f"{LORA_GRID.hint} Pick LoRAs from the folder, upload your own (kept for this session only) or name one "
-            "on the Hugging Face Hub. Only `.safetensors` files are read."
+            f"{LORA_GRID.hint} Pick LoRAs from the folder, upload your own (for your session only, kept "
+            f"{_duration(studio.settings.cache_age_s)}) or name one on the Hugging Face Hub. Only `.safetensors` files "
+            "are read."
         )
         library = gr.Dataframe(
             headers=LIBRARY_HEADERS, value=library_rows(manager.available()), interactive=False, label="LoRA folder"
@@ -98,6 +99,12 @@ def build_lora_lab(studio: Studio) -> None:
 def grid_parameters(studio: Studio) -> list[Param]:
     served = replace(studio.served, preprocessors=("none",), lora_names=tuple(studio.loras.library.names()))
     return [bind(PARAMETERS[name], served) for name in LORA_GRID.parameters]
+
+
+def _duration(seconds: int) -> str:
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 60} min" if seconds >= 60 else f"{seconds} s"
 
 
 def params_by_name(params: list[Param]) -> dict[str, Param]:
@@ -158,7 +165,7 @@ def on_upload(studio: Studio, path: str | None, current: list[str] | None, kept:
     if not path:
         return gr.skip(), kept, gr.skip()
     with shown_to_person():
-        entry = studio.loras.add_upload(path, Path(path).name)
+        entry = studio.loras.add_upload(path)
     kept = [*kept, entry.name] if entry.name not in kept else kept
     value = _with(current, entry.name)
     return gr.Dropdown(choices=_choices(studio.loras, kept, value), value=value), kept, describe_entries([entry])

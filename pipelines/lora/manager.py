@@ -130,10 +130,10 @@ class LoraManager:
         source = "hub" if name.startswith(HUB_PREFIX) else "upload" if Path(name).is_absolute() else "folder"
         return describe_file(path, name, source, self.max_file_bytes)
 
-    def add_upload(self, uploaded: str | Path, original_name: str | None = None) -> LoraEntry:
-        self.uploads.check(uploaded, original_name)
+    def add_upload(self, uploaded: str | Path) -> LoraEntry:
+        self.uploads.check(uploaded)
         self._preflight(Path(uploaded))
-        path = self.uploads.add(uploaded, original_name)
+        path = self.uploads.add(uploaded)
         return describe_file(path, str(path), "upload", self.max_file_bytes)
 
     def resolve(self, name: str) -> Path:

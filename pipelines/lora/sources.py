@@ -1,4 +1,4 @@
-"""Where LoRA files come from: the local LoRA folder, uploads kept for one session, and the Hub.
+"""Where LoRA files come from: the local LoRA folder, uploads (while Gradio's cache keeps them), and the Hub.
 
 Every source ends in a local `.safetensors` path whose header has been checked (see `safety.py`).
 """
@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -113,28 +111,28 @@ class LoraLibrary:
 
 
 class UploadStore:
-    """Uploaded LoRAs, copied under one private folder; only the session that uploaded a file knows its path."""
+    """Uploaded LoRAs, read where Gradio put them: its cache, which removes them after `STUDIO_CACHE_AGE_S`.
 
-    def __init__(self, root: str | Path | None = None, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
-        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="studio-lora-uploads-"))
-        self.root.mkdir(parents=True, exist_ok=True)
+    Nothing is copied, so an upload lives exactly as long as Gradio's cache keeps it; the store only remembers
+    which paths arrived as uploads, so no other absolute path is ever read as a LoRA.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
         self.max_bytes = max_bytes
+        self._arrived: set[Path] = set()
 
-    def add(self, uploaded: str | Path, original_name: str | None = None) -> Path:
-        """Check an uploaded file and keep a copy; returns the path to use as `LoraChoice.name`."""
-        self.check(uploaded, original_name)
-        uploaded = Path(uploaded)
-        folder = self.root / file_digest(uploaded)[:16]
-        folder.mkdir(exist_ok=True)
-        kept = folder / Path(original_name or uploaded.name).name
-        if not kept.exists():
-            shutil.copyfile(uploaded, kept)
-        return kept
+    def add(self, uploaded: str | Path) -> Path:
+        """Check an uploaded file and remember it; returns the path to use as `LoraChoice.name`."""
+        self.check(uploaded)
+        self._arrived = {path for path in self._arrived if path.is_file()}  # Gradio's cache removed the rest
+        path = Path(uploaded).resolve()
+        self._arrived.add(path)
+        return path
 
-    def check(self, uploaded: str | Path, original_name: str | None = None) -> None:
+    def check(self, uploaded: str | Path) -> None:
         """Name, size cap and header of an upload, before anything else reads it."""
         uploaded = Path(uploaded)
-        name = Path(original_name or uploaded.name).name
+        name = uploaded.name
         check_lora_file_name(name)
         if not uploaded.is_file():
             raise StudioError(f"The upload {name!r} did not arrive; try again.")
@@ -147,7 +145,7 @@ class UploadStore:
         read_header(uploaded, max_file_bytes=self.max_bytes)
 
     def owns(self, path: str | Path) -> bool:
-        return Path(path).resolve().is_relative_to(self.root.resolve())
+        return Path(path).resolve() in self._arrived
 
 
 class HubSource:

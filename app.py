@@ -29,6 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"ControlNet for a mode ({', '.join(CONTROL_MODES)}); repeatable",
     )
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    parser.add_argument("--threads", type=int, help="torch threads on the CPU (env STUDIO_THREADS; default: by model)")
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     # No defaults: Gradio then reads GRADIO_SERVER_NAME and GRADIO_SERVER_PORT, which Spaces set (0.0.0.0),
     # and otherwise serves 127.0.0.1:7860; a flag passed to launch() would override them.
@@ -64,7 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
     args = parse_args(argv)
     settings = Settings.from_env().with_flags(
-        model=args.model, lora_dir=args.lora_dir, device=args.device, controlnets=controlnet_overrides(args.controlnet)
+        model=args.model,
+        lora_dir=args.lora_dir,
+        device=args.device,
+        threads=args.threads,
+        controlnets=controlnet_overrides(args.controlnet),
     )
     studio, warning = open_studio(settings)
     demo = build_app(studio, warning)

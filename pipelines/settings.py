@@ -48,6 +48,7 @@ class Settings:
     model: str = str(EMBEDDED_MODEL)
     lora_dir: str = str(EMBEDDED_LORAS)
     device: str | None = None  # None: CUDA when present, else the CPU
+    threads: int | None = None  # torch threads on the CPU; None: chosen from the machine and model (threads.py)
     limits: Limits = field(default_factory=Limits)
     loras: LoraLimits = field(default_factory=LoraLimits)
     controlnets: Mapping[str, str] = field(default_factory=dict)  # mode -> ControlNet source, over the defaults
@@ -62,6 +63,7 @@ class Settings:
             model=read.text("STUDIO_MODEL", cls.model),
             lora_dir=read.text("STUDIO_LORA_DIR", cls.lora_dir),
             device=read.text("STUDIO_DEVICE", None),
+            threads=read.whole("STUDIO_THREADS", None),
             limits=Limits(
                 max_side=read.whole("STUDIO_MAX_SIDE", None),
                 max_images=read.whole("STUDIO_MAX_IMAGES", Limits.max_images),
@@ -91,6 +93,7 @@ class Settings:
         model: str | None = None,
         lora_dir: str | None = None,
         device: str | None = None,
+        threads: int | None = None,
         controlnets: Mapping[str, str] | None = None,
     ) -> Settings:
         """Flags given on the command line win over the environment."""
@@ -99,6 +102,7 @@ class Settings:
             model=model or self.model,
             lora_dir=lora_dir or self.lora_dir,
             device=device or self.device,
+            threads=threads or self.threads,
             controlnets={**self.controlnets, **(controlnets or {})},
         )
 

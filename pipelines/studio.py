@@ -26,6 +26,8 @@ from pipelines.preprocessors import make_control_map
 from pipelines.request import GenerationRequest, GenerationResult
 from pipelines.schedulers import make_scheduler, scheduler_names
 from pipelines.settings import Settings
+from pipelines.steps import StepHook, with_step_hook
+from pipelines.threads import set_cpu_threads
 from pipelines.validation import validate_request
 
 Progress = Callable[[int, int], None]
@@ -37,6 +39,8 @@ class Studio:
         self.settings = settings
         self.device, self.dtype = pick_device(settings.device)
         self.base, self.model = load_base_pipeline(settings.model, self.device, self.dtype)
+        if self.device == "cpu":
+            set_cpu_threads(self.base.unet, settings.threads)
         self._scheduler_config = dict(self.base.scheduler.config)
         registry = controlnet_registry(self.model.family, self.model.controlnets, settings.controlnets)
         self.controlnets = ControlNetCache(registry, self.device, self.dtype)
@@ -89,9 +93,16 @@ class Studio:
         return self._mode_pipes[mode]
 
     def generate(
-        self, request: GenerationRequest, progress: Progress | None = None, should_stop: ShouldStop | None = None
+        self,
+        request: GenerationRequest,
+        progress: Progress | None = None,
+        should_stop: ShouldStop | None = None,
+        on_step: StepHook | None = None,
     ) -> GenerationResult:
-        """Validate and run `request`; `should_stop`, polled at every step, ends a run early (StudioError)."""
+        """Validate and run `request`; `should_stop`, polled at every step, ends a run early (StudioError).
+
+        `on_step` sees every step's latents and x0 estimate (previews, the Explore timeline); it changes nothing.
+        """
         request, notes = validate_request(request, self.served)
         if not request.prompt:
             notes.append("The prompt was empty, so this image was generated unconditionally (no text guidance).")
@@ -101,7 +112,8 @@ class Studio:
             notes += self.loras.activate(request.loras)
             notes += self._prompt_notes(request)
             pipe.scheduler = make_scheduler(request.scheduler, self._scheduler_config)
-            images = self._run(pipe, request, control_map, _step_callback(progress, should_stop, request.steps))
+            on_step_end = with_step_hook(_step_callback(progress, should_stop, request.steps), pipe, on_step)
+            images = self._run(pipe, request, control_map, on_step_end)
         if should_stop is not None and should_stop():
             raise StudioError("Stopped before the last step; no image was made.")
         seeds = [request.seed + index for index in range(request.num_images)]

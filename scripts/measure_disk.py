@@ -10,15 +10,13 @@ and bytes in the cache and in the system temp folder's studio-lora-grid-* folder
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from gradio_client import Client, handle_file
+
+from embedded.app_process import running_app
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,30 +28,6 @@ def folder_usage(folder: Path) -> tuple[int, int]:
 
 def stray_grid_folders() -> int:
     return len(list(Path(tempfile.gettempdir()).glob("studio-lora-grid-*")))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_app(cache: Path, age: int, port: int) -> subprocess.Popen:
-    environment = {
-        **os.environ, "GRADIO_TEMP_DIR": str(cache), "STUDIO_CACHE_AGE_S": str(age), "GRADIO_SERVER_PORT": str(port),
-        "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-    }
-    app = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=environment,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return app
-        except OSError:
-            time.sleep(1)
-    app.kill()
-    raise SystemExit("the app did not start")
 
 
 def send(client: Client, index: int, edge_map: str) -> None:
@@ -80,10 +54,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         cache = Path(scratch) / "gradio-cache"
-        port = free_port()
-        app = start_app(cache, args.age, port)
-        try:
-            client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        settings = dict(GRADIO_TEMP_DIR=str(cache), STUDIO_CACHE_AGE_S=str(args.age))
+        with running_app(Path(scratch) / "app.log", **settings) as (_, url):
+            client = Client(url, verbose=False)
             report("after start", cache)
             started = time.monotonic()
             for index in range(args.requests):
@@ -92,9 +65,6 @@ def main() -> None:
             report("right after the requests", cache)
             time.sleep(2 * args.age + 5)
             report(f"{2 * args.age + 5} s later (age {args.age} s)", cache)
-        finally:
-            app.terminate()
-            app.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,13 @@ def test_text2img_returns_png_images_with_parameters_and_the_seed(client):
     assert (parsed["Seed"], parsed["Steps"], parsed["CFG scale"]) == ("5", "2", "3.0")
 
 
+def test_an_api_callers_seed_is_used_unless_they_ask_for_a_random_one(client):
+    _, _, seed, _ = client.predict(prompt="a red circle", seed=7, steps=1, api_name="/text2img")
+    _, _, random_seed, _ = client.predict(prompt="a red circle", seed=7, randomize_seed=True, steps=1,
+                                          api_name="/text2img")
+    assert seed == 7 and random_seed != 7
+
+
 @pytest.mark.parametrize("api_name", ["/pose2img", "/edge2img", "/depth2img"])
 def test_control_endpoints_return_images_and_the_control_map(client, edge_map, api_name):
     gallery, control_map, seed, _ = client.predict(

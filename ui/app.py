@@ -34,5 +34,8 @@ def build_app(studio: Studio, warning: str = "") -> gr.Blocks:
             mode_fields = {mode.name: build_mode_tab(studio, mode) for mode in MODES.values()}
             build_lora_lab(studio)
             build_png_info_tab(studio, tabs, mode_fields)
+        randomize = [fields["randomize_seed"] for fields in mode_fields.values()]
+        # A person exploring gets a new seed each run; set once the page is open, so the API default stays False.
+        demo.load(lambda: [True] * len(randomize), None, randomize, api_visibility="private", queue=False)
         demo.unload(forget_session)
     return demo

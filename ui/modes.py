@@ -29,11 +29,11 @@ from ui.stop import request_stop, session_flag
 GPU_QUEUE = "gpu"
 RESULT_HEIGHT = 400
 PREPROCESSING = ("detect_resolution", "low_threshold", "high_threshold", "include_hands", "include_face")
-# How the tab shows some fields; a person exploring gets a new seed each run, an API caller the declared default.
+# How the tab shows some fields. A component's first value is also the API's default, so every field starts at its
+# declared default (an API caller's seed=7 means seed 7); see `ui/app.py` for what the page then changes.
 LOOKS = {
     "prompt": dict(lines=2, placeholder="a red circle on a blue background"),
     "image": dict(height=260),
-    "randomize_seed": dict(value=True),
 }
 
 

@@ -9,7 +9,8 @@ import urllib.request
 from urllib.parse import urlsplit
 
 import psutil
-from app_server import running_app
+
+from embedded.app_process import running_app
 
 
 def listening_addresses(pid: int, port: int) -> set[str]:

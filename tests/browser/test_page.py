@@ -53,6 +53,14 @@ def test_time_to_first_image(page, studio_url, keep_screenshot, capsys):
 
 
 @pytest.mark.parametrize("tab", MODE_TABS)
+def test_a_person_gets_a_new_seed_each_run(page, studio_url, tab):
+    """Checked once the page opens; the API's default stays the declared one (test_api.py)."""
+    panel = open_tab(page, studio_url, tab)
+    panel.get_by_text("Generation settings", exact=True).click()
+    expect(panel.get_by_label("Randomize seed", exact=True)).to_be_checked()
+
+
+@pytest.mark.parametrize("tab", MODE_TABS)
 def test_every_shown_example_gives_a_fully_visible_image(page, studio_url, keep_screenshot, tab):
     """Each row on a fresh page, so no message or image of the row before can pass for this one's."""
     examples = shown_examples(open_tab(page, studio_url, tab))

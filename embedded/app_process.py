@@ -1,6 +1,7 @@
 """Start the studio the way a person does, `python app.py`, and wait until it answers.
 
-Shared by the browser suite (one process for all its tests) and the launch test.
+Shared by the browser suite (one process for all its tests), the launch test and the scripts that measure the
+served app (`benchmark_served.py`, `measure_disk.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Loading the embedded model and building the page took about 25 s here; CI machines may be slower.
 START_TIMEOUT_S = 180
 LOG_TAIL_CHARS = 3000
@@ -28,9 +29,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def app_environment(port: int, **extra: str) -> dict[str, str]:
+def app_environment(port: int, **extra: str | None) -> dict[str, str]:
     """The caller's environment without the studio's settings or a listening address, so the app serves its
-    defaults on loopback unless `extra` says otherwise."""
+    defaults on loopback unless `extra` says otherwise (a None there removes the variable)."""
     environment = {
         name: value
         for name, value in os.environ.items()
@@ -46,7 +47,7 @@ def app_environment(port: int, **extra: str) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     environment.update(extra)
-    return environment
+    return {name: value for name, value in environment.items() if value is not None}
 
 
 def log_tail(log: Path) -> str:
@@ -79,7 +80,7 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def running_app(log: Path, **environment: str) -> Iterator[tuple[subprocess.Popen, str]]:
+def running_app(log: Path, **environment: str | None) -> Iterator[tuple[subprocess.Popen, str]]:
     """`python app.py` on a free port, with `environment` added; yields the process and its loopback URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"

@@ -92,7 +92,10 @@ def _with_triggers(studio, prompt: str, choices: Sequence[LoraChoice]) -> str:
     return add_trigger_words(prompt, words)
 
 
-def compose_grid(cells: list[GridCell], row_labels: list[str], column_labels: list[str]) -> Image.Image:
+def compose_grid(
+    cells: list[GridCell], row_labels: list[str], column_labels: list[str], footers: Sequence[str] = ()
+) -> Image.Image:
+    """The labelled grid; `footers` are text under each column (the Explore tab's measured figures), if any."""
     scale = math.ceil(MIN_CELL_SIDE / min(cells[0].image.size))
     width, height = (side * scale for side in cells[0].image.size)
     font = _font(FONT_SIZE)
@@ -100,11 +103,18 @@ def compose_grid(cells: list[GridCell], row_labels: list[str], column_labels: li
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     left = int(max(measure.textlength(label, font=font) for label in row_labels)) + 2 * LABEL_PADDING
     top = font_size + 2 * LABEL_PADDING
-    column_width = max(width, int(max(measure.textlength(label, font=font) for label in column_labels)) + LABEL_PADDING)
-    grid = Image.new("RGB", (left + column_width * len(column_labels), top + height * len(row_labels)), "white")
+    footer_lines = [line for footer in footers for line in footer.splitlines()]
+    widest = max(measure.textlength(text, font=font) for text in [*column_labels, *footer_lines])
+    column_width = max(width, int(widest) + LABEL_PADDING)
+    bottom = (max(footer.count("\n") + 1 for footer in footers) * (font_size + LABEL_PADDING)) if footers else 0
+    body = top + height * len(row_labels)
+    grid = Image.new("RGB", (left + column_width * len(column_labels), body + bottom), "white")
     draw = ImageDraw.Draw(grid)
     for column, label in enumerate(column_labels):
         draw.text((left + column * column_width + LABEL_PADDING // 2, LABEL_PADDING), label, fill="black", font=font)
+    for column, footer in enumerate(footers):
+        where = (left + column * column_width + LABEL_PADDING // 2, body + LABEL_PADDING // 2)
+        draw.multiline_text(where, footer, fill="black", font=font, spacing=LABEL_PADDING)
     for row, label in enumerate(row_labels):
         draw.text((LABEL_PADDING, top + row * height + (height - font_size) // 2), label, fill="black", font=font)
     for cell in cells:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from diffusers import AutoPipelineForText2Image, DiffusionPipeline
@@ -98,12 +98,17 @@ class Studio:
         progress: Progress | None = None,
         should_stop: ShouldStop | None = None,
         on_step: StepHook | None = None,
+        *,
+        seeds: Sequence[int] | None = None,
     ) -> GenerationResult:
         """Validate and run `request`; `should_stop`, polled at every step, ends a run early (StudioError).
 
         `on_step` sees every step's latents and x0 estimate (previews, the Explore timeline); it changes nothing.
+        `seeds` (checked by the caller, as `validate_grid` does) asks for one image per seed instead of
+        `num_images` from `seed`: the LoRA grid's columns, run as batches of at most the served image limit.
         """
         request, notes = validate_request(request, self.served)
+        seeds = list(seeds) if seeds is not None else [request.seed + index for index in range(request.num_images)]
         if not request.prompt:
             notes.append("The prompt was empty, so this image was generated unconditionally (no text guidance).")
         control_map = self._control_map(request) if MODES[request.mode].is_controlled else None
@@ -113,10 +118,13 @@ class Studio:
             notes += self._prompt_notes(request)
             pipe.scheduler = make_scheduler(request.scheduler, self._scheduler_config)
             on_step_end = with_step_hook(_step_callback(progress, should_stop, request.steps), pipe, on_step)
-            images = self._run(pipe, request, control_map, on_step_end)
+            images = [
+                image
+                for batch in _batches(seeds, self.settings.limits.max_images)
+                for image in self._run(pipe, request, control_map, on_step_end, batch)
+            ]
         if should_stop is not None and should_stop():
             raise StudioError("Stopped before the last step; no image was made.")
-        seeds = [request.seed + index for index in range(request.num_images)]
         parameters = [self._parameters(request, seed) for seed in seeds]
         tagged = [tag_with_parameters(image, text) for image, text in zip(images, parameters, strict=True)]
         return GenerationResult(tagged, seeds, parameters, request, control_map, notes)
@@ -136,10 +144,10 @@ class Studio:
         request: GenerationRequest,
         control_map: Image.Image | None,
         on_step_end: Callable | None,
+        seeds: Sequence[int],
     ) -> list[Image.Image]:
-        generators = [
-            torch.Generator("cpu").manual_seed(request.seed + index) for index in range(request.num_images)
-        ]
+        # One generator per image, so each image's noise depends on its seed alone, not on its place in a batch.
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         kwargs = dict(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt or None,
@@ -147,7 +155,7 @@ class Studio:
             guidance_scale=request.guidance_scale,
             width=request.width,
             height=request.height,
-            num_images_per_prompt=request.num_images,
+            num_images_per_prompt=len(seeds),
             generator=generators,
             callback_on_step_end=on_step_end,
         )
@@ -211,6 +219,10 @@ def _detector_settings(request: GenerationRequest) -> str:
         if request.preprocessor == "canny" else ""
     )
     return f", Processor Res: {request.detect_resolution}{thresholds}"
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def _step_callback(progress: Progress | None, should_stop: ShouldStop | None, total: int) -> Callable | None:

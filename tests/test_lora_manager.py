@@ -296,9 +296,10 @@ def test_grid_rows_columns_cells_and_png_parameters(studio, tmp_path):
     assert cell["loras"] == [("ink.safetensors", 1.0)] and cell["Seed"] == "6"
     assert cell["prompt"].startswith("a red circle, ink style")  # the row's own trigger words, not the baseline's
     assert json.loads(saved.text["grid"])["cells"][5]["row_label"] == "ink.safetensors @ 1"
-    # the same seed down a column, and each cell is exactly the solo image for its request
+    # the same seed down a column, and each cell is the solo image for its request: its seeds ran as one batch,
+    # whose larger matrix products round differently in the last float bits (at most one level of 255)
     solo = pixels(studio, [LoraChoice("ink.safetensors", 1.0)], seed=6, prompt=cell["prompt"])
-    assert np.array_equal(np.asarray(result.cells[5].image), solo)
+    assert np.abs(np.asarray(result.cells[5].image).astype(int) - solo).max() <= 1
     assert np.array_equal(np.asarray(result.cells[2].image), np.asarray(result.cells[0].image))  # weight 0 = base
 
 

@@ -113,6 +113,19 @@ def test_same_seed_same_image_and_each_batch_image_reproducible_alone(tiny_studi
     assert not np.array_equal(pixels(batch.images[0]), pixels(batch.images[1]))
 
 
+def test_a_list_of_seeds_runs_in_batches_no_larger_than_the_image_limit(tiny_studio, monkeypatch):
+    batches = []
+    run = tiny_studio._run
+    monkeypatch.setattr(tiny_studio, "_run", lambda *args: batches.append(list(args[-1])) or run(*args))
+    seeds = [11, 3, 99, 4, 5, 6]
+    result = tiny_studio.generate(GenerationRequest(**FAST), seeds=seeds)
+    limit = tiny_studio.settings.limits.max_images
+    assert batches == [seeds[:limit], seeds[limit:]] and result.seeds == seeds
+    assert [parse_parameters(text)["Seed"] for text in result.parameters] == [str(seed) for seed in seeds]
+    alone = tiny_studio.generate(GenerationRequest(**{**FAST, "seed": 99}))
+    assert np.abs(pixels(result.images[2]).astype(int) - pixels(alone.images[0])).max() <= 1
+
+
 def test_random_seed_is_resolved_and_reported(tiny_studio):
     result = tiny_studio.generate(GenerationRequest(**{**FAST, "randomize_seed": True}))
     assert result.seeds[0] >= 0

@@ -27,7 +27,7 @@ from ui.errors import shown_to_person
 from ui.fields import component_for, with_signature
 
 LIBRARY_HEADERS = ["name", "size", "family", "trigger words", "title"]
-# Two grids may interleave cell by cell: each cell is one studio.generate call under the studio's lock.
+# Two grids may interleave row by row: each row is one studio.generate call under the studio's lock.
 GRID_CONCURRENCY = 2
 GRID_FIELDS_OF_BASE = ("prompt", "negative_prompt", "mode", "image", "steps", "guidance_scale")
 

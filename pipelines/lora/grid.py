@@ -1,7 +1,8 @@
 """Comparison grids: the "no LoRA" baseline and each LoRA at each weight, one column per seed.
 
-Every cell is one ordinary `Studio.generate` call with its own LoRA set, so a cell is exactly the image
-that the same request gives on its own, and other requests may run between cells without mixing in. Each
+Each row is one `Studio.generate` call with its LoRA set, its seeds run as one batch (a generator per seed),
+so a cell is the image the same request gives on its own, up to float rounding in a larger batch (at most one
+level of 255 here), and other requests may run between rows without mixing in. Each
 row's prompt gets that row's trigger words (when asked), the baseline's none, so the baseline is the base.
 The grid image carries, for the PNG it is saved as, each cell's A1111 parameters in its own text entry
 ("parameters r<row> c<col>"), the baseline's in "parameters" (which other tools read) and the layout in
@@ -76,12 +77,12 @@ def render_grid(studio, grid: GridRequest, *, on_cell: Callable[[int, int], None
     cells = []
     for row, (row_label, choices) in enumerate(rows):
         prompt = _with_triggers(studio, grid.base.prompt, choices) if grid.add_triggers else grid.base.prompt
-        for column, seed in enumerate(grid.seeds):
-            result = studio.generate(replace(grid.base, prompt=prompt, loras=choices, seed=seed, num_images=1))
-            notes += [note for note in result.notes if note not in notes]
-            cells.append(GridCell(row, column, row_label, f"seed {seed}", result.images[0], result.parameters[0]))
-            if on_cell:
-                on_cell(len(cells), total)
+        result = studio.generate(replace(grid.base, prompt=prompt, loras=choices, num_images=1), seeds=grid.seeds)
+        notes += [note for note in result.notes if note not in notes]
+        for column, (seed, image, parameters) in enumerate(zip(result.seeds, result.images, result.parameters)):
+            cells.append(GridCell(row, column, row_label, f"seed {seed}", image, parameters))
+        if on_cell:
+            on_cell(len(cells), total)
     image = compose_grid(cells, [label for label, _ in rows], [f"seed {seed}" for seed in grid.seeds])
     image.info.update(grid_text_entries(cells))
     return GridResult(image, cells, notes, time.perf_counter() - started)

@@ -6,6 +6,11 @@ mode. Repeated load/unload grows memory (diffusers #8532, peft #1639), so adapte
 active set and weights. An empty set disables the LoRA layers, which then return the base layers'
 output unchanged, so the image equals the base image exactly.
 
+Two ways to run faster, both opt-in (`pipelines/acceleration.py`): with a compiled UNet, the UNet's part of each LoRA
+goes into the compiled UNet's one slot (`slot.py`) instead of an adapter of its own, so a switch never recompiles;
+with `fuse`, a set asked for twice in a row is fused into the weights, and the touched base weights are kept so that
+the next different set starts from the base exactly (peft's unfuse subtracts, which is not exact in floating point).
+
 Limits (adapters kept, bytes kept, file and upload sizes) are arguments, so the caller's settings decide them.
 """
 
@@ -21,13 +26,20 @@ from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.loaders.lora_base import (
+    disable_lora_for_text_encoder,
+    enable_lora_for_text_encoder,
+    set_adapters_for_text_encoder,
+)
 from peft import get_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
 
 from pipelines.errors import StudioError
 from pipelines.lora.formats import check_family, plan_adapter
 from pipelines.lora.metadata import family_from_metadata
 from pipelines.lora.safety import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UPLOAD_BYTES, SafetensorsHeader, read_header
+from pipelines.lora.slot import UNET_PREFIX, LoraSlot, SlotLora
 from pipelines.lora.sources import (
     HUB_PREFIX,
     HubSource,
@@ -51,6 +63,7 @@ class LoadedAdapter:
     label: str
     nbytes: int
     notes: list[str]
+    slot_lora: SlotLora | None = None  # with a compiled UNet: the UNet's factors, written into the slot
 
 
 class LoraManager:
@@ -66,9 +79,12 @@ class LoraManager:
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         uploads: UploadStore | None = None,
         hub: HubSource | None = None,
+        slot_rank: int | None = None,
+        fuse: bool = False,
     ) -> None:
         """`max_upload_bytes` and `max_file_bytes` size the upload store and Hub source made here; a store or
-        source passed in keeps its own limits."""
+        source passed in keeps its own limits. `slot_rank`: give the UNet a LoRA slot of that rank, before it is
+        compiled; `fuse`: fuse a set asked for twice in a row."""
         self.pipe = pipe
         self.family = family
         self.library = LoraLibrary(lora_dir)
@@ -80,6 +96,12 @@ class LoraManager:
         self._loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()  # least recently used first
         self._digests: dict[tuple[str, int, int], str] = {}
         self._lock = threading.RLock()
+        self.slot = LoraSlot(pipe.unet, slot_rank) if slot_rank else None
+        self.fuse = fuse
+        self._active: tuple[tuple[str, float], ...] = ()  # adapter name and weight, as applied
+        self._last_set: tuple | None = None  # the set and weights of the last request
+        self._fused_set: tuple | None = None
+        self._pristine: dict[torch.nn.Module, torch.Tensor] = {}  # base weights of the fused layers
 
     @property
     def loaded(self) -> list[str]:
@@ -99,19 +121,84 @@ class LoraManager:
             notes: list[str] = []
             if len(choices) > self.max_loaded:
                 raise StudioError(f"At most {self.max_loaded} LoRAs can be active at once; {len(choices)} were chosen.")
-            if not choices:
-                if self._loaded:
-                    self.pipe.disable_lora()
-                return notes
+            wanted = tuple((choice.name, choice.weight) for choice in choices)
+            if wanted != self._fused_set:
+                self.unfuse()
             active: dict[str, float] = {}
             for choice in choices:
                 adapter = self._ensure_loaded(choice.name)
                 active[adapter.adapter_name] = active.get(adapter.adapter_name, 0.0) + choice.weight
                 notes += adapter.notes
             self._evict(keep=set(active))
+            if wanted != self._fused_set:
+                self._switch(active)
+                if self.fuse and active and wanted == self._last_set:
+                    self.fuse_active()
+            self._last_set = wanted
+            return notes
+
+    @property
+    def active(self) -> list[str]:
+        """Adapter names of the LoRAs the last request made active (empty: the base model)."""
+        return [name for name, _ in self._active]
+
+    def _switch(self, active: dict[str, float]) -> None:
+        """Make exactly `active` (adapter name -> weight) apply, in the slot or as adapters."""
+        self._active = tuple(active.items())
+        if self.slot is not None:
+            self._switch_slot(active)
+        elif not active:
+            if self._loaded:
+                self.pipe.disable_lora()
+        else:
             self.pipe.enable_lora()
             self.pipe.set_adapters(list(active), adapter_weights=list(active.values()))
-            return notes
+
+    def _switch_slot(self, active: dict[str, float]) -> None:
+        """The UNet's part goes into the compiled UNet's slot; text encoders are not compiled and switch as usual.
+        pipe.set_adapters would also (de)activate adapters on the UNet, which a compiled UNet must never see."""
+        by_name = {adapter.adapter_name: adapter for adapter in self._loaded.values()}
+        self.slot.write([(by_name[name].slot_lora, weight) for name, weight in active.items()
+                         if by_name[name].slot_lora is not None and by_name[name].slot_lora.factors])
+        lists = self.pipe.get_list_adapters()
+        for component in TEXT_ENCODERS:
+            encoder = getattr(self.pipe, component, None)
+            present = [name for name in active if name in lists.get(component, ())]
+            if encoder is None or component not in lists:
+                continue
+            if present:
+                enable_lora_for_text_encoder(encoder)
+                set_adapters_for_text_encoder(present, encoder, [active[name] for name in present])
+            else:
+                disable_lora_for_text_encoder(encoder)
+
+    def fuse_active(self) -> None:
+        """Fuse the active set into the weights, keeping the base weights of the layers it touches."""
+        with self._lock:
+            if self.slot is not None or not self._active or self._fused_set is not None:
+                return
+            names = {name for name, _ in self._active}
+            for module in self._lora_layers():
+                if names & set(module.lora_A) and module not in self._pristine:
+                    self._pristine[module] = module.get_base_layer().weight.detach().clone()
+            self.pipe.fuse_lora(components=list(self._components()), adapter_names=list(names))
+            self._fused_set = self._last_set
+
+    def unfuse(self) -> None:
+        """Back to the unfused adapters, with the base weights exactly as they were before fusing."""
+        with self._lock:
+            if self._fused_set is None:
+                return
+            self.pipe.unfuse_lora(components=list(self._components()))
+            with torch.no_grad():
+                for module, weight in self._pristine.items():
+                    module.get_base_layer().weight.copy_(weight)
+            self._pristine.clear()
+            self._fused_set = None
+
+    def _lora_layers(self) -> list[BaseTunerLayer]:
+        return [module for component in self._components().values() for module in component.modules()
+                if isinstance(module, BaseTunerLayer) and hasattr(module, "lora_A")]
 
     def available(self) -> list[LoraEntry]:
         """The LoRA folder's files, described from their headers; unreadable files are listed with the reason."""
@@ -179,14 +266,27 @@ class LoraManager:
         plan = plan_adapter(load_file(path), self._components(), header.metadata)
         dtype = self.pipe.unet.dtype
         state = {key: value.to(dtype) for key, value in plan.state_dict.items()}
+        slot_lora = None
         try:
+            if self.slot is not None:
+                slot_lora = self.slot.prepare(state, plan.network_alphas, plan.adapter_metadata)
+                state = {key: value for key, value in state.items() if not key.startswith(UNET_PREFIX)}
             self._load_into_components(state, plan.network_alphas, plan.adapter_metadata, adapter_name)
+        except StudioError:
+            self._forget(adapter_name)
+            raise
         except Exception as error:
             self._forget(adapter_name)
             raise StudioError(f"The LoRA {label!r} could not be applied to this model: {error}") from None
         notes = plan.report(label, sent=state, held=self._held_tensors(adapter_name))
+        if slot_lora is not None and slot_lora.outside:
+            notes.append(
+                f"{label}: {len(slot_lora.outside)} layer(s) outside the transformer blocks are not applied with "
+                f"--compile (for example {', '.join(slot_lora.outside[:3])})."
+            )
         nbytes = sum(value.numel() * value.element_size() for value in state.values())
-        return LoadedAdapter(adapter_name, label, nbytes, notes)
+        nbytes += slot_lora.nbytes if slot_lora is not None else 0
+        return LoadedAdapter(adapter_name, label, nbytes, notes, slot_lora)
 
     def _load_into_components(self, state: dict, alphas: dict | None, adapter_metadata: dict | None, name: str) -> None:
         """diffusers' public per-component loaders: `load_lora_weights` reads kohya alphas only from kohya-named keys

@@ -1,0 +1,159 @@
+"""GPU paths, checked on the CPU: what is switched on for a device, family, size and settings; LoRAs in a compiled
+UNet's slot (same images as adapters, no recompilation on a switch); fused LoRA sets and the exact way back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from embedded.synthetic_loras import kohya_metadata, lora_tensors, write_lora
+from pipelines.acceleration import (
+    FP16_FIX_VAE,
+    SpeedSettings,
+    load_fp16_fix_vae,
+    plan_acceleration,
+    vae_savers,
+    wants_fp16_fix_vae,
+)
+from pipelines.lora.manager import LoraManager
+from pipelines.request import LoraChoice
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_the_cpu_gets_none_of_the_gpu_paths_and_says_why():
+    plan = plan_acceleration("cpu", SpeedSettings(offload=True, compile=True, fuse_loras=True))
+    assert (plan.offload, plan.compile, plan.sdxl_vae) == (False, None, None)
+    assert plan.fuse_loras  # fusing is plain arithmetic: it works anywhere
+    assert any("STUDIO_OFFLOAD" in note for note in plan.notes) and any("STUDIO_COMPILE" in note for note in plan.notes)
+
+
+def test_cuda_compiles_with_torch_compile_and_zerogpu_ahead_of_time():
+    assert plan_acceleration("cuda", SpeedSettings(compile=True)).compile == "jit"
+    zero = plan_acceleration("cuda", SpeedSettings(compile=True, offload=True), zero_gpu=True)
+    assert zero.compile == "aot" and not zero.offload and "ZeroGPU" in zero.notes[0]
+    plain = plan_acceleration("cuda", SpeedSettings())
+    assert (plain.offload, plain.compile, plain.fuse_loras, plain.sdxl_vae) == (False, None, False, FP16_FIX_VAE)
+
+
+def test_offload_wins_over_compile_and_compile_over_fusing():
+    offloaded = plan_acceleration("cuda:0", SpeedSettings(offload=True, compile=True))
+    assert offloaded.offload and offloaded.compile is None and "offload" in offloaded.notes[0]
+    compiled = plan_acceleration("cuda", SpeedSettings(compile=True, fuse_loras=True))
+    assert compiled.compile == "jit" and not compiled.fuse_loras and "slot" in compiled.notes[0]
+
+
+def test_only_sdxl_in_fp16_with_an_upcasting_vae_wants_the_fp16_fix():
+    assert wants_fp16_fix_vae("sdxl", torch.float16, {"force_upcast": True})
+    assert not wants_fp16_fix_vae("sdxl", torch.float16, {"force_upcast": False})  # already a fixed VAE
+    assert not wants_fp16_fix_vae("sdxl", torch.float32, {"force_upcast": True})
+    assert not wants_fp16_fix_vae("sd15", torch.float16, {"force_upcast": True})
+
+
+def test_the_fp16_fix_vae_unreachable_gives_a_plain_message():
+    vae, note = load_fp16_fix_vae("someone/not-cached-vae", "cpu", torch.float32)
+    assert vae is None and "not-cached-vae" in note and "fp32" in note and "STUDIO_SDXL_VAE" in note
+
+
+@pytest.mark.parametrize(
+    ("device", "size", "images", "expected"),
+    [
+        ("cuda", 1024, 1, (False, False)),  # SDXL's native size
+        ("cuda", 1536, 1, (False, False)),
+        ("cuda", 1544, 1, (True, False)),  # above 1.5x the native side: tiles
+        ("cuda", 1024, 2, (False, False)),
+        ("cuda", 1024, 3, (False, True)),  # more than two native images: one at a time
+        ("cpu", 2048, 4, (False, False)),  # never on the CPU: the exact pixels matter more there
+    ],
+)
+def test_vae_tiles_and_slices_only_above_a_size_on_cuda(device, size, images, expected):
+    assert vae_savers(device, size, size, images, resolution=1024) == expected
+
+
+# ------------------------------------------------------------------ LoRAs in a compiled UNet's slot, and fusing
+
+
+@pytest.fixture
+def lora_folder(tiny_sd_dir, tmp_path):
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir)
+    for seed, rank in ((1, 4), (2, 8)):
+        tensors = lora_tensors(pipe, layout="kohya", rank=rank, seed=seed, strength=0.5)
+        # Alphas other than the rank, so each LoRA's scale (alpha / rank) matters.
+        tensors.update({key: torch.tensor(rank / 2.0) for key in tensors if key.endswith(".alpha")})
+        write_lora(tmp_path / f"style{seed}.safetensors", tensors, kohya_metadata())
+    write_lora(tmp_path / "peft.safetensors", lora_tensors(pipe, layout="peft", rank=4, seed=3), kohya_metadata())
+    return tmp_path
+
+
+def fresh_pipe(tiny_sd_dir) -> StableDiffusionPipeline:
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def latents(pipe, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return pipe("a red circle", num_inference_steps=2, generator=generator, output_type="latent").images
+
+
+SETS = [
+    [],
+    [LoraChoice("style1.safetensors", 0.8)],
+    [LoraChoice("style1.safetensors", 0.5), LoraChoice("style2.safetensors", 1.2)],
+    [LoraChoice("peft.safetensors", 1.0)],
+    [],
+]
+
+
+def test_loras_in_the_slot_make_the_images_adapters_make(tiny_sd_dir, lora_folder):
+    eager_pipe, slot_pipe = fresh_pipe(tiny_sd_dir), fresh_pipe(tiny_sd_dir)
+    eager = LoraManager(eager_pipe, "sd15", lora_folder)
+    slotted = LoraManager(slot_pipe, "sd15", lora_folder, slot_rank=16)
+    base = latents(slot_pipe)
+    for choices in SETS:
+        eager.activate(choices)
+        slotted.activate(choices)
+        expected, got = latents(eager_pipe), latents(slot_pipe)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        if not choices:
+            assert torch.equal(got, base)  # the empty slot adds exactly zero
+    assert not slot_pipe.unet.peft_config.keys() - {"studio_slot"}  # LoRAs never became UNet adapters
+
+
+def test_a_lora_switch_in_a_compiled_unet_never_recompiles(tiny_sd_dir, lora_folder):
+    pipe = fresh_pipe(tiny_sd_dir)
+    manager = LoraManager(pipe, "sd15", lora_folder, slot_rank=16)
+    torch._dynamo.reset()
+    pipe.unet.compile(backend="eager")  # dynamo's guards decide recompilation, whichever backend runs the graph
+    manager.activate(SETS[1])
+    latents(pipe)  # compiles once
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for choices in SETS[2:]:
+            manager.activate(choices)
+            latents(pipe)
+    torch._dynamo.reset()
+
+
+def test_the_slot_refuses_loras_wider_than_its_rank(tiny_sd_dir, lora_folder):
+    manager = LoraManager(fresh_pipe(tiny_sd_dir), "sd15", lora_folder, slot_rank=10)
+    manager.activate([LoraChoice("style2.safetensors", 1.0)])  # rank 8 fits
+    with pytest.raises(Exception, match="add up to rank 10"):
+        manager.activate([LoraChoice("style1.safetensors", 1.0), LoraChoice("style2.safetensors", 1.0)])
+
+
+def test_a_set_asked_for_twice_is_fused_and_the_base_comes_back_exactly(tiny_sd_dir, lora_folder):
+    pipe = fresh_pipe(tiny_sd_dir)
+    manager = LoraManager(pipe, "sd15", lora_folder, fuse=True)
+    base = latents(pipe)
+    both = SETS[2]
+    manager.activate(both)
+    unfused = latents(pipe)
+    weights = {name: value.clone() for name, value in pipe.unet.state_dict().items() if "lora_" not in name}
+    manager.activate(both)  # the same set again: fused
+    assert manager._fused_set is not None
+    torch.testing.assert_close(latents(pipe), unfused, rtol=1e-3, atol=1e-4)
+    manager.activate([])
+    assert manager._fused_set is None and torch.equal(latents(pipe), base)
+    restored = {name: value for name, value in pipe.unet.state_dict().items() if "lora_" not in name}
+    assert all(torch.equal(restored[name], weights[name]) for name in weights)

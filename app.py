@@ -30,6 +30,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="torch threads on the CPU (env STUDIO_THREADS; default: by model)")
+    parser.add_argument("--offload", action="store_true",
+                        help="keep each model on the CPU until it runs, for small GPUs (env STUDIO_OFFLOAD)")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the UNet on CUDA; LoRA switches never recompile (env STUDIO_COMPILE)")
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     # No defaults: Gradio then reads GRADIO_SERVER_NAME and GRADIO_SERVER_PORT, which Spaces set (0.0.0.0),
     # and otherwise serves 127.0.0.1:7860; a flag passed to launch() would override them.
@@ -70,8 +74,11 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device,
         threads=args.threads,
         controlnets=controlnet_overrides(args.controlnet),
+        offload=args.offload,
+        compile=args.compile,
     )
     studio, warning = open_studio(settings)
+    warning = " ".join([warning, *studio.notes]).strip()  # say which GPU paths asked for are off, and why
     demo = build_app(studio, warning)
     # One generation at a time per GPU: the LoRA set and scheduler live on shared modules.
     demo.queue(default_concurrency_limit=1, max_size=args.queue_size)

@@ -21,7 +21,7 @@ size and the settings (tested on the CPU); the diffusers and torch calls that sw
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -162,3 +162,29 @@ class Offloader:
         if pipe is not self._hooked:
             pipe.enable_model_cpu_offload(device=self.device)
             self._hooked = pipe
+
+
+class Accelerator:
+    """The serving side of a plan: compiles the UNet once, and before each run installs the offload hooks of the
+    pipeline about to run and sets the VAE's tiling and slicing for the request's size."""
+
+    def __init__(self, plan: Acceleration, device: str, base: DiffusionPipeline, resolution: int) -> None:
+        self.plan = plan
+        self.device = device
+        self.base = base
+        self.resolution = resolution
+        self._offloader = Offloader(device) if plan.offload else None
+
+    def compile(self, lora_active: Callable[[], bool]) -> None:
+        """Compile the UNet as planned; call it after the LoRA slot is in place (the graph includes it)."""
+        if self.plan.compile == "jit":
+            compile_unet(self.base.unet)
+        elif self.plan.compile == "aot":
+            from pipelines.gpu import compile_unet_ahead_of_time
+
+            compile_unet_ahead_of_time(self.base, self.resolution, lora_active)
+
+    def before_run(self, pipe: DiffusionPipeline, width: int, height: int, images: int) -> None:
+        if self._offloader is not None:
+            self._offloader.before_run(pipe)
+        set_vae_savers(self.base.vae, *vae_savers(self.device, width, height, images, self.resolution))

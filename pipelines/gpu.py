@@ -35,3 +35,68 @@ def gpu_seconds(values: Mapping[str, object], images: int = 1) -> int:
 def gpu_task(duration: Callable[..., int]) -> Callable[[Callable], Callable]:
     """`spaces.GPU` with `duration`, called with the task's own arguments."""
     return GPU(duration=duration)
+
+
+# ------------------------------------------------------------------ ahead-of-time compilation on ZeroGPU
+
+# Exporting and compiling an SDXL UNet took several minutes in Hugging Face's published examples; the quota is
+# charged for the time used, not the time declared.
+AOT_COMPILE_SECONDS = 1500
+
+
+def on_zero_gpu() -> bool:
+    """Whether this runs on a ZeroGPU Space (the `spaces` package reads its own variable)."""
+    from spaces.config import Config
+
+    return bool(Config.zero_gpu)
+
+
+class AheadOfTimeForward:
+    """The UNet's forward on ZeroGPU: the ahead-of-time compiled graph for calls shaped like the one it was exported
+    from with no LoRA active, the eager forward otherwise. The exported graph holds its weights as they were at
+    export, so LoRAs (loaded later, into the eager module) and other sizes or inputs (a ControlNet's residuals) run
+    eagerly rather than wrongly."""
+
+    def __init__(self, unet, compiled: Callable, signature: tuple, lora_active: Callable[[], bool]) -> None:
+        self.eager = type(unet).forward.__get__(unet)
+        self.compiled = compiled
+        self.lora_active = lora_active
+        self.signature = signature  # `call_signature` of the exported call
+
+    def fits(self, args: tuple, kwargs: dict) -> bool:
+        return not self.lora_active() and call_signature(args, kwargs) == self.signature
+
+    def __call__(self, *args, **kwargs):
+        return (self.compiled if self.fits(args, kwargs) else self.eager)(*args, **kwargs)
+
+
+def call_signature(args: tuple, kwargs: dict) -> tuple:
+    """Positions and names of the tensor arguments with their shapes, and the names of the other non-None ones."""
+
+    def describe(value: object) -> object:
+        if hasattr(value, "shape"):
+            return tuple(value.shape)
+        if isinstance(value, dict):
+            return tuple(sorted((key, describe(item)) for key, item in value.items()))
+        return type(value).__name__
+
+    named = tuple(sorted((key, describe(value)) for key, value in kwargs.items() if value is not None))
+    return tuple(describe(value) for value in args), named
+
+
+def compile_unet_ahead_of_time(pipe, resolution: int, lora_active: Callable[[], bool]) -> None:
+    """Capture one UNet call of a native-size run, export it, compile it ahead of time on a ZeroGPU worker, and
+    install it as the UNet's forward for calls of that shape (spaces.aoti_capture / aoti_compile)."""
+    import spaces
+    import torch
+
+    @GPU(duration=AOT_COMPILE_SECONDS)
+    def compile_on_gpu():
+        with spaces.aoti_capture(pipe.unet) as call:
+            pipe("", num_inference_steps=1, width=resolution, height=resolution, output_type="latent")
+        exported = torch.export.export(pipe.unet, args=call.args, kwargs=call.kwargs)
+        return spaces.aoti_compile(exported), call_signature(call.args, call.kwargs)
+
+    compiled, signature = compile_on_gpu()
+    # Not spaces.aoti_apply: it empties the module's own parameters, which LoRA requests still run on.
+    pipe.unet.forward = AheadOfTimeForward(pipe.unet, compiled, signature, lora_active)

@@ -22,6 +22,7 @@ from diffusers.loaders.single_file_utils import SingleFileComponentError
 from huggingface_hub.errors import HFValidationError
 from safetensors import SafetensorError, safe_open
 
+from pipelines.acceleration import place
 from pipelines.errors import StudioError
 from pipelines.schedulers import DEFAULT_SCHEDULER
 
@@ -60,11 +61,14 @@ def pick_device(requested: str | None = None) -> tuple[str, torch.dtype]:
     return device, torch.float16 if device.startswith("cuda") else torch.float32
 
 
-def load_base_pipeline(source: str, device: str, dtype: torch.dtype) -> tuple[DiffusionPipeline, ModelInfo]:
+def load_base_pipeline(
+    source: str, device: str, dtype: torch.dtype, offload: bool = False
+) -> tuple[DiffusionPipeline, ModelInfo]:
+    """The base pipeline on `device`; with `offload`, each model stays on the CPU until it runs (small GPUs)."""
     is_single_file = Path(source).suffix.lower() in SINGLE_FILE_SUFFIXES
     pipe = _load_single_file(source, dtype) if is_single_file else _load_pretrained(source, dtype)
     pipe.set_progress_bar_config(disable=True)
-    pipe.to(device)
+    place(pipe, device, offload)
     return pipe, describe_model(pipe, source)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from pipelines.acceleration import FP16_FIX_VAE, SpeedSettings
 from pipelines.errors import StudioError
 from pipelines.lora.manager import DEFAULT_MAX_BYTES
 from pipelines.lora.safety import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UPLOAD_BYTES
@@ -54,6 +55,7 @@ class Settings:
     controlnets: Mapping[str, str] = field(default_factory=dict)  # mode -> ControlNet source, over the defaults
     detectors: DetectorSources = field(default_factory=DetectorSources)
     cache_age_s: int = 3600  # files made per request (images, grids, uploads) are removed after this age
+    speed: SpeedSettings = field(default_factory=SpeedSettings)  # GPU paths: offload, compile, fusing, SDXL's VAE
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -85,6 +87,13 @@ class Settings:
                 depth_model=read.text("STUDIO_DEPTH_MODEL", DEFAULT_DEPTH_MODEL),
             ),
             cache_age_s=read.whole("STUDIO_CACHE_AGE_S", cls.cache_age_s),
+            speed=SpeedSettings(
+                offload=read.flag("STUDIO_OFFLOAD"),
+                compile=read.flag("STUDIO_COMPILE"),
+                fuse_loras=read.flag("STUDIO_FUSE_LORAS"),
+                compile_lora_rank=read.whole("STUDIO_COMPILE_LORA_RANK", SpeedSettings.compile_lora_rank),
+                sdxl_vae=_none_means_off(read.text("STUDIO_SDXL_VAE", FP16_FIX_VAE)),
+            ),
         )
 
     def with_flags(
@@ -95,8 +104,10 @@ class Settings:
         device: str | None = None,
         threads: int | None = None,
         controlnets: Mapping[str, str] | None = None,
+        offload: bool = False,
+        compile: bool = False,
     ) -> Settings:
-        """Flags given on the command line win over the environment."""
+        """Flags given on the command line win over the environment (a switch flag can only turn its path on)."""
         return replace(
             self,
             model=model or self.model,
@@ -104,6 +115,7 @@ class Settings:
             device=device or self.device,
             threads=threads or self.threads,
             controlnets={**self.controlnets, **(controlnets or {})},
+            speed=replace(self.speed, offload=offload or self.speed.offload, compile=compile or self.speed.compile),
         )
 
 
@@ -125,6 +137,18 @@ class _Reader:
         if number < 1:
             raise StudioError(f"The setting {name} must be at least 1, not {number}.")
         return number
+
+    def flag(self, name: str) -> bool:
+        value = self.environ.get(name, "").strip().lower()
+        if value in ("", "0", "false", "no", "off"):
+            return False
+        if value in ("1", "true", "yes", "on"):
+            return True
+        raise StudioError(f"The setting {name} must be 1 or 0 (true or false), not {value!r}.")
+
+
+def _none_means_off(value: str | None) -> str | None:
+    return None if value is not None and value.lower() == "none" else value
 
 
 def _refuse_unsafe_torch_load(environ: Mapping[str, str]) -> None:

@@ -14,8 +14,10 @@ import torch
 from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 from PIL import Image
 
+from pipelines.acceleration import Accelerator, plan_acceleration, use_fp16_fix_vae
 from pipelines.controlnets import ControlNetCache, controlnet_registry
 from pipelines.errors import StudioError
+from pipelines.gpu import on_zero_gpu
 from pipelines.images import prepare_user_image
 from pipelines.loader import display_name, load_base_pipeline, pick_device
 from pipelines.lora import LoraManager
@@ -23,6 +25,7 @@ from pipelines.metadata import format_parameters, tag_with_parameters
 from pipelines.modes import MODES
 from pipelines.parameters import MAX_SEED, Served
 from pipelines.preprocessors import make_control_map
+from pipelines.presets import preset_names
 from pipelines.request import GenerationRequest, GenerationResult
 from pipelines.schedulers import make_scheduler, scheduler_names
 from pipelines.settings import Settings
@@ -38,12 +41,16 @@ class Studio:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.device, self.dtype = pick_device(settings.device)
-        self.base, self.model = load_base_pipeline(settings.model, self.device, self.dtype)
+        # GPU paths (pipelines/acceleration.py); `notes` say what was asked for and is off, for the page.
+        speed = plan_acceleration(self.device, settings.speed, on_zero_gpu())
+        self.base, self.model = load_base_pipeline(settings.model, self.device, self.dtype, offload=speed.offload)
+        vae_note = use_fp16_fix_vae(self.base, speed, self.model.family, self.device, self.dtype)
+        self.notes = [*speed.notes, *([vae_note] if vae_note else [])]
         if self.device == "cpu":
             set_cpu_threads(self.base.unet, settings.threads)
         self._scheduler_config = dict(self.base.scheduler.config)
         registry = controlnet_registry(self.model.family, self.model.controlnets, settings.controlnets)
-        self.controlnets = ControlNetCache(registry, self.device, self.dtype)
+        self.controlnets = ControlNetCache(registry, "cpu" if speed.offload else self.device, self.dtype)
         self.loras = LoraManager(
             self.base,
             self.model.family,
@@ -51,7 +58,11 @@ class Studio:
             max_bytes=settings.loras.cache_bytes,
             max_file_bytes=settings.loras.file_bytes,
             max_upload_bytes=settings.loras.upload_bytes,
+            slot_rank=speed.compile_lora_rank if speed.compile == "jit" else None,
+            fuse=speed.fuse_loras,
         )
+        self.accelerator = Accelerator(speed, self.device, self.base, self.model.resolution)
+        self.accelerator.compile(lora_active=lambda: bool(self.loras.active))  # after the LoRA slot is in place
         self._mode_pipes: dict[str, DiffusionPipeline] = {"text": self.base}
         # One generation at a time: LoRA weights and the scheduler live on the shared modules.
         self._lock = threading.Lock()
@@ -79,6 +90,8 @@ class Studio:
             default_guidance=model.default_guidance,
             default_scheduler=model.default_scheduler,
             schedulers=tuple(scheduler_names()),
+            family=model.family,
+            presets=preset_names(model.family),
             modes=tuple(MODES),
             detectors=self.settings.detectors,
         )
@@ -118,6 +131,8 @@ class Studio:
             notes += self._prompt_notes(request)
             pipe.scheduler = make_scheduler(request.scheduler, self._scheduler_config)
             on_step_end = with_step_hook(_step_callback(progress, should_stop, request.steps), pipe, on_step)
+            batch_size = min(len(seeds), self.settings.limits.max_images)
+            self.accelerator.before_run(pipe, request.width, request.height, batch_size)
             images = [
                 image
                 for batch in _batches(seeds, self.settings.limits.max_images)

@@ -157,3 +157,34 @@ def test_a_set_asked_for_twice_is_fused_and_the_base_comes_back_exactly(tiny_sd_
     assert manager._fused_set is None and torch.equal(latents(pipe), base)
     restored = {name: value for name, value in pipe.unet.state_dict().items() if "lora_" not in name}
     assert all(torch.equal(restored[name], weights[name]) for name in weights)
+
+
+def test_switches_read_from_the_environment_and_flags_turn_them_on():
+    from pipelines.errors import StudioError
+    from pipelines.settings import Settings
+
+    speed = Settings.from_env({"STUDIO_COMPILE": "1", "STUDIO_SDXL_VAE": "none", "STUDIO_FUSE_LORAS": "true"}).speed
+    assert (speed.compile, speed.fuse_loras, speed.offload, speed.sdxl_vae) == (True, True, False, None)
+    assert Settings.from_env({}).with_flags(offload=True).speed.offload
+    with pytest.raises(StudioError, match="STUDIO_OFFLOAD must be 1 or 0"):
+        Settings.from_env({"STUDIO_OFFLOAD": "maybe"})
+
+
+def test_zerogpu_runs_the_ahead_of_time_graph_only_for_the_call_it_was_exported_from(tiny_sd_dir):
+    from pipelines.gpu import AheadOfTimeForward, call_signature
+
+    unet = fresh_pipe(tiny_sd_dir).unet
+    sample, states = torch.zeros(2, 4, 16, 16), torch.zeros(2, 77, 32)
+    exported = ((sample, 5), {"encoder_hidden_states": states, "return_dict": False})
+    lora = {"active": False}
+    forward = AheadOfTimeForward(unet, lambda *a, **k: "compiled", call_signature(*exported), lambda: lora["active"])
+    unet.forward = forward
+    assert unet(sample, 5, encoder_hidden_states=states, return_dict=False) == "compiled"
+    assert unet(sample, 7, encoder_hidden_states=states, return_dict=False, cross_attention_kwargs=None) == "compiled"
+    other_size = torch.zeros(2, 4, 8, 8)
+    assert unet(other_size, 5, encoder_hidden_states=states, return_dict=False)[0].shape == other_size.shape
+    residuals = [torch.zeros(2, 32, 16, 16)]
+    assert forward.fits(exported[0], exported[1]) and not forward.fits(
+        exported[0], {**exported[1], "down_block_additional_residuals": residuals})
+    lora["active"] = True  # the exported graph holds the base weights only
+    assert unet(sample, 5, encoder_hidden_states=states, return_dict=False)[0].shape == sample.shape

@@ -38,10 +38,11 @@ class Mode:
         """The endpoint's parameters, in the order the API lists them."""
         if self.own_parameters:
             return self.own_parameters
+        # The preset comes last, so adding it left every earlier parameter's position for positional API callers.
         if not self.is_controlled:
-            return (*PROMPTING, *SAMPLING)
+            return (*PROMPTING, *SAMPLING, "preset")
         options = dict.fromkeys(option for name in self.preprocessors for option in PREPROCESSORS[name].options)
-        return ("image", *PROMPTING, "preprocessor", *options, *SAMPLING, *CONTROL)
+        return ("image", *PROMPTING, "preprocessor", *options, *SAMPLING, *CONTROL, "preset")
 
 
 MODES: Mapping[str, Mode] = {

@@ -63,6 +63,8 @@ class Served:
     default_guidance: float
     default_scheduler: str
     schedulers: tuple[str, ...]
+    family: str = ""
+    presets: tuple[str, ...] = ("none",)  # "none", then the family's few-step presets (pipelines/presets.py)
     modes: tuple[str, ...] = ()
     preprocessors: tuple[str, ...] = ()  # the mode's own; the first is its default
     unavailable_preprocessors: tuple[str, ...] = ()  # their weights are not on this machine
@@ -121,6 +123,8 @@ _PARAMETERS = (
           high=Ref("max_side"), step=Ref("size_multiple"), unit="px", multiple_of=Ref("size_multiple")),
     Param("height", "whole", "Height", "image height", default=Ref("resolution"), low=Ref("size_multiple"),
           high=Ref("max_side"), step=Ref("size_multiple"), unit="px", multiple_of=Ref("size_multiple")),
+    Param("preset", "choice", "Few-step preset", "a published few-step recipe for this model; sets the scheduler, "
+          "steps and guidance and adds its LoRA, over the values given", default="none", choices=Ref("presets")),
     Param("num_images", "whole", "Number of images", "images per run, seeds counting up from the seed",
           default=1, low=1, high=Ref("max_images"), step=1),
     Param("controlnet_scale", "number", "ControlNet conditioning scale", "how strongly the control map steers",

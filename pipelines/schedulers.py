@@ -9,6 +9,7 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     LCMScheduler,
+    TCDScheduler,
     UniPCMultistepScheduler,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -28,6 +29,10 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
     "DDPM": (DDPMScheduler, _NO_CLIP),
     "UniPC": (UniPCMultistepScheduler, {}),
     "LCM": (LCMScheduler, _NO_CLIP),
+    "TCD": (TCDScheduler, _NO_CLIP),
+    # Timesteps that end at the last training step, as few-step LoRAs (SDXL-Lightning) are trained with; the
+    # name is AUTOMATIC1111's schedule type for it.
+    "Euler SGM Uniform": (EulerDiscreteScheduler, {"timestep_spacing": "trailing"}),
 }
 
 # What most web UIs default to; a model folder's studio.json may name its own.

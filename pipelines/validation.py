@@ -20,6 +20,7 @@ from pipelines.errors import StudioError
 from pipelines.modes import MODES, Mode
 from pipelines.parameters import MAX_LORA_WEIGHT, MAX_SEED, PARAMETERS, Param, Served, bind, number_text
 from pipelines.preprocessors import available_preprocessors
+from pipelines.presets import NO_PRESET, apply_preset, preset_named
 from pipelines.request import GenerationRequest, GridRequest, LoraChoice
 
 MAX_GRID_VALUES = 8  # weights or seeds in one grid
@@ -32,6 +33,8 @@ def validate_request(request: GenerationRequest, served: Served) -> tuple[Genera
     served = for_mode(served, mode)
     values = {name: clean(bind(PARAMETERS[name], served), getattr(request, name), notes) for name in mode.parameters}
     check_inputs(mode, values)
+    if values.get("preset", NO_PRESET) != NO_PRESET:
+        notes += apply_preset(values, preset_named(served.family, values["preset"]))
     if values["randomize_seed"]:
         values["seed"] = random.randint(0, MAX_SEED)
     values["randomize_seed"] = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("--control-count", type=int, default=12, help="control maps per mode")
     parser.add_argument("--guidance", type=float, nargs="*", default=[], help="extra guidance scales to score")
     parser.add_argument("--validation", action="store_true", help="score the validation prompts (text, LoRAs)")
+    parser.add_argument("--steps", type=int, nargs="*", default=[], help="score text at these step counts instead")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("EMBEDDED_THREADS", "2")))
     studio = evaluation.load(args.models)
@@ -33,6 +35,9 @@ def main() -> None:
     print(f"model: {args.models / 'embedded'} (default guidance {default}, {evaluation.STEPS} steps, "
           f"{world.RESOLUTION}x{world.RESOLUTION})")
     scenes = evaluation.validation_prompts(2 * args.count) if args.validation else evaluation.text_prompts(args.count)
+    if args.steps:
+        print_step_scores(studio, args.steps, scenes)
+        return
     text = print_text_scores(studio, sorted({default, 1.0, 7.5, *args.guidance}), scenes)
     print(f"guidance 7.5 beats 1.0 on colour: {evaluation.colour_beats(text[7.5], text[1.0])}")
     if args.validation:
@@ -64,6 +69,15 @@ def print_text_scores(studio: Studio, guidance_scales: list[float], scenes: list
               f"{scores['colour_error']:.1f} RGB), shape {scores['shape']:.0%} (floor 80%), held-out pairs colour "
               f"{scores['held_out_colour']:.0%}, n={scores['count']}")
     return text
+
+
+def print_step_scores(studio: Studio, step_counts: list[int], scenes: list[world.Scene]) -> None:
+    """Text scores at the default guidance for each step count (how few steps the model's quality survives)."""
+    for steps in step_counts:
+        requests = [replace(evaluation.request(scene), steps=steps) for scene in scenes]
+        scores = evaluation.score_text_images(evaluation.generate(studio, requests), scenes)
+        print(f"text  {steps:>3} steps: colour {scores['colour']:.0%} (mean error {scores['colour_error']:.1f} RGB), "
+              f"shape {scores['shape']:.0%}, n={scores['count']}")
 
 
 def print_lora_scores(studio: Studio, scenes: list[world.Scene] | None = None) -> None:

@@ -101,6 +101,16 @@ def test_text_follows_colour_and_shape(default_text_scores):
     assert default_text_scores["shape"] >= floor("shape")
 
 
+def test_the_fast_preset_keeps_the_text_scores_in_fewer_steps(studio, default_text_scores):
+    scenes = evaluation.text_prompts()
+    fast = [replace(evaluation.request(scene), preset="Fast") for scene in scenes]
+    checked = studio.generate(fast[0])
+    assert checked.request.steps == 8 < evaluation.STEPS
+    scores = evaluation.score_text_images(evaluation.generate(studio, fast), scenes)
+    assert scores["colour"] >= default_text_scores["colour"] - 1 / len(scenes)
+    assert scores["shape"] >= default_text_scores["shape"] - 2 / len(scenes)
+
+
 def test_guidance_above_1_improves_colour(default_text_scores, unguided_text_scores):
     """CFG wiring: guidance 1.0 (no guidance) is measurably worse than the model's default."""
     assert evaluation.colour_beats(default_text_scores, unguided_text_scores)

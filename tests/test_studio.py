@@ -16,6 +16,7 @@ from pipelines.request import GenerationRequest
 from pipelines.schedulers import scheduler_names
 from pipelines.settings import Settings
 from pipelines.studio import Studio
+from pipelines.validation import validate_request
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -124,6 +125,19 @@ def test_a_list_of_seeds_runs_in_batches_no_larger_than_the_image_limit(tiny_stu
     assert [parse_parameters(text)["Seed"] for text in result.parameters] == [str(seed) for seed in seeds]
     alone = tiny_studio.generate(GenerationRequest(**{**FAST, "seed": 99}))
     assert np.abs(pixels(result.images[2]).astype(int) - pixels(alone.images[0])).max() <= 1
+
+
+def test_a_few_step_preset_sets_its_recipe_and_says_plainly_when_its_lora_is_not_here(tiny_studio):
+    checked, notes = validate_request(GenerationRequest(**FAST, preset="LCM-LoRA"), tiny_studio.served)
+    assert (checked.scheduler, checked.steps, checked.guidance_scale) == ("LCM", 4, 1.0)
+    assert [choice.name for choice in checked.loras] == [
+        "hub:latent-consistency/lcm-lora-sdv1-5/pytorch_lora_weights.safetensors"
+    ]
+    assert "Preset LCM-LoRA: 4 steps of LCM" in notes[0]
+    with pytest.raises(StudioError, match="not in the local cache and the Hub cannot be reached"):
+        tiny_studio.generate(GenerationRequest(**FAST, preset="TCD"))
+    with pytest.raises(StudioError, match="Few-step preset"):
+        validate_request(GenerationRequest(**FAST, preset="Fast"), tiny_studio.served)  # the embedded model's
 
 
 def test_random_seed_is_resolved_and_reported(tiny_studio):

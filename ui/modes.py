@@ -17,6 +17,7 @@ from pipelines.lora.triggers import add_trigger_words
 from pipelines.modes import SAMPLING, Mode
 from pipelines.parameters import PARAMETERS, Param, bind
 from pipelines.preprocessors import PREPROCESSORS
+from pipelines.presets import Preset, apply_preset, is_cached, presets_for
 from pipelines.request import GenerationRequest, GenerationResult
 from pipelines.studio import Studio
 from pipelines.validation import for_mode
@@ -48,6 +49,7 @@ def build_mode_tab(studio: Studio, mode: Mode) -> dict[str, gr.components.Compon
         with gr.Row():
             with gr.Column(scale=1):
                 fields = _input_fields(studio, mode, params, served.unavailable_preprocessors)
+                _preset_buttons(studio, params, fields)
                 with gr.Row():
                     run = gr.Button("Generate", variant="primary", scale=3)
                     stop = gr.Button("Stop", variant="stop", scale=1)
@@ -108,6 +110,8 @@ def _input_fields(
         by_group[group].append(param)
     fields: dict[str, gr.components.Component] = {}
     for param in by_group["main"]:
+        if param.name == "preset":
+            continue  # a row of buttons instead (_preset_buttons)
         fields[param.name] = component_for(param, **LOOKS.get(param.name, {}))
         if param.name == "image":
             gr.Markdown(mode.hint)
@@ -142,6 +146,37 @@ def _preprocessing_fields(fields: dict, params: list[Param], unavailable: tuple[
         api_visibility="private",
         queue=False,
     )
+
+
+def _preset_buttons(studio: Studio, params: list[Param], fields: dict[str, gr.components.Component]) -> None:
+    """One button per few-step preset, filling in its sampler, steps, guidance and LoRA for the person to see.
+
+    The request's own `preset` field (for API callers) stays "none" on the page: the filled-in values are sent.
+    """
+    fields["preset"] = component_for(next(param for param in params if param.name == "preset"), visible=False)
+    presets = presets_for(studio.model.family)
+    if not presets:
+        return
+    with gr.Row():
+        gr.Markdown("Few-step presets:")
+        for preset in presets:
+            label = preset.label if is_cached(preset) else f"{preset.label} (its LoRA needs the Hub)"
+            button = gr.Button(label, size="sm", variant="secondary")
+            button.click(
+                partial(preset_values, preset),
+                inputs=[fields["loras"], fields["guidance_scale"]],
+                outputs=[fields["steps"], fields["guidance_scale"], fields["scheduler"], fields["loras"]],
+                api_visibility="private",
+                queue=False,
+            )
+
+
+def preset_values(preset: Preset, loras: str, guidance: float) -> tuple[int, float, str, str]:
+    """What the preset's button puts in the steps, guidance, scheduler and LoRA fields."""
+    values = {"loras": (), "guidance_scale": guidance}
+    apply_preset(values, preset)
+    added = [f"{choice.name}:{choice.weight:g}" for choice in values["loras"] if choice.name not in loras]
+    return values["steps"], values["guidance_scale"], values["scheduler"], ", ".join(filter(None, [loras, *added]))
 
 
 def _size_looks(studio: Studio, param: Param) -> dict:

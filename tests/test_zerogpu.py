@@ -7,6 +7,7 @@ duration from the call's own arguments; the generating handlers must give exactl
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import io
 import multiprocessing
 import os
@@ -31,29 +32,42 @@ workers: set[int] = set()
 
 
 def forked_gpu(duration):
+    """A generator task (the mode tabs stream previews) streams its items back from the child, as ZeroGPU does."""
+
     def decorate(task):
         def in_a_forked_child(*args, **kwargs):
             declared.append(duration(*args, **kwargs))
             receive, send = multiprocessing.Pipe(duplex=False)
             child = multiprocessing.get_context("fork").Process(target=_run, args=(task, args, kwargs, send))
             child.start()
-            outcome = receive.recv()
+            outcomes = []
+            while not isinstance(outcome := receive.recv(), _Finished):
+                outcomes.append(outcome)
             child.join()
             workers.add(child.pid)
-            if isinstance(outcome, BaseException):
-                raise outcome
-            return outcome
+            if outcomes and isinstance(outcomes[-1], BaseException):
+                raise outcomes[-1]
+            return (item for item in outcomes) if inspect.isgeneratorfunction(task) else outcomes[0]
 
         return in_a_forked_child
 
     return decorate
 
 
+class _Finished:
+    pass
+
+
 def _run(task, args, kwargs, send) -> None:
     try:
-        send.send(task(*args, **kwargs))
+        if inspect.isgeneratorfunction(task):
+            for item in task(*args, **kwargs):
+                send.send(item)
+        else:
+            send.send(task(*args, **kwargs))
     except BaseException as error:  # noqa: BLE001 - handed to the parent, as ZeroGPU does
         send.send(error)
+    send.send(_Finished())
 
 
 def in_process_gpu(duration):
@@ -90,7 +104,8 @@ def call(handler, params, uploads=None, **given):
     values = [given.get(param.name, param.default) for param in params]
     if uploads is not None:
         values.append(uploads)
-    return handler(*values, None, None)  # no session, no progress bar
+    outcome = handler(*values, None, None)  # no session, no progress bar
+    return list(outcome)[-1] if inspect.isgenerator(outcome) else outcome  # the last yield is the result
 
 
 def test_generating_handlers_give_the_same_results_in_a_forked_worker(studio, monkeypatch, tmp_path):

@@ -6,7 +6,7 @@ A tab is made from its mode's declaration (`pipelines/modes.py`) and the paramet
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -18,17 +18,20 @@ from pipelines.modes import SAMPLING, Mode
 from pipelines.parameters import PARAMETERS, Param, bind
 from pipelines.preprocessors import PREPROCESSORS
 from pipelines.presets import Preset, apply_preset, is_cached, presets_for
+from pipelines.previews import Preview, Previewer
 from pipelines.request import GenerationRequest, GenerationResult
 from pipelines.studio import Studio
 from pipelines.validation import for_mode
 from ui.errors import shown_to_person
 from ui.examples import example_columns, mode_examples
 from ui.fields import component_for, with_signature
+from ui.live import Progress, live
 from ui.stop import request_stop, session_flag
 
 # Every generating event joins one queue, so one generation runs at a time per GPU whatever the tab.
 GPU_QUEUE = "gpu"
 RESULT_HEIGHT = 400
+RESULTS_LABEL = "Images"
 PREPROCESSING = ("detect_resolution", "low_threshold", "high_threshold", "include_hands", "include_face")
 # How the tab shows some fields. A component's first value is also the API's default, so every field starts at its
 # declared default (an API caller's seed=7 means seed 7); see `ui/app.py` for what the page then changes.
@@ -58,7 +61,7 @@ def build_mode_tab(studio: Studio, mode: Mode) -> dict[str, gr.components.Compon
                 # the control map at the same scale, or in text mode the run's seed and parameters.
                 with gr.Row(equal_height=True):
                     gallery = gr.Gallery(
-                        label="Images", format="png", columns=1, object_fit="contain", height=RESULT_HEIGHT,
+                        label=RESULTS_LABEL, format="png", columns=1, object_fit="contain", height=RESULT_HEIGHT,
                         elem_classes="pixelated", scale=1,
                     )
                     control_map = gr.Image(
@@ -84,8 +87,14 @@ def build_mode_tab(studio: Studio, mode: Mode) -> dict[str, gr.components.Compon
             api_description=f"{mode.title} mode: {mode.hint}",
             concurrency_id=GPU_QUEUE,
         )
+        # While a run goes on the gallery shows previews under a "Preview, step n/N" label; the result, or a Stop
+        # (which also clears a stopped run's previews), gives it back its own label.
+        private = dict(queue=False, api_visibility="private")
+        generating.then(lambda: gr.update(label=RESULTS_LABEL), None, gallery, **private)
         # Queued, so that its message reaches the page (Gradio sends messages over the queue's stream).
-        stop.click(request_stop, None, None, cancels=[generating], api_visibility="private")
+        stop.click(request_stop, None, None, cancels=[generating], api_visibility="private").then(
+            lambda: gr.update(value=None, label=RESULTS_LABEL), None, gallery, **private
+        )
     return fields
 
 
@@ -230,19 +239,31 @@ def mode_handler(studio: Studio, mode: Mode, params: list[Param]) -> Callable:
     def handler(*args):
         *values, request, progress = args
         generation = GenerationRequest(mode=mode.name, **dict(zip(names, values, strict=True)))
-        return run_request(studio, generation, progress, should_stop=session_flag(request).is_set)
+        yield from run_request(studio, generation, progress, should_stop=session_flag(request).is_set)
 
     return with_signature(handler, params, mode.endpoint)
 
 
-def run_request(studio: Studio, request: GenerationRequest, progress=None, should_stop=None) -> tuple:
-    def report(step: int, total: int) -> None:
-        if progress is not None:
-            progress(step / total, desc=f"Denoising step {step}/{total}")
+def run_request(studio: Studio, request: GenerationRequest, progress=None, should_stop=None) -> Iterator[tuple]:
+    """Yields a preview into the gallery every few steps while the run goes on, then the result's outputs."""
+
+    def work(send: Callable, stop: Callable[[], bool]) -> GenerationResult:
+        return studio.generate(
+            request,
+            progress=lambda done, total: send(Progress(done, total)),
+            should_stop=stop,
+            on_step=Previewer(studio.model.family, send),
+        )
 
     with shown_to_person():
-        result = studio.generate(request, progress=report, should_stop=should_stop)
-    return _outputs(result)
+        for item in live(work, should_stop):
+            if isinstance(item, Progress):
+                item.show(progress)
+            elif isinstance(item, Preview):
+                # An update, not a component: on ZeroGPU every yield is pickled back from the GPU worker.
+                yield gr.update(value=item.images, label=item.caption), gr.skip(), gr.skip(), gr.skip()
+            else:
+                yield _outputs(item.result)
 
 
 def _outputs(result: GenerationResult) -> tuple:

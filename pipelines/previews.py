@@ -1,0 +1,98 @@
+"""Pictures of latents: the VAE's exact decode, and cheap live previews while a run goes on.
+
+A preview shows the model's current estimate of the clean image (x0) where the step gives one, which reads far
+better than the noisy sample itself. It is decoded cheaply: by a linear latent-to-RGB map for Stable Diffusion's
+VAEs (a 3x4 matrix per pixel instead of a decoder pass), by the model's own VAE where that is small (the embedded
+model decodes 16x16 latents in milliseconds). Previews are taken only while their time stays within a share of
+the run's, whatever the machine, and they only read the latents, so the final image is the same without them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+
+from pipelines.steps import DenoisingStep
+
+# At most this share of a run's time goes to previews; the rest of the run is the same as without them.
+PREVIEW_SHARE = 0.05
+# Linear maps from a latent pixel to RGB in [-1, 1] (rows: latent channels; ComfyUI's latent_formats.py, fitted
+# on each family's VAE). SD 2.x shares SD 1.x's VAE.
+_SD_RGB = (
+    (0.3512, 0.2297, 0.3227), (0.3250, 0.4974, 0.2350), (-0.2829, 0.1762, 0.2721), (-0.2120, -0.2616, -0.7177),
+)
+_SDXL_RGB = (
+    (0.3651, 0.4232, 0.4341), (-0.2533, -0.0042, 0.1068), (0.1076, 0.1111, -0.0362), (-0.3165, -0.2492, -0.2188),
+)
+LATENT_RGB: dict[str, tuple[tuple, tuple]] = {
+    "sd15": (_SD_RGB, (0.0, 0.0, 0.0)),
+    "sd2": (_SD_RGB, (0.0, 0.0, 0.0)),
+    "sdxl": (_SDXL_RGB, (0.1084, -0.0175, -0.0011)),
+}
+
+
+
+@dataclass(frozen=True)
+class Preview:
+    images: list[Image.Image]  # one per image of the run
+    step: int
+    total: int
+
+    @property
+    def caption(self) -> str:
+        return f"Preview, step {self.step}/{self.total}"
+
+
+@torch.no_grad()
+def decode_latents(pipe: DiffusionPipeline, latents: torch.Tensor) -> list[Image.Image]:
+    """The pictures `latents` decode to, exactly as the pipeline decodes its final latents."""
+    vae = pipe.vae
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)  # SDXL's VAE overflows in fp16
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+    return pipe.image_processor.postprocess(decoded, output_type="pil", do_denormalize=[True] * len(decoded))
+
+
+def preview_images(pipe: DiffusionPipeline, latents: torch.Tensor, family: str) -> list[Image.Image]:
+    """A cheap picture of each latent: the linear map where the family has one, else the VAE."""
+    if family in LATENT_RGB and latents.shape[1] == len(LATENT_RGB[family][0]):
+        factors, bias = (torch.tensor(values, dtype=torch.float32) for values in LATENT_RGB[family])
+        rgb = torch.einsum("bchw,cr->bhwr", latents.detach().float().cpu(), factors) + bias
+        pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        return [Image.fromarray(np.ascontiguousarray(image)) for image in pixels]
+    return decode_latents(pipe, latents)
+
+
+class Previewer:
+    """A step hook that sends a preview every few steps, as often as `share` of the run's time allows.
+
+    Before each step's preview it compares the time previews took so far with the run's time so far; the last
+    step gets none, since the image itself comes next.
+    """
+
+    def __init__(self, family: str, send: Callable[[Preview], None], share: float = PREVIEW_SHARE,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.family, self.send, self.share, self.clock = family, send, share, clock
+        self.started = clock()
+        self.spent = 0.0
+        self.count = 0
+
+    def __call__(self, step: DenoisingStep) -> None:
+        now = self.clock()
+        if step.index >= step.total or self.spent > self.share * (now - self.started):
+            return
+        latents = step.predicted_x0 if step.predicted_x0 is not None else step.latents
+        self.send(Preview(preview_images(step.pipe, latents, self.family), step.index, step.total))
+        self.spent += self.clock() - now
+        self.count += 1

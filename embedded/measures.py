@@ -8,45 +8,25 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from embedded.world import BODY_LIMBS, COLOURS
+from embedded.world import BODY_LIMBS
+
+# The colour measures live with the app's Explore tab, which shows them and cannot import embedded/.
+from pipelines.explore.figures import (  # noqa: F401 - measures.* is where training and tests read them
+    MAX_RGB_DISTANCE,
+    PALETTE,
+    PALETTE_NAMES,
+    background_colour,
+    chroma,
+    colour_error,
+    fill_holes,
+    nearest_colour,
+    object_colour,
+    object_mask,
+    object_rgb,
+)
 
 MAX_FIGURE_SHARE = 0.35
-MAX_RGB_DISTANCE = float(np.sqrt(3) * 255)
-_PALETTE_NAMES = list(COLOURS)
-_PALETTE = np.array([COLOURS[name] for name in _PALETTE_NAMES], np.float32)
 
-
-def nearest_colour(rgb) -> str:
-    """The palette colour nearest to an RGB triple (shading keeps objects nearest their own colour)."""
-    distances = np.linalg.norm(_PALETTE - np.asarray(rgb, np.float32), axis=-1)
-    return _PALETTE_NAMES[int(np.argmin(distances))]
-
-
-def background_colour(image: np.ndarray) -> np.ndarray:
-    """Median colour of the image's border, where the synthetic world never puts the object."""
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.float32)
-    return np.median(border, axis=0)
-
-
-def object_mask(image: np.ndarray, threshold: float = 60.0) -> np.ndarray:
-    """The foreground: largest blob of pixels far from the background colour, holes filled.
-
-    A first cut at `threshold` finds the object; the final cut is halfway between the background and the
-    object's own colour, so anti-aliased rims count as they would at pixel coverage one half.
-    """
-    distance = np.linalg.norm(image.astype(np.float32) - background_colour(image), axis=-1)
-    core = _largest_blob(distance > threshold)
-    if core.sum() >= 4:
-        threshold = 0.5 * float(np.percentile(distance[core], 25))
-    return fill_holes(_largest_blob(distance > threshold))
-
-
-def _largest_blob(mask: np.ndarray) -> np.ndarray:
-    mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)))
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    if count <= 1:
-        return np.zeros(mask.shape, bool)
-    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
 def figure_mask(image: np.ndarray, threshold: float = 60.0) -> np.ndarray:
@@ -58,34 +38,6 @@ def figure_mask(image: np.ndarray, threshold: float = 60.0) -> np.ndarray:
     distance = np.linalg.norm(image.astype(np.float32) - background_colour(image), axis=-1)
     mask = distance > threshold
     return mask if mask.mean() < MAX_FIGURE_SHARE else np.zeros(mask.shape, bool)
-
-
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    filled = np.zeros(mask.shape, np.uint8)
-    cv2.drawContours(filled, contours, -1, 1, thickness=-1)
-    return filled.astype(bool)
-
-
-def object_rgb(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray | None:
-    """Median RGB of the object's inner pixels (its rim blends with the background), or None if no object."""
-    mask = object_mask(image) if mask is None else mask
-    inner = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    pixels = image[inner if inner.sum() >= 4 else mask]
-    return np.median(pixels.astype(np.float32), axis=0) if len(pixels) else None
-
-
-def object_colour(image: np.ndarray, mask: np.ndarray | None = None) -> str:
-    """Name of the object's colour: the palette colour nearest the median of its inner pixels."""
-    rgb = object_rgb(image, mask)
-    return "none" if rgb is None else nearest_colour(rgb)
-
-
-def colour_error(image: np.ndarray, colour: str, mask: np.ndarray | None = None) -> float:
-    """Distance (0..441, RGB) from the object's colour to the named palette colour; no object counts as the
-    largest distance. Finer than right/wrong: it still tells two models apart when both name every colour."""
-    rgb = object_rgb(image, mask)
-    return MAX_RGB_DISTANCE if rgb is None else float(np.linalg.norm(rgb - _PALETTE[_PALETTE_NAMES.index(colour)]))
 
 
 def shape_of(mask: np.ndarray) -> str:
@@ -142,16 +94,10 @@ def limb_coverage(mask: np.ndarray, keypoints: np.ndarray, samples: int = 9, nee
 def colour_share(image: np.ndarray, colour: str, max_distance: float = 90.0) -> float:
     """Share of the image's pixels whose nearest palette colour is `colour` (and near enough to it)."""
     pixels = image.reshape(-1, 3).astype(np.float32)
-    distances = np.linalg.norm(pixels[:, None, :] - _PALETTE[None], axis=-1)
+    distances = np.linalg.norm(pixels[:, None, :] - PALETTE[None], axis=-1)
     nearest = np.argmin(distances, axis=1)
-    index = _PALETTE_NAMES.index(colour)
+    index = PALETTE_NAMES.index(colour)
     return float(((nearest == index) & (distances[:, index] < max_distance)).mean())
-
-
-def chroma(image: np.ndarray) -> float:
-    """Mean colourfulness (max - min channel, 0..1): the greyscale style drives it toward 0."""
-    pixels = image.astype(np.float32)
-    return float((pixels.max(axis=-1) - pixels.min(axis=-1)).mean() / 255)
 
 
 def stripe_energy(image: np.ndarray) -> float:

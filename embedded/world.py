@@ -12,21 +12,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from pipelines.explore.figures import COLOURS, SHAPES  # the palette and shape words the app measures with
+
 RESOLUTION = 64
 SUPERSAMPLE = 4
 POSE_CANVAS = 512  # OpenPose maps are drawn at the detector's resolution, then resized like any control image
 
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30),
-    "orange": (245, 135, 20),
-    "yellow": (240, 220, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 70, 220),
-    "purple": (140, 50, 190),
-    "white": (240, 240, 240),
-    "black": (25, 25, 25),
-}
-SHAPES = ("circle", "square", "triangle")
 # Colour-shape pairs never shown in training: the text measure checks the model composes words.
 HELD_OUT_PAIRS = frozenset({("red", "triangle"), ("blue", "circle"), ("yellow", "square")})
 # The embedded family's ControlNets. Their order fixes the training and evaluation seeds of each mode.

@@ -17,6 +17,11 @@ SAMPLING = (
     "seed", "randomize_seed", "steps", "guidance_scale", "scheduler", "width", "height", "num_images",
 )
 CONTROL = ("controlnet_scale", "control_start", "control_end")
+# What img2img and inpainting take before the prompt's sampling settings: the image, and how much of it to redo.
+EDITING = {
+    "img2img": ("image", *PROMPTING, "strength"),
+    "inpaint": ("image", "mask", *PROMPTING, "strength", "mask_blur", "masked_content"),
+}
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,12 @@ class Mode:
     preprocessors: tuple[str, ...] = ()  # the first whose weights are here is the default
     controlnets: Mapping[str, str] = field(default_factory=dict)  # family -> ControlNet hub id
     own_parameters: tuple[str, ...] = ()  # for an endpoint that is not a generation mode (the LoRA grid)
+    edits: str = ""  # "img2img" or "inpaint": the mode starts from the request's image instead of noise
+    image_label: str = "Control image"
+
+    @property
+    def starts_from_image(self) -> bool:
+        return bool(self.edits)
 
     @property
     def is_controlled(self) -> bool:
@@ -38,6 +49,8 @@ class Mode:
         """The endpoint's parameters, in the order the API lists them."""
         if self.own_parameters:
             return self.own_parameters
+        if self.edits:
+            return (*EDITING[self.edits], *SAMPLING, "preset")
         # The preset comes last, so adding it left every earlier parameter's position for positional API callers.
         if not self.is_controlled:
             return (*PROMPTING, *SAMPLING, "preset")
@@ -79,6 +92,18 @@ MODES: Mapping[str, Mode] = {
                 "sdxl": "diffusers/controlnet-depth-sdxl-1.0",
             },
         ),
+        Mode(
+            "img2img", "Image to image", "img2img",
+            "A picture to start from: strength 0 keeps it, 1 ignores it; in between its layout stays and the prompt "
+            "redraws the rest.",
+            edits="img2img", image_label="Start image",
+        ),
+        Mode(
+            "inpaint", "Inpaint", "inpaint",
+            "A picture and a mask: white is repainted from the prompt, black is kept pixel for pixel. Paint the mask "
+            "on the picture, or upload one.",
+            edits="inpaint", image_label="Image to repaint",
+        ),
     )
 }
 CONTROL_MODES = tuple(name for name, mode in MODES.items() if mode.is_controlled)
@@ -92,3 +117,27 @@ LORA_GRID = Mode(
         "add_triggers", "together", "add_together",
     ),
 )
+
+# The Explore tab (pipelines/explore/): every image is a text-mode generation, as the Text tab makes it.
+DENOISE_TIMELINE = Mode(
+    "denoise_timeline", "Denoising timeline", "denoise_timeline",
+    "Watch one text-mode run denoise: every k-th step's current latent, decoded, beside the model's predicted clean "
+    "image (x0); the last frame is the image the Text tab makes with the same settings.",
+    own_parameters=(*PROMPTING, *(name for name in SAMPLING if name != "num_images"), "keep_every"),
+)
+FORWARD_NOISE = Mode(
+    "forward_noise", "Forward noising", "forward_noise",
+    "Noise an image to timestep t with a schedule from diffusers: in the VAE's latent space (decoded), as Stable "
+    "Diffusion trains, and in pixel space, side by side.",
+    own_parameters=("clean_image", "schedule", "timestep", "seed"),
+)
+SWEEP = Mode(
+    "sweep", "Sweeps", "sweep",
+    "One prompt and seed across guidance scales, step counts, or DDPM against DDIM at several step counts: a "
+    "labelled grid with a measured figure under every column.",
+    own_parameters=(
+        "sweep", "prompt", "negative_prompt", "loras", "seed", "guidance_scales", "step_counts", "steps",
+        "guidance_scale", "scheduler",
+    ),
+)
+EXPLORE = (DENOISE_TIMELINE, FORWARD_NOISE, SWEEP)

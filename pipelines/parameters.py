@@ -93,7 +93,16 @@ MAX_SEED = 2**32 - 1
 MAX_LORA_WEIGHT = 2.0
 
 _PARAMETERS = (
-    Param("image", "image", "Control image", "the photo or ready map the ControlNet follows (an image file)"),
+    Param("image", "image", "Image", "an image file: the photo or ready map a ControlNet follows, or the picture "
+          "img2img and inpainting start from"),
+    Param("mask", "image", "Mask", "an image file the size of the image: white is repainted, black kept"),
+    Param("strength", "number", "Denoising strength", "how much of the image is redrawn: 0 keeps it, 1 ignores it",
+          default=0.75, low=0.0, high=1.0, step=0.05),
+    Param("mask_blur", "whole", "Mask blur", "the seam between kept and repainted pixels", default=4, low=0,
+          high=64, step=1, unit="px"),
+    Param("masked_content", "choice", "Masked content", "what the repainted part starts from: the original "
+          "picture (at the denoising strength) or noise (strength 1 there)", default="original",
+          choices=("original", "noise")),
     Param("prompt", "text", "Prompt", "what to draw; empty draws without a prompt", default="",
           high=Ref("max_prompt_chars"), unit="characters"),
     Param("negative_prompt", "text", "Negative prompt", "what to steer away from", default="",
@@ -147,6 +156,23 @@ _PARAMETERS = (
     Param("add_triggers", "flag", "Add each row's trigger words", "each row's prompt gets its LoRAs' trigger "
           "words; the 'no LoRA' row keeps the prompt as written", default=True),
     Param("mode", "choice", "Mode", "which mode renders the cells", default="text", choices=Ref("modes")),
+    # The Explore tab
+    Param("keep_every", "whole", "Keep every k-th step", "a frame every this many steps; the last step is always kept",
+          default=2, low=1, high=Ref("max_steps"), step=1),
+    Param("clean_image", "image", "Image to noise", "the picture forward noising starts from (an image file)"),
+    Param("schedule", "choice", "Noise schedule",
+          "how fast noise comes in: linear (DDPM), scaled linear (Stable Diffusion) or cosine",
+          default="scaled linear", choices=("linear", "scaled linear", "cosine")),
+    Param("timestep", "whole", "Timestep t", "how far the image is noised: 0 keeps it, 999 is (nearly) pure noise",
+          default=500, low=0, high=999, step=1),
+    Param("sweep", "choice", "Sweep", "what changes from column to column", default="guidance scale",
+          choices=("guidance scale", "steps", "samplers")),
+    Param("guidance_scales", "numbers", "Guidance scales",
+          "guidance scales to compare (guidance sweep), comma-separated",
+          default="1, 2, 4, 8, 12", low=0.0, high=Ref("max_guidance")),
+    Param("step_counts", "wholes", "Step counts",
+          "step counts to compare (steps and samplers sweeps), comma-separated", default="10, 20, 50",
+          low=1, high=Ref("max_steps")),
 )
 
 PARAMETERS: Mapping[str, Param] = {param.name: param for param in _PARAMETERS}

@@ -14,7 +14,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from pipelines.modes import LORA_GRID, MODES
+from pipelines.modes import EXPLORE, LORA_GRID, MODES
 from pipelines.parameters import PARAMETERS, Param
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -41,6 +41,11 @@ def call(client: Client, endpoint: str, arguments: dict) -> str:
     return json.loads(events.split("data: ", 1)[1].splitlines()[0])["error"]
 
 
+def _outside(param: Param) -> str:
+    """A number just outside the declared range (above it where the top is a plain number)."""
+    return f"{param.high + 1:g}" if isinstance(param.high, (int, float)) else f"{param.low - 1:g}"
+
+
 def bad_values(param: Param) -> list[object]:
     """Values no declaration of this kind accepts."""
     not_a_number = ["5", [1], {"a": 1}, True, math.nan, math.inf, -math.inf]
@@ -59,12 +64,19 @@ def bad_values(param: Param) -> list[object]:
     if param.kind == "names":
         return ["stripes", {"stripes": 1}, [1], ["str\x00ipes"]]
     if param.kind in ("numbers", "wholes"):
-        return ["0.5, nan", "1, inf", "1.5" if param.kind == "wholes" else "9", {"a": 1}, 3.5, NUL]
+        return ["0.5, nan", "1, inf", "1.5" if param.kind == "wholes" else _outside(param), {"a": 1}, 3.5, NUL]
     return []  # images: a broken or missing file is covered in test_api.py
 
 
 ENDPOINTS = [(mode.endpoint, mode.parameters) for mode in MODES.values()]
 ENDPOINTS.append((LORA_GRID.endpoint, LORA_GRID.parameters))
+ENDPOINTS += [(mode.endpoint, mode.parameters) for mode in EXPLORE]
+# What the Explore endpoints need besides the value under test; each value is checked before any image is made.
+EXPLORE_ARGUMENTS = {
+    "denoise_timeline": dict(prompt="a red circle", steps=1),
+    "forward_noise": {},
+    "sweep": dict(prompt="a red circle", steps=1, guidance_scales="1", step_counts="1"),
+}
 CASES = [
     (endpoint, name, value)
     for endpoint, names in ENDPOINTS
@@ -74,6 +86,8 @@ CASES = [
 
 
 def valid_arguments(endpoint: str) -> dict:
+    if endpoint in EXPLORE_ARGUMENTS:
+        return dict(EXPLORE_ARGUMENTS[endpoint])
     if endpoint == LORA_GRID.endpoint:
         return dict(lora_names=["stripes.safetensors"], weights="1", seeds="1", prompt="a red circle", steps=1)
     return dict(prompt="a red circle", steps=1, preprocessor="none") if endpoint != "text2img" else dict(steps=1)
@@ -87,7 +101,7 @@ def test_bad_value_is_refused_naming_the_field(client, endpoint, name, value):
     assert "traceback" not in message and "/tmp" not in message
 
 
-@pytest.mark.parametrize("endpoint", [endpoint for endpoint, _ in ENDPOINTS if endpoint != LORA_GRID.endpoint])
+@pytest.mark.parametrize("endpoint", [mode.endpoint for mode in MODES.values()])
 def test_after_the_refusals_the_same_endpoint_still_serves(client, endpoint, edge_map):
     arguments = valid_arguments(endpoint)
     if endpoint != "text2img":

@@ -1,4 +1,4 @@
-"""The whole page: a tab per mode, then the LoRA lab and PNG info."""
+"""The whole page: a tab per mode, then the LoRA lab, PNG info and Explore."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import gradio as gr
 
 from pipelines.modes import MODES
 from pipelines.studio import Studio
+from ui.explore import build_explore_tab
 from ui.lora_lab import build_lora_lab
 from ui.modes import build_mode_tab
 from ui.png_info import build_png_info_tab
@@ -34,6 +35,7 @@ def build_app(studio: Studio, warning: str = "") -> gr.Blocks:
             mode_fields = {mode.name: build_mode_tab(studio, mode) for mode in MODES.values()}
             build_lora_lab(studio)
             build_png_info_tab(studio, tabs, mode_fields)
+            build_explore_tab(studio)
         randomize = [fields["randomize_seed"] for fields in mode_fields.values()]
         # A person exploring gets a new seed each run; set once the page is open, so the API default stays False.
         demo.load(lambda: [True] * len(randomize), None, randomize, api_visibility="private", queue=False)

@@ -1,0 +1,104 @@
+"""The denoising timeline: one text-mode run through `Studio.generate`, every k-th step kept as a frame.
+
+A frame is the current sample (the latents after that step) decoded by the VAE, beside the model's predicted
+clean image (x0) decoded the same way. The run is an ordinary generation with a step hook, so its last frame is
+the image the Text tab makes with the same settings, pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from PIL import Image
+
+from pipelines.errors import StudioError
+from pipelines.lora.grid import GridCell, compose_grid
+from pipelines.parameters import PARAMETERS, bind
+from pipelines.previews import decode_latents
+from pipelines.request import GenerationRequest, GenerationResult
+from pipelines.steps import DenoisingStep
+from pipelines.validation import clean, validate_request
+
+FRAME_MS = 250  # each frame of the animation; the last one stays four times as long
+COLUMNS = ["sample (decoded)", "predicted x0"]
+
+
+@dataclass(frozen=True)
+class TimelineRequest:
+    base: GenerationRequest  # a text-mode request for one image
+    keep_every: int | None = None
+
+
+@dataclass(frozen=True)
+class TimelineFrame:
+    step: int  # steps done, 1 to total
+    total: int
+    timestep: float
+    latent: Image.Image  # the current sample, decoded
+    predicted: Image.Image | None  # the model's predicted clean image (x0), where the scheduler gives one
+
+    @property
+    def label(self) -> str:
+        return f"step {self.step}/{self.total}, t={self.timestep:.0f}"
+
+
+@dataclass
+class TimelineResult:
+    frames: list[TimelineFrame]
+    result: GenerationResult
+
+
+def validate_timeline(timeline: TimelineRequest, served) -> tuple[TimelineRequest, list[str]]:
+    if timeline.base.mode != "text" or timeline.base.num_images not in (None, 1):
+        raise StudioError("The denoising timeline follows one text-mode image.")
+    base, notes = validate_request(timeline.base, served)
+    keep_every = clean(bind(PARAMETERS["keep_every"], served), timeline.keep_every, notes)
+    return TimelineRequest(base, keep_every), notes
+
+
+def run_timeline(
+    studio,
+    timeline: TimelineRequest,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_frame: Callable[[TimelineFrame], None] | None = None,
+) -> TimelineResult:
+    """Run `timeline.base` through the studio, keeping every k-th step (and the last) as a frame; `on_frame` sees
+    each frame as it is made."""
+    timeline, _ = validate_timeline(timeline, studio.served)
+    frames: list[TimelineFrame] = []
+
+    def keep(step: DenoisingStep) -> None:
+        if step.index % timeline.keep_every == 0 or step.index == step.total:
+            frames.append(_frame(step))
+            if on_frame is not None:
+                on_frame(frames[-1])
+
+    # Validated already: the seed is fixed, so the studio runs exactly this request.
+    result = studio.generate(replace(timeline.base, num_images=1), progress, should_stop, on_step=keep)
+    return TimelineResult(frames, result)
+
+
+def _frame(step: DenoisingStep) -> TimelineFrame:
+    [latent] = decode_latents(step.pipe, step.latents[:1])
+    predicted = decode_latents(step.pipe, step.predicted_x0[:1])[0] if step.predicted_x0 is not None else None
+    return TimelineFrame(step.index, step.total, step.timestep, latent, predicted)
+
+
+def animation(frames: list[TimelineFrame]) -> Image.Image:
+    """The frames as an animated GIF (opened, so its frames travel with it): sample and x0 side by side, enlarged
+    pixel for pixel, each labelled with its step."""
+    pictures = [_side_by_side(frame) for frame in frames]
+    durations = [FRAME_MS] * (len(pictures) - 1) + [4 * FRAME_MS]
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def _side_by_side(frame: TimelineFrame) -> Image.Image:
+    """One labelled row of the grid layout the LoRA lab and the sweeps use."""
+    halves = (frame.latent, frame.predicted or frame.latent)
+    cells = [GridCell(0, column, frame.label, COLUMNS[column], half, "") for column, half in enumerate(halves)]
+    return compose_grid(cells, [frame.label], COLUMNS)

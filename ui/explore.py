@@ -1,0 +1,339 @@
+"""The "Explore" tab: see diffusion work. Three panels, each also an API endpoint:
+
+- Denoising timeline (`/denoise_timeline`): every k-th step of one text-mode run, the sample beside the model's
+  predicted clean image, as a strip with a slider and as an animation;
+- Forward noising (`/forward_noise`): an image noised to timestep t in latent and pixel space, with alpha-bar and
+  the signal-to-noise ratio of three schedules plotted;
+- Sweeps (`/sweep`): one prompt and seed across guidance scales, step counts or samplers, a figure per column.
+
+Parameters and endpoints are declared in `pipelines/modes.py` and `pipelines/parameters.py`; the teaching logic
+lives in `pipelines/explore/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from pipelines.explore.forward import SCHEDULES, NoiseRequest, alpha_bar, forward_noise, log10_snr
+from pipelines.explore.sweeps import REFERENCE_STEPS, SweepRequest, run_sweep
+from pipelines.explore.timeline import TimelineFrame, TimelineRequest, animation, run_timeline
+from pipelines.gpu import gpu_seconds, gpu_task
+from pipelines.modes import DENOISE_TIMELINE, FORWARD_NOISE, SWEEP, Mode
+from pipelines.parameters import PARAMETERS, Param, bind
+from pipelines.request import GenerationRequest
+from pipelines.studio import Studio
+from ui.errors import shown_to_person
+from ui.examples import example_set
+from ui.fields import component_for, with_signature
+from ui.live import Done, Progress, live
+from ui.modes import GPU_QUEUE
+
+TAB_ID = "explore"
+VIEW_HEIGHT = 300
+PLOT_HEIGHT = 260
+WORDS = {
+    "tab": "See diffusion work: how an image comes out of noise, how training noises images, and what the main "
+           "settings change. Every image here is one the Text tab would make with the same settings.",
+    "timeline": "A diffusion model starts from pure noise and removes some of it at every step. Left, the current "
+                "sample decoded by the VAE; right, the model's guess at each step of the finished image (its "
+                "predicted x0), which settles on the layout long before the sample looks clean. **Try** the DDPM "
+                "scheduler against DDIM, or 5 steps against 50, and watch when the shape appears.",
+    "forward": "Training runs the other way: noise a clean image to timestep t, x_t = sqrt(alpha-bar) x0 + "
+               "sqrt(1 - alpha-bar) noise, and teach the model to undo it. Stable Diffusion noises the VAE's "
+               "latents, not the pixels: left, the noised latents decoded; right, the same schedule on the pixels. "
+               "**Try** t = 250, 500 and 750 with each schedule: linear (DDPM) wipes the image out soonest, cosine "
+               "keeps it longest, and Stable Diffusion's scaled linear still leaves a trace at t = 999 (its "
+               "signal-to-noise ratio never reaches zero).",
+    "sweep": "Guidance scale is how hard classifier-free guidance pushes towards the prompt: too little and the "
+             "prompt is half ignored, too much and colours overshoot (at 1 or below diffusers skips the unguided "
+             "pass, so those columns match). More steps bring a sampler closer to its own "
+             f"{REFERENCE_STEPS}-step image: DDIM is deterministic and gets there in few steps, DDPM adds fresh "
+             "noise at every step, so each step count lands on a different picture. **Try** each sweep on one "
+             "prompt; on the embedded model the guidance sweep names its sweet spot.",
+}
+
+
+def build_explore_tab(studio: Studio) -> None:
+    """Create the tab inside the caller's `gr.Tabs`."""
+    with gr.Tab("Explore", id=TAB_ID):
+        gr.Markdown(WORDS["tab"])
+        with gr.Tabs():
+            _timeline_panel(studio)
+            _forward_panel(studio)
+            _sweep_panel(studio)
+
+
+def explore_parameters(studio: Studio, mode: Mode) -> list[Param]:
+    return [bind(PARAMETERS[name], studio.served) for name in mode.parameters]
+
+
+def _fields(params: list[Param], names: tuple[str, ...] | list[str], **looks) -> dict[str, gr.components.Component]:
+    by_name = {param.name: param for param in params}
+    return {name: component_for(by_name[name], **looks.get(name, {})) for name in names if name in by_name}
+
+
+def _inputs(params: list[Param], fields: dict) -> list[gr.components.Component]:
+    return [fields[param.name] for param in params]
+
+
+# Denoising timeline
+
+
+def _timeline_panel(studio: Studio) -> None:
+    params = explore_parameters(studio, DENOISE_TIMELINE)
+    names = [param.name for param in params]
+    with gr.Tab(DENOISE_TIMELINE.title):
+        gr.Markdown(WORDS["timeline"])
+        with gr.Row():
+            with gr.Column(scale=1):
+                fields = _fields(params, ("prompt", "negative_prompt", "keep_every"), prompt=dict(lines=2))
+                with gr.Accordion("Generation settings", open=False):
+                    fields |= _fields(params, [name for name in names if name not in fields])
+                run = gr.Button("Run the timeline", variant="primary")
+            with gr.Column(scale=2):
+                with gr.Row(equal_height=True):
+                    samples = _strip("Sample at each kept step (decoded)")
+                    predicted = _strip("Predicted clean image (x0)")
+                frame = gr.Slider(1, 2, value=1, step=1, label="Frame", info="which kept step the strips show",
+                                  interactive=True)
+                animated = gr.Image(label="Animation (GIF)", format="gif", type="pil", interactive=False,
+                                    elem_classes="pixelated", height=VIEW_HEIGHT, buttons=["download"])
+                info = gr.Markdown(label="Details")
+        run.click(
+            timeline_handler(studio, params),
+            inputs=_inputs(params, fields),
+            outputs=[samples, predicted, animated, info],
+            api_name=DENOISE_TIMELINE.endpoint,
+            api_description=DENOISE_TIMELINE.hint,
+            concurrency_id=GPU_QUEUE,
+        ).then(_slider_for, samples, frame, api_visibility="private", queue=False)
+        private = dict(api_visibility="private", queue=False)
+        frame.change(_select, frame, [samples, predicted], **private)
+        for strip in (samples, predicted):
+            strip.select(_selected, None, frame, **private)
+
+
+def _strip(label: str) -> gr.Gallery:
+    return gr.Gallery(label=label, format="png", preview=True, object_fit="contain", height=VIEW_HEIGHT,
+                      elem_classes="pixelated", allow_preview=True, scale=1)
+
+
+def timeline_handler(studio: Studio, params: list[Param]) -> Callable:
+    names = [param.name for param in params]
+
+    @gpu_task(duration=lambda *args: gpu_seconds(dict(zip(names, args, strict=False))))
+    def handler(*args):
+        *values, _request, progress = args
+        given = dict(zip(names, values, strict=True))
+        keep_every = given.pop("keep_every")
+        timeline = TimelineRequest(GenerationRequest(mode="text", **given), keep_every)
+        yield from stream_timeline(studio, timeline, progress)
+
+    return with_signature(handler, params, DENOISE_TIMELINE.endpoint)
+
+
+def stream_timeline(studio: Studio, timeline: TimelineRequest, progress=None) -> Iterator[tuple]:
+    """The strips grow while the run goes on; the last yield adds the animation and the run's details."""
+
+    def work(send: Callable, stop: Callable[[], bool]):
+        return run_timeline(studio, timeline, lambda done, total: send(Progress(done, total)), stop, on_frame=send)
+
+    frames: list[TimelineFrame] = []
+    with shown_to_person():
+        for item in live(work):
+            if isinstance(item, Progress):
+                item.show(progress)
+            elif isinstance(item, TimelineFrame):
+                frames.append(item)
+                yield *_strips(frames), gr.skip(), gr.skip()
+            elif isinstance(item, Done):
+                yield *_strips(item.result.frames), animation(item.result.frames), _timeline_info(item.result)
+
+
+def _strips(frames: list[TimelineFrame]) -> tuple[list, list]:
+    samples = [(frame.latent, frame.label) for frame in frames]
+    predicted = [(frame.predicted, frame.label) for frame in frames if frame.predicted is not None]
+    return samples, predicted
+
+
+def _timeline_info(timeline) -> str:
+    result = timeline.result
+    notes = "".join(f"- {note}\n" for note in result.notes)
+    return (f"{notes}\n{len(timeline.frames)} frames. The last is the image itself (seed {result.seeds[0]}):\n"
+            f"```\n{result.parameters[0]}\n```")
+
+
+def _slider_for(samples: list | None):
+    count = len(samples or [])
+    return gr.Slider(minimum=1, maximum=max(2, count), value=max(1, count), step=1)  # Gradio needs min < max
+
+
+def _select(frame: float):
+    index = int(frame) - 1
+    return gr.Gallery(selected_index=index), gr.Gallery(selected_index=index)
+
+
+def _selected(event: gr.SelectData) -> int:
+    return event.index + 1
+
+
+# Forward noising
+
+
+def _forward_panel(studio: Studio) -> None:
+    params = explore_parameters(studio, FORWARD_NOISE)
+    default_t = PARAMETERS["timestep"].default
+    with gr.Tab(FORWARD_NOISE.title):
+        gr.Markdown(WORDS["forward"])
+        with gr.Row():
+            with gr.Column(scale=1):
+                fields = _fields(params, [param.name for param in params], clean_image=dict(height=220))
+                run = gr.Button("Noise it", variant="primary")
+                pictures = _pictures(studio.model.family)
+                if pictures:
+                    gr.Examples([[picture] for picture in pictures], inputs=[fields["clean_image"]],
+                                label="Pictures to try")
+            with gr.Column(scale=2):
+                with gr.Row(equal_height=True):
+                    latent_view = gr.Image(label="x_t in latent space, decoded", format="png", interactive=False,
+                                           elem_classes="pixelated", height=VIEW_HEIGHT)
+                    pixel_view = gr.Image(label="x_t in pixel space", format="png", interactive=False,
+                                          elem_classes="pixelated", height=VIEW_HEIGHT)
+                with gr.Row():
+                    alpha_plot = gr.LinePlot(alpha_bar_frame(default_t), x="t", y="alpha-bar", color="curve",
+                                             label="alpha-bar(t): the share of the image left", height=PLOT_HEIGHT)
+                    snr_plot = gr.LinePlot(log_snr_frame(default_t), x="t", y="log10 SNR", color="curve",
+                                           label="signal-to-noise ratio (log10)", height=PLOT_HEIGHT)
+                info = gr.Markdown(label="Figures at t")
+        outputs = [latent_view, pixel_view, alpha_plot, snr_plot, info]
+        run.click(forward_handler(studio, params), inputs=_inputs(params, fields), outputs=outputs,
+                  api_name=FORWARD_NOISE.endpoint, api_description=FORWARD_NOISE.hint, concurrency_id=GPU_QUEUE)
+        # Sliding t or changing the schedule re-noises at once, when there is an image.
+        renoise = renoise_handler(studio, params)
+        for trigger in (fields["timestep"].release, fields["schedule"].change):
+            trigger(renoise, inputs=_inputs(params, fields), outputs=outputs, api_visibility="private",
+                    concurrency_id=GPU_QUEUE, trigger_mode="always_last")
+
+
+def _pictures(family: str) -> list[str]:
+    """The example set's pictures (not its ready control maps)."""
+    folder = example_set(family)
+    if not folder.is_dir():
+        return []
+    kinds = (".png", ".jpg", ".jpeg")
+    return [str(path) for path in sorted(folder.iterdir()) if path.suffix in kinds and not path.stem.endswith("_map")]
+
+
+def forward_handler(studio: Studio, params: list[Param]) -> Callable:
+    """The `/forward_noise` endpoint: the image noised in latent and pixel space, the plots marked at t, and the
+    figures at t."""
+    names = [param.name for param in params]
+
+    @gpu_task(duration=lambda *args: gpu_seconds({"steps": 1}))
+    def handler(*args):
+        *values, _request, _progress = args
+        return noise_outputs(studio, NoiseRequest(**dict(zip(names, values, strict=True))))
+
+    return with_signature(handler, params, FORWARD_NOISE.endpoint)
+
+
+def renoise_handler(studio: Studio, params: list[Param]) -> Callable:
+    """Sliding t or changing the schedule: the same, once there is an image (before, nothing to say)."""
+    names = [param.name for param in params]
+
+    @gpu_task(duration=lambda *args: gpu_seconds({"steps": 1}))
+    def handler(*values):
+        request = NoiseRequest(**dict(zip(names, values, strict=True)))
+        return (gr.skip(),) * 5 if request.clean_image is None else noise_outputs(studio, request)
+
+    return handler
+
+
+def noise_outputs(studio: Studio, request: NoiseRequest) -> tuple:
+    with shown_to_person():
+        noised = forward_noise(studio, request)
+    t = noised.request.timestep
+    info = (f"t = {t} ({noised.request.schedule}): alpha-bar = {noised.alpha_bar:.4f}, SNR = {noised.snr:.4g}; "
+            f"the noised latents have mean {noised.latent_mean:.3f} and standard deviation {noised.latent_std:.3f}.")
+    return noised.latent_view, noised.pixel_view, alpha_bar_frame(t), log_snr_frame(t), info
+
+
+def alpha_bar_frame(t: int) -> pd.DataFrame:
+    """alpha-bar(t) of every schedule (diffusers' `alphas_cumprod`), and a vertical line at the current t."""
+    return _curves({name: alpha_bar(name) for name in SCHEDULES}, "alpha-bar", t)
+
+
+def log_snr_frame(t: int) -> pd.DataFrame:
+    return _curves({name: log10_snr(name) for name in SCHEDULES}, "log10 SNR", t)
+
+
+def _curves(curves: dict[str, np.ndarray], column: str, t: int) -> pd.DataFrame:
+    parts = [pd.DataFrame({"t": np.arange(len(values)), column: values, "curve": name})
+             for name, values in curves.items()]
+    low, high = min(values.min() for values in curves.values()), max(values.max() for values in curves.values())
+    parts.append(pd.DataFrame({"t": [t, t], column: [low, high], "curve": f"t = {t}"}))
+    return pd.concat(parts, ignore_index=True)
+
+
+# Sweeps
+
+
+def _sweep_panel(studio: Studio) -> None:
+    params = explore_parameters(studio, SWEEP)
+    names = [param.name for param in params]
+    with gr.Tab(SWEEP.title):
+        gr.Markdown(WORDS["sweep"])
+        with gr.Row():
+            with gr.Column(scale=1):
+                fields = _fields(params, ("sweep", "prompt", "negative_prompt", "guidance_scales", "step_counts"),
+                                 prompt=dict(lines=2))
+                with gr.Accordion("Generation settings", open=False):
+                    fields |= _fields(params, [name for name in names if name not in fields])
+                run = gr.Button("Run the sweep", variant="primary")
+            with gr.Column(scale=2):
+                grid = gr.Image(label="Sweep", type="pil", format="png", interactive=False,
+                                buttons=["download", "fullscreen"])
+                table = gr.Dataframe(headers=["row", "column", "figure", "value"], interactive=False,
+                                     label="Measured figures")
+                notes = gr.Markdown(label="Findings")
+        run.click(sweep_handler(studio, params), inputs=_inputs(params, fields), outputs=[grid, table, notes],
+                  api_name=SWEEP.endpoint, api_description=SWEEP.hint, concurrency_id=GPU_QUEUE)
+
+
+def sweep_handler(studio: Studio, params: list[Param]) -> Callable:
+    names = [param.name for param in params]
+    sweep_fields = ("sweep", "guidance_scales", "step_counts")
+
+    @gpu_task(duration=lambda *args: sweep_gpu_seconds(dict(zip(names, args, strict=False))))
+    def handler(*args):
+        *values, _request, progress = args
+        given = dict(zip(names, values, strict=True))
+        base = GenerationRequest(mode="text", **{name: given[name] for name in names if name not in sweep_fields})
+        sweep = SweepRequest(base, **{name: given[name] for name in sweep_fields})
+        report = None if progress is None else (
+            lambda done, total: Progress(done, total, "Image").show(progress)
+        )
+        with shown_to_person():
+            result = run_sweep(studio, sweep, on_cell=report)
+        rows = [[cell["row"], cell["column"], name, round(value, 3)]
+                for cell in result.figures for name, value in cell.items() if name not in ("row", "column")]
+        return result.image, rows, "\n\n".join(result.notes)
+
+    return with_signature(handler, params, SWEEP.endpoint)
+
+
+def sweep_gpu_seconds(given: dict) -> int:
+    """The ZeroGPU duration of a sweep: every image it makes, references included, read off the raw values."""
+    try:
+        if given.get("sweep") in ("steps", "samplers"):
+            rows = 2 if given.get("sweep") == "samplers" else 1
+            steps = sum(float(count) for count in str(given["step_counts"]).split(",")) + REFERENCE_STEPS
+            return gpu_seconds({**given, "steps": steps}, images=rows)
+        return gpu_seconds(given, images=len(str(given["guidance_scales"]).split(",")))
+    except (TypeError, ValueError, KeyError):
+        return gpu_seconds(given)
+

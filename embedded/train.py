@@ -4,7 +4,8 @@ Stages: data -> vae -> unet (with the text encoder), while the vae-decoder train
 process -> controlnet-{edge,depth,pose} and lora-{stripes,mono} side by side, one single-threaded worker process
 per core (`EMBEDDED_WORKERS`) -> export. Each finished stage is saved under the work folder, and the UNet stage
 checkpoints as it goes, so `--resume` continues where a run stopped. Everything is seeded; each stage in a worker
-seeds itself, so the order the workers take them in does not matter.
+seeds itself, so the order the workers take them in does not matter. Training runs on CUDA when present (one GPU,
+`training_device`; `--device` or EMBEDDED_DEVICE choose), else on the CPU.
 """
 
 from __future__ import annotations
@@ -76,6 +77,13 @@ SMOKE = TrainConfig(object_scenes=12, person_scenes=6, style_scenes=4, vae_steps
                     lora_steps=1, lora_batch=4, checkpoint_every=1)
 
 
+def training_device() -> torch.device:
+    """The one place training picks its device: EMBEDDED_DEVICE (or --device) if set, else CUDA when present, else
+    the CPU. Models are built and every random draw is made on the CPU, then moved, so a GPU run draws the same
+    numbers as a CPU run (its floats still differ a little: GPU kernels round differently)."""
+    return torch.device(os.environ.get("EMBEDDED_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -129,7 +137,8 @@ def to_control(maps: np.ndarray) -> torch.Tensor:
 def train_vae(config: TrainConfig, data: dict, out: Path) -> None:
     """Train on random 32x32 crops (4x cheaper than whole images, the VAE is convolutional) and decode the
     posterior mean: sampled latents start with unit noise that drowns the signal for hundreds of steps."""
-    vae = build_vae()
+    device = training_device()
+    vae = build_vae().to(device)
     images = to_model_range(data["image"])
     optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0, fused=True)
     generator = torch.Generator().manual_seed(config.seed + 1)
@@ -139,7 +148,7 @@ def train_vae(config: TrainConfig, data: dict, out: Path) -> None:
             group["lr"] = 2e-3 * warmup_cosine(step, config.vae_steps, 50)
         batch = images[torch.randint(len(images), (config.vae_batch,), generator=generator)]
         top, left = (4 * torch.randint(0, (world.RESOLUTION - crop) // 4 + 1, (2,), generator=generator)).tolist()
-        batch = batch[:, :, top : top + crop, left : left + crop]
+        batch = batch[:, :, top : top + crop, left : left + crop].to(device)
         mean = vae.encode(batch).latent_dist.mean
         loss = reconstruction_loss(vae.decode(mean).sample, batch) + 1e-4 * mean.pow(2).mean()
         optimizer.zero_grad()
@@ -162,7 +171,8 @@ def tune_vae_decoder(config: TrainConfig, data: dict, latents: torch.Tensor, vae
     `latents` are the VAE's unscaled posterior means of `data["image"]`."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(vae_folder).requires_grad_(False)
+    device = training_device()
+    vae = AutoencoderKL.from_pretrained(vae_folder).requires_grad_(False).to(device)
     images = to_model_range(data["image"])
     params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     for param in params:
@@ -173,7 +183,7 @@ def tune_vae_decoder(config: TrainConfig, data: dict, latents: torch.Tensor, vae
         for group in optimizer.param_groups:
             group["lr"] = 5e-4 * warmup_cosine(step, config.vae_decoder_steps, 0)
         index = torch.randint(len(images), (config.vae_batch,), generator=generator)
-        loss = reconstruction_loss(vae.decode(latents[index]).sample, images[index])
+        loss = reconstruction_loss(vae.decode(latents[index].to(device)).sample, images[index].to(device))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -183,7 +193,8 @@ def tune_vae_decoder(config: TrainConfig, data: dict, latents: torch.Tensor, vae
 
 @torch.no_grad()
 def encode_latents(vae, images: np.ndarray) -> torch.Tensor:
-    return torch.cat([vae.encode(to_model_range(images[i : i + 64])).latent_dist.mean
+    """The VAE's posterior means of `images`, on the CPU whatever the VAE's device."""
+    return torch.cat([vae.encode(to_model_range(images[i : i + 64]).to(vae.device)).latent_dist.mean.cpu()
                       for i in range(0, len(images), 64)])
 
 
@@ -198,13 +209,14 @@ def diffusion_loss(scheduler, prediction_fn, latents, generator, favour_noisy: b
     `favour_noisy` draws timesteps as T(1 - u^3) (T2I-Adapter's cubic sampling): the noisy early steps decide
     the layout an outline or depth map sets.
     """
-    noise = torch.randn(latents.shape, generator=generator)
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)  # CPU draws: the same on any device
     total = scheduler.config.num_train_timesteps
     if favour_noisy:
         uniform = torch.rand(len(latents), generator=generator)
         timesteps = ((1 - uniform**3) * total).long().clamp(max=total - 1)
     else:
         timesteps = torch.randint(0, total, (len(latents),), generator=generator)
+    timesteps = timesteps.to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = scheduler.get_velocity(latents, noise, timesteps)
     prediction = prediction_fn(noisy, timesteps)
@@ -231,7 +243,8 @@ def train_unet(config: TrainConfig, data: dict, latents: torch.Tensor, tokenizer
     captions = list(data["caption"][base])
     ids = tokenize(tokenizer, captions)
     empty_ids = tokenize(tokenizer, [""])[0]
-    unet, text_encoder = build_unet(), build_text_encoder()
+    device = training_device()
+    unet, text_encoder = build_unet().to(device), build_text_encoder().to(device)
     scheduler = build_scheduler()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, fused=True)
@@ -240,11 +253,12 @@ def train_unet(config: TrainConfig, data: dict, latents: torch.Tensor, tokenizer
     checkpoint_path = work / "unet-checkpoint.pt"
     start = 0
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=True)
+        state = torch.load(checkpoint_path, weights_only=True, map_location="cpu")  # resumable on either device
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
         optimizer.load_state_dict(state["optimizer"])
         ema.load_state_dict(state["ema"])
+        ema.to(device)
         generator.set_state(state["generator"])
         start = state["step"]
         print(f"unet: resumed at step {start}", flush=True)
@@ -261,10 +275,10 @@ def train_unet(config: TrainConfig, data: dict, latents: torch.Tensor, tokenizer
         batch_ids[dropped] = empty_ids
 
         def predict(noisy, timesteps, batch_ids=batch_ids):
-            states = text_encoder(batch_ids)[0]
+            states = text_encoder(batch_ids.to(device))[0]
             return unet(noisy, timesteps, states).sample
 
-        loss = diffusion_loss(scheduler, predict, latents[index], generator)
+        loss = diffusion_loss(scheduler, predict, latents[index].to(device), generator)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -288,9 +302,9 @@ def caption_states(text_encoder, tokenizer, captions) -> tuple[dict[str, torch.T
     """Text-encoder outputs for each distinct caption, computed once (the encoder is frozen here)."""
     unique = sorted(set(captions))
     with torch.no_grad():
-        states = torch.cat([text_encoder(tokenize(tokenizer, unique[i : i + 256]))[0]
+        states = torch.cat([text_encoder(tokenize(tokenizer, unique[i : i + 256]).to(text_encoder.device))[0]
                             for i in range(0, len(unique), 256)])
-        empty = text_encoder(tokenize(tokenizer, [""]))[0][0]
+        empty = text_encoder(tokenize(tokenizer, [""]).to(text_encoder.device))[0][0]
     return dict(zip(unique, states)), empty
 
 
@@ -311,7 +325,9 @@ def train_controlnet(config: TrainConfig, mode: str, data: dict, latents, unet, 
     usable = base & data["person"] if mode == "pose" else base
     rows_all = np.flatnonzero(usable)
     states, empty = caption_states(text_encoder, tokenizer, data["caption"][rows_all])
-    controlnet = build_controlnet(unet)
+    # Built on the CPU, where the unet still is, so it starts from the same weights on any device.
+    controlnet = build_controlnet(unet).to(training_device())
+    unet.to(controlnet.device)
     scheduler = build_scheduler()
     optimizer = torch.optim.AdamW(controlnet.parameters(), lr=1e-3, weight_decay=0.0, fused=True)
     generator = torch.Generator().manual_seed(config.seed + 20 + world.CONTROL_MODES.index(mode))
@@ -321,7 +337,8 @@ def train_controlnet(config: TrainConfig, mode: str, data: dict, latents, unet, 
         rows = rows_all[torch.randint(len(rows_all), (config.controlnet_batch,), generator=generator).numpy()]
         dropped = torch.rand(len(rows), generator=generator) < 0.2
         hidden = torch.stack([empty if drop else states[data["caption"][row]] for row, drop in zip(rows, dropped)])
-        condition = control_maps(data, mode, rows, generator)
+        hidden = hidden.to(controlnet.device)
+        condition = control_maps(data, mode, rows, generator).to(controlnet.device)
 
         def predict(noisy, timesteps, hidden=hidden, condition=condition):
             down, mid = controlnet(noisy, timesteps, encoder_hidden_states=hidden, controlnet_cond=condition,
@@ -329,7 +346,7 @@ def train_controlnet(config: TrainConfig, mode: str, data: dict, latents, unet, 
             return unet(noisy, timesteps, hidden, down_block_additional_residuals=down,
                         mid_block_additional_residual=mid).sample
 
-        loss = diffusion_loss(scheduler, predict, latents[torch.from_numpy(rows)], generator,
+        loss = diffusion_loss(scheduler, predict, latents[torch.from_numpy(rows)].to(controlnet.device), generator,
                               favour_noisy=mode in LAYOUT_MODES)
         optimizer.zero_grad()
         loss.backward()
@@ -353,6 +370,7 @@ def train_lora(config: TrainConfig, style: str, data: dict, latents, unet, text_
     unet.add_adapter(LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian", target_modules=LORA_TARGETS),
                      adapter_name=style)
     unet.set_adapter(style)
+    unet.to(training_device())  # after the adapter's random init, made on the CPU as before
     params = [p for name, p in unet.named_parameters() if "lora" in name and p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0, fused=True)
     scheduler = build_scheduler()
@@ -361,16 +379,17 @@ def train_lora(config: TrainConfig, style: str, data: dict, latents, unet, text_
         for group in optimizer.param_groups:
             group["lr"] = 2e-3 * warmup_cosine(step, config.lora_steps, 10)
         rows = rows_all[torch.randint(len(rows_all), (config.lora_batch,), generator=generator).numpy()]
-        hidden = torch.stack([states[data["caption"][row]] for row in rows])
+        hidden = torch.stack([states[data["caption"][row]] for row in rows]).to(unet.device)
 
         def predict(noisy, timesteps, hidden=hidden):
             return unet(noisy, timesteps, hidden).sample
 
-        loss = diffusion_loss(scheduler, predict, latents[torch.from_numpy(rows)], generator)
+        loss = diffusion_loss(scheduler, predict, latents[torch.from_numpy(rows)].to(unet.device), generator)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    layers = {k: v.detach().to(torch.float16) for k, v in get_peft_model_state_dict(unet, adapter_name=style).items()}
+    layers = {k: v.detach().to("cpu", torch.float16)
+              for k, v in get_peft_model_state_dict(unet, adapter_name=style).items()}
     out.mkdir(parents=True, exist_ok=True)
     StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=layers, weight_name=f"{style}.safetensors")
     add_lora_metadata(out / f"{style}.safetensors", style)
@@ -441,7 +460,7 @@ def unet_trained_fewer_steps(work: Path, steps: int) -> bool:
     checkpoint = work / "unet-checkpoint.pt"
     if not (work / "unet" / "config.json").exists() or not checkpoint.exists():
         return False
-    return torch.load(checkpoint, weights_only=True)["step"] < steps
+    return torch.load(checkpoint, weights_only=True, map_location="cpu")["step"] < steps
 
 
 def discard_unet_and_dependants(work: Path) -> None:
@@ -500,6 +519,7 @@ def run(config: TrainConfig, work: Path, output: Path, resume: bool, guidance_sc
     """Run every stage not yet done; return seconds per stage (also kept in work/timings.json)."""
     run_started = time.time()
     workers = worker_count()
+    print(f"training on {training_device()}", flush=True)
     seed_everything(config.seed)
     if work.exists() and not resume:
         shutil.rmtree(work)
@@ -527,7 +547,7 @@ def run(config: TrainConfig, work: Path, output: Path, resume: bool, guidance_sc
 
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(work / "vae")
+    vae = AutoencoderKL.from_pretrained(work / "vae").to(training_device())
     unscaled = encode_latents(vae, data["image"])
     if unet_trained_fewer_steps(work, config.unet_steps):
         discard_unet_and_dependants(work)
@@ -567,7 +587,10 @@ def main() -> None:
     parser.add_argument("--controlnet-steps", type=int, help="override the steps of each ControlNet")
     parser.add_argument("--lora-steps", type=int, help="override the steps of each LoRA")
     parser.add_argument("--guidance-scale", type=float, default=2.0, help="default written to studio.json")
+    parser.add_argument("--device", help="cuda, cpu, cuda:1 ... (default: CUDA when present; env EMBEDDED_DEVICE)")
     args = parser.parse_args()
+    if args.device:
+        os.environ["EMBEDDED_DEVICE"] = args.device  # the stage workers are spawned processes: they read it too
     config = SMOKE if args.smoke else TrainConfig()
     if args.unet_steps:
         config = replace(config, unet_steps=args.unet_steps)

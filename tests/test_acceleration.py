@@ -188,3 +188,41 @@ def test_zerogpu_runs_the_ahead_of_time_graph_only_for_the_call_it_was_exported_
         exported[0], {**exported[1], "down_block_additional_residuals": residuals})
     lora["active"] = True  # the exported graph holds the base weights only
     assert unet(sample, 5, encoder_hidden_states=states, return_dict=False)[0].shape == sample.shape
+
+
+class FakePipe:
+    def __init__(self) -> None:
+        self.offloaded_to: list[str] = []
+        self.moved_to: list[str] = []
+
+    def enable_model_cpu_offload(self, device: str) -> None:
+        self.offloaded_to.append(device)
+
+    def to(self, device: str) -> None:
+        self.moved_to.append(device)
+
+
+def test_offload_installs_hooks_instead_of_moving_and_again_only_when_the_pipeline_changes():
+    from pipelines.acceleration import Offloader, place
+
+    offloaded, moved = FakePipe(), FakePipe()
+    place(offloaded, "cuda", offload=True)
+    place(moved, "cuda", offload=False)
+    assert (offloaded.offloaded_to, offloaded.moved_to, moved.moved_to) == (["cuda"], [], ["cuda"])
+    offloader, text, edge = Offloader("cuda"), FakePipe(), FakePipe()
+    for pipe in (text, text, edge, edge, text):
+        offloader.before_run(pipe)
+    assert (len(text.offloaded_to), len(edge.offloaded_to)) == (2, 1)  # diffusers re-applies them after each call
+
+
+def test_the_accelerator_sets_the_vaes_tiling_and_slicing_per_request(tiny_sd_dir):
+    from pipelines.acceleration import Acceleration, Accelerator
+
+    pipe = fresh_pipe(tiny_sd_dir)
+    accelerator = Accelerator(Acceleration(), "cuda", pipe, resolution=32)  # decisions as on a GPU; nothing runs
+    accelerator.before_run(pipe, 64, 64, 1)
+    assert pipe.vae.use_tiling and not pipe.vae.use_slicing
+    accelerator.before_run(pipe, 32, 32, 4)
+    assert not pipe.vae.use_tiling and pipe.vae.use_slicing
+    Accelerator(Acceleration(), "cpu", pipe, resolution=32).before_run(pipe, 64, 64, 4)
+    assert not pipe.vae.use_tiling and not pipe.vae.use_slicing

@@ -33,6 +33,14 @@ CONTROL_SCENES = [
     ("pose", "person", {"colour": "blue", "pose_name": "arms out", "background": "yellow"}),
 ]
 
+# img2img keeps the scene's layout and changes what the prompt changes; inpainting repaints the object's box.
+EDIT_SCENES = [
+    ("img2img", {"colour": "red", "shape": "circle", "background": "blue"}, "a green circle on a blue background"),
+    ("inpaint", {"colour": "white", "shape": "square", "background": "purple"},
+     "a yellow triangle on a purple background"),
+]
+EDIT_STRENGTH = 0.7
+
 
 def _enlarged(pixels: np.ndarray) -> Image.Image:
     return Image.fromarray(pixels).resize((SHOWN_SIZE, SHOWN_SIZE), Image.NEAREST)
@@ -55,8 +63,24 @@ def write_examples(folder: Path) -> list[dict]:
         _enlarged(scene.image).save(folder / f"{name}_source.png")
         entries.append({"mode": mode, "prompt": scene.caption, "control_map": f"{name}_map.png",
                         "source_image": f"{name}_source.png"})
+    for index, (mode, attributes, prompt) in enumerate(EDIT_SCENES, start=len(CONTROL_SCENES)):
+        scene = world.make_scene(EXAMPLE_SEED + index, "object", **attributes)
+        _enlarged(scene.image).save(folder / f"{mode}_{index}_image.png")
+        entry = {"mode": mode, "prompt": prompt, "image": f"{mode}_{index}_image.png", "strength": EDIT_STRENGTH}
+        if mode == "inpaint":
+            _enlarged(_box_mask(scene.mask)).save(folder / f"{mode}_{index}_mask.png")
+            entry.update(mask=f"{mode}_{index}_mask.png", strength=1.0)
+        entries.append(entry)
     (folder / "prompts.json").write_text(json.dumps(entries, indent=2) + "\n")
     return entries
+
+
+def _box_mask(object_mask: np.ndarray) -> np.ndarray:
+    """White over the object's bounding box, two pixels wider on each side, black elsewhere."""
+    rows, columns = np.nonzero(object_mask)
+    box = np.zeros(object_mask.shape, dtype=np.uint8)
+    box[max(rows.min() - 2, 0) : rows.max() + 3, max(columns.min() - 2, 0) : columns.max() + 3] = 255
+    return box
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ MODULES: Mapping[str, tuple[str, dict[str, bool]]] = {
 # Which mode a ControlNet unit belongs to, by a word in its module (or, for module "none", its model) name.
 MODE_WORDS = (("canny", "edge"), ("openpose", "pose"), ("depth", "depth"))
 SETTINGS = (("Steps", "steps"), ("CFG scale", "guidance_scale"), ("Seed", "seed"))
+# img2img and inpainting, as AUTOMATIC1111 writes them ("Masked content" is the studio's own)
+EDIT_SETTINGS = (("Denoising strength", "strength"), ("Mask blur", "mask_blur"), ("Masked content", "masked_content"))
 UNIT_SETTINGS = (("Weight", "controlnet_scale"), ("Guidance Start", "control_start"), ("Guidance End", "control_end"))
 PREPROCESSOR_SETTINGS = (
     ("Processor Res", "detect_resolution"), ("Threshold A", "low_threshold"), ("Threshold B", "high_threshold"),
@@ -98,12 +100,15 @@ def settings_from_parameters(text: str, served: Served) -> PngSettings:
     parsed = parse_parameters(text)
     settings = {key: value for key, value in parsed.items() if key not in PROMPT_PARTS}
     unit = _controlnet_unit(settings)
-    mode, notes = _mode(settings.pop("Mode", None), unit)
+    mode, notes = _mode(settings.pop("Mode", None) or _edit_mode(settings), unit)
     reading = _Reading(_bound_parameters(mode, served), notes=notes)
     reading.put("prompt", parsed["prompt"], "Prompt")
     reading.put("negative_prompt", parsed["negative_prompt"], "Negative prompt")
     _read_loras(reading, parsed["loras"], parsed["partly_read_lora_tags"])
     _read_sampling(reading, settings)
+    for key, name in EDIT_SETTINGS:
+        if key in settings and name in reading.params:
+            reading.put(name, settings.pop(key), key)
     if unit and mode.is_controlled:
         _read_unit(reading, unit)
     elif unit:
@@ -152,6 +157,13 @@ def _controlnet_unit(settings: dict[str, str]) -> dict[str, str] | None:
         return parse_settings_line(settings.pop("ControlNet 0"))
     old_keys = {match[1]: key for key in list(settings) if (match := _OLD_UNIT_KEY.fullmatch(key))}
     return {name: settings.pop(key) for name, key in old_keys.items()} or None
+
+
+def _edit_mode(settings: Mapping[str, str]) -> str | None:
+    """AUTOMATIC1111 names no mode: a mask blur means inpainting, a denoising strength without a hires pass img2img."""
+    if "Mask blur" in settings:
+        return "inpaint"
+    return "img2img" if "Denoising strength" in settings and "Hires upscale" not in settings else None
 
 
 def _mode(declared: str | None, unit: dict[str, str] | None) -> tuple[Mode, list[str]]:

@@ -11,11 +11,17 @@ import threading
 from collections.abc import Callable, Sequence
 
 import torch
-from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+from diffusers import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
+    AutoPipelineForText2Image,
+    DiffusionPipeline,
+)
 from PIL import Image
 
 from pipelines.acceleration import Accelerator, plan_acceleration, use_fp16_fix_vae
 from pipelines.controlnets import ControlNetCache, controlnet_registry
+from pipelines.editing import EditInputs, denoises, edit_inputs, keep_unmasked, strength_of, through_the_vae
 from pipelines.errors import StudioError
 from pipelines.gpu import on_zero_gpu
 from pipelines.images import prepare_user_image
@@ -98,9 +104,14 @@ class Studio:
 
     def pipeline_for(self, mode: str) -> DiffusionPipeline:
         if mode not in self._mode_pipes:
-            controlnet = self.controlnets.get(mode)
             # from_pipe casts shared modules to fp32 unless told the dtype (diffusers #12754).
-            pipe = AutoPipelineForText2Image.from_pipe(self.base, controlnet=controlnet, dtype=self.dtype)
+            edits = MODES[mode].edits
+            if edits:
+                auto = AutoPipelineForInpainting if edits == "inpaint" else AutoPipelineForImage2Image
+                pipe = auto.from_pipe(self.base, dtype=self.dtype)
+            else:
+                controlnet = self.controlnets.get(mode)
+                pipe = AutoPipelineForText2Image.from_pipe(self.base, controlnet=controlnet, dtype=self.dtype)
             pipe.set_progress_bar_config(disable=True)
             self._mode_pipes[mode] = pipe
         return self._mode_pipes[mode]
@@ -124,7 +135,9 @@ class Studio:
         seeds = list(seeds) if seeds is not None else [request.seed + index for index in range(request.num_images)]
         if not request.prompt:
             notes.append("The prompt was empty, so this image was generated unconditionally (no text guidance).")
-        control_map = self._control_map(request) if MODES[request.mode].is_controlled else None
+        mode = MODES[request.mode]
+        control_map = self._control_map(request) if mode.is_controlled else None
+        edit = edit_inputs(request, self.settings.limits.max_input_pixels) if mode.starts_from_image else None
         with self._lock:
             pipe = self.pipeline_for(request.mode)
             notes += self.loras.activate(request.loras)
@@ -136,8 +149,10 @@ class Studio:
             images = [
                 image
                 for batch in _batches(seeds, self.settings.limits.max_images)
-                for image in self._run(pipe, request, control_map, on_step_end, batch)
+                for image in self._run(pipe, request, control_map, edit, on_step_end, batch)
             ]
+        if edit is not None and edit.mask is not None:
+            images = [keep_unmasked(pipe, edit, image) for image in images]
         if should_stop is not None and should_stop():
             raise StudioError("Stopped before the last step; no image was made.")
         parameters = [self._parameters(request, seed) for seed in seeds]
@@ -158,9 +173,12 @@ class Studio:
         pipe: DiffusionPipeline,
         request: GenerationRequest,
         control_map: Image.Image | None,
+        edit: EditInputs | None,
         on_step_end: Callable | None,
         seeds: Sequence[int],
     ) -> list[Image.Image]:
+        if edit is not None and not denoises(request):
+            return [through_the_vae(pipe, edit.start) for _ in seeds]
         # One generator per image, so each image's noise depends on its seed alone, not on its place in a batch.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         kwargs = dict(
@@ -174,6 +192,12 @@ class Studio:
             generator=generators,
             callback_on_step_end=on_step_end,
         )
+        if edit is not None:
+            kwargs.update(image=edit.start, strength=strength_of(request))
+        if edit is not None and edit.mask is not None:
+            kwargs.update(mask_image=edit.mask)
+        elif edit is not None:
+            del kwargs["width"], kwargs["height"]  # image-to-image takes the start image's size
         if control_map is not None:
             kwargs.update(
                 image=control_map,
@@ -205,6 +229,10 @@ class Studio:
             "Model": self.model.name,
             "Mode": request.mode,
         }
+        if MODES[request.mode].starts_from_image:
+            settings["Denoising strength"] = request.strength
+        if request.mode == "inpaint":
+            settings.update({"Mask blur": request.mask_blur, "Masked content": request.masked_content})
         if MODES[request.mode].is_controlled:
             settings["ControlNet 0"] = (
                 f"Module: {_module_name(request)}, Model: {display_name(self.controlnets.registry[request.mode])}, "

@@ -1,7 +1,8 @@
 """Clickable examples from `examples/<set>/prompts.json`: the embedded model's own, or real-SD ones.
 
 Each entry has a `mode` and a `prompt`, and may name a ready `control_map` (used with preprocessor
-"none"), a `source_image` (a photo for the mode's default preprocessor) and a `lora`.
+"none"), a `source_image` (a photo for the mode's default preprocessor), for img2img and inpainting an `image`,
+a `mask` and a `strength`, and a `lora`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pipelines.settings import PROJECT_ROOT
 EXAMPLES_ROOT = PROJECT_ROOT / "examples"
 TEXT_COLUMNS = ("prompt", "loras")
 CONTROL_COLUMNS = ("prompt", "image", "preprocessor", "loras")
+EDIT_COLUMNS = {"img2img": ("prompt", "image", "strength", "loras"), "inpaint": ("prompt", "image", "mask", "strength",
+                                                                              "loras")}
 
 
 def example_set(family: str) -> Path:
@@ -23,7 +26,7 @@ def example_set(family: str) -> Path:
 
 
 def example_columns(mode: str) -> tuple[str, ...]:
-    return TEXT_COLUMNS if mode == "text" else CONTROL_COLUMNS
+    return TEXT_COLUMNS if mode == "text" else EDIT_COLUMNS.get(mode, CONTROL_COLUMNS)
 
 
 def mode_examples(family: str, mode: str, hidden: tuple[str, ...] = ()) -> list[list[str]]:
@@ -39,6 +42,10 @@ def mode_examples(family: str, mode: str, hidden: tuple[str, ...] = ()) -> list[
         lora = f"{example['lora']}:1" if example.get("lora") else ""
         if mode == "text":
             rows.append([example["prompt"], lora])
+            continue
+        if MODES[mode].starts_from_image:
+            images = [str(folder / example[name]) for name in ("image", "mask") if name in example]
+            rows.append([example["prompt"], *images, example["strength"], lora])
             continue
         if "control_map" in example:
             rows.append([example["prompt"], str(folder / example["control_map"]), "none", lora])

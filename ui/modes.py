@@ -11,6 +11,8 @@ from functools import partial
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
+from PIL import Image
 
 from pipelines.gpu import gpu_seconds, gpu_task
 from pipelines.lora.triggers import add_trigger_words
@@ -38,6 +40,7 @@ PREPROCESSING = ("detect_resolution", "low_threshold", "high_threshold", "includ
 LOOKS = {
     "prompt": dict(lines=2, placeholder="a red circle on a blue background"),
     "image": dict(height=260),
+    "mask": dict(height=260, label="Mask (white = repaint)"),
 }
 
 
@@ -121,9 +124,12 @@ def _input_fields(
     for param in by_group["main"]:
         if param.name == "preset":
             continue  # a row of buttons instead (_preset_buttons)
-        fields[param.name] = component_for(param, **LOOKS.get(param.name, {}))
+        looks = {**LOOKS.get(param.name, {}), **({"label": mode.image_label} if param.name == "image" else {})}
+        fields[param.name] = component_for(param, **looks)
         if param.name == "image":
             gr.Markdown(mode.hint)
+        if param.name == "mask":
+            _mask_painter(fields)
         if param.name == "loras":
             _lora_picker(studio, fields)
     if by_group["preprocessing"]:
@@ -155,6 +161,28 @@ def _preprocessing_fields(fields: dict, params: list[Param], unavailable: tuple[
         api_visibility="private",
         queue=False,
     )
+
+
+def _mask_painter(fields: dict[str, gr.components.Component]) -> None:
+    """Paint the mask on the image in the browser; the strokes become the `mask` field the endpoint takes."""
+    painter = gr.ImageEditor(
+        label="Or paint the part to repaint", type="pil", image_mode="RGBA", sources=(), layers=False,
+        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), height=260, elem_classes="pixelated",
+    )
+    private = dict(api_visibility="private", queue=False)
+    fields["image"].change(lambda image: image, fields["image"], painter, **private)
+    painter.change(mask_from_painting, painter, fields["mask"], **private)
+
+
+def mask_from_painting(painting: dict | None) -> Image.Image | None:
+    """White wherever a stroke was painted, black elsewhere; None before the first stroke."""
+    layers = [layer for layer in (painting or {}).get("layers") or [] if layer is not None]
+    if not layers:
+        return None
+    painted = np.zeros(layers[0].size[::-1], dtype=bool)
+    for layer in layers:
+        painted |= np.asarray(layer.convert("RGBA"))[..., 3] > 0
+    return Image.fromarray(np.where(painted, 255, 0).astype(np.uint8)) if painted.any() else None
 
 
 def _preset_buttons(studio: Studio, params: list[Param], fields: dict[str, gr.components.Component]) -> None:

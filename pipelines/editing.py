@@ -1,0 +1,65 @@
+"""img2img and inpainting: the start image and mask at the request's size, and keeping what the mask keeps.
+
+diffusers' inpainting pipeline blends the original latents back outside the mask at every step, but the VAE's
+round trip still changes those pixels. As AUTOMATIC1111 does, the original is pasted back over the result
+through the blurred mask: outside it every pixel is the input's, and the seam is as wide as the blur.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
+from PIL import Image
+
+from pipelines.errors import StudioError
+from pipelines.images import prepare_user_image
+from pipelines.modes import MODES
+from pipelines.request import GenerationRequest
+
+
+@dataclass(frozen=True)
+class EditInputs:
+    start: Image.Image  # the image to start from, at the request's size
+    mask: Image.Image | None = None  # inpainting: white is repainted, blurred by the request's mask blur
+
+
+def edit_inputs(request: GenerationRequest, max_pixels: int) -> EditInputs:
+    mode = MODES[request.mode]
+    size = (request.width, request.height)
+    start = prepare_user_image(request.image, max_pixels=max_pixels, what=mode.image_label.lower())
+    start = start.resize(size, Image.Resampling.LANCZOS)
+    if mode.edits != "inpaint":
+        return EditInputs(start)
+    mask = prepare_user_image(request.mask, max_pixels=max_pixels, what="mask").convert("L")
+    mask = mask.resize(size, Image.Resampling.NEAREST).point(lambda value: 255 if value >= 128 else 0)
+    if not mask.getbbox():
+        raise StudioError("The mask (mask) is all black, so nothing would be repainted: paint the part to redo white.")
+    return EditInputs(start, VaeImageProcessor.blur(mask, request.mask_blur) if request.mask_blur else mask)
+
+
+def strength_of(request: GenerationRequest) -> float:
+    """Noise as the masked content: the repainted part starts from pure noise (strength 1)."""
+    return 1.0 if request.mode == "inpaint" and request.masked_content == "noise" else request.strength
+
+
+def denoises(request: GenerationRequest) -> bool:
+    """Whether the strength leaves at least one denoising step (diffusers runs int(steps x strength) of them)."""
+    return int(request.steps * strength_of(request)) > 0
+
+
+def through_the_vae(pipe: DiffusionPipeline, image: Image.Image) -> Image.Image:
+    """What a run with no denoising step gives: the image encoded and decoded by the model's VAE."""
+    pixels = pipe.image_processor.preprocess(image).to(pipe.vae.device, pipe.vae.dtype)
+    with torch.no_grad():
+        latents = pipe.vae.encode(pixels).latent_dist.mode()
+        decoded = pipe.vae.decode(latents).sample
+    return pipe.image_processor.postprocess(decoded, output_type="pil")[0]
+
+
+def keep_unmasked(pipe: DiffusionPipeline, inputs: EditInputs, image: Image.Image) -> Image.Image:
+    """`image` with the start image pasted back wherever the mask keeps it."""
+    return pipe.image_processor.apply_overlay(inputs.mask, inputs.start, image)
+

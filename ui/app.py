@@ -13,10 +13,11 @@ from ui.png_info import build_png_info_tab
 from ui.stop import forget_session
 
 # Small native resolutions (the embedded model's 64x64) are shown enlarged without blurring, and whole; the
-# parameters block wraps instead of running off the panel.
+# parameters block wraps instead of running off the panel; a labelled grid starts below the component's own label.
 CSS = """
 .pixelated img { image-rendering: pixelated; object-fit: contain; max-width: 100%; max-height: 100%; }
 .parameters pre, .parameters code { white-space: pre-wrap; overflow-wrap: anywhere; }
+.labelled-grid .image-container { padding-top: 2.2em; }
 """
 
 

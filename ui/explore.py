@@ -18,7 +18,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from pipelines.explore.forward import SCHEDULES, NoiseRequest, alpha_bar, forward_noise, log10_snr
+from pipelines.explore.forward import SCHEDULES, NoiseRequest, alpha_bar, forward_noise, log10_snr, validate_noise
 from pipelines.explore.sweeps import REFERENCE_STEPS, SweepRequest, run_sweep
 from pipelines.explore.timeline import TimelineFrame, TimelineRequest, animation, run_timeline
 from pipelines.gpu import gpu_seconds, gpu_task
@@ -27,14 +27,13 @@ from pipelines.parameters import PARAMETERS, Param, bind
 from pipelines.request import GenerationRequest
 from pipelines.studio import Studio
 from ui.errors import shown_to_person
-from ui.examples import example_set
+from ui.examples import example_columns, example_set, mode_examples
 from ui.fields import component_for, with_signature
 from ui.live import Done, Progress, live
 from ui.modes import GPU_QUEUE
 
 TAB_ID = "explore"
 VIEW_HEIGHT = 300
-PLOT_HEIGHT = 260
 WORDS = {
     "tab": "See diffusion work: how an image comes out of noise, how training noises images, and what the main "
            "settings change. Every image here is one the Text tab would make with the same settings.",
@@ -80,6 +79,13 @@ def _inputs(params: list[Param], fields: dict) -> list[gr.components.Component]:
     return [fields[param.name] for param in params]
 
 
+def _prompt_examples(studio: Studio, fields: dict[str, gr.components.Component]) -> None:
+    """The Text tab's examples, which suit the model served."""
+    examples = mode_examples(studio.model.family, "text")
+    if examples:
+        gr.Examples(examples, inputs=[fields[name] for name in example_columns("text")], label="Prompts to try")
+
+
 # Denoising timeline
 
 
@@ -94,6 +100,7 @@ def _timeline_panel(studio: Studio) -> None:
                 with gr.Accordion("Generation settings", open=False):
                     fields |= _fields(params, [name for name in names if name not in fields])
                 run = gr.Button("Run the timeline", variant="primary")
+                _prompt_examples(studio, fields)
             with gr.Column(scale=2):
                 with gr.Row(equal_height=True):
                     samples = _strip("Sample at each kept step (decoded)")
@@ -101,7 +108,8 @@ def _timeline_panel(studio: Studio) -> None:
                 frame = gr.Slider(1, 2, value=1, step=1, label="Frame", info="which kept step the strips show",
                                   interactive=True)
                 animated = gr.Image(label="Animation (GIF)", format="gif", type="pil", interactive=False,
-                                    elem_classes="pixelated", height=VIEW_HEIGHT, buttons=["download"])
+                                    elem_classes=["pixelated", "labelled-grid"], height=VIEW_HEIGHT,
+                                    buttons=["download"])
                 info = gr.Markdown(label="Details")
         run.click(
             timeline_handler(studio, params),
@@ -155,8 +163,9 @@ def stream_timeline(studio: Studio, timeline: TimelineRequest, progress=None) ->
 
 
 def _strips(frames: list[TimelineFrame]) -> tuple[list, list]:
-    samples = [(frame.latent, frame.label) for frame in frames]
-    predicted = [(frame.predicted, frame.label) for frame in frames if frame.predicted is not None]
+    """The galleries' captions say which strip a picture is from: in preview mode a gallery hides its label."""
+    samples = [(frame.latent, f"sample, {frame.label}") for frame in frames]
+    predicted = [(frame.predicted, f"predicted x0, {frame.label}") for frame in frames if frame.predicted is not None]
     return samples, predicted
 
 
@@ -204,19 +213,24 @@ def _forward_panel(studio: Studio) -> None:
                     pixel_view = gr.Image(label="x_t in pixel space", format="png", interactive=False,
                                           elem_classes="pixelated", height=VIEW_HEIGHT)
                 with gr.Row():
-                    alpha_plot = gr.LinePlot(alpha_bar_frame(default_t), x="t", y="alpha-bar", color="curve",
-                                             label="alpha-bar(t): the share of the image left", height=PLOT_HEIGHT)
-                    snr_plot = gr.LinePlot(log_snr_frame(default_t), x="t", y="log10 SNR", color="curve",
-                                           label="signal-to-noise ratio (log10)", height=PLOT_HEIGHT)
+                    alpha_plot = _plot(alpha_bar_frame(default_t), "alpha-bar", "alpha-bar(t): the image's share")
+                    snr_plot = _plot(log_snr_frame(default_t), "log10 SNR", "signal-to-noise ratio (log10)")
                 info = gr.Markdown(label="Figures at t")
         outputs = [latent_view, pixel_view, alpha_plot, snr_plot, info]
         run.click(forward_handler(studio, params), inputs=_inputs(params, fields), outputs=outputs,
                   api_name=FORWARD_NOISE.endpoint, api_description=FORWARD_NOISE.hint, concurrency_id=GPU_QUEUE)
         # Sliding t or changing the schedule re-noises at once, when there is an image.
         renoise = renoise_handler(studio, params)
-        for trigger in (fields["timestep"].release, fields["schedule"].change):
+        for trigger in (fields["timestep"].change, fields["schedule"].change):
             trigger(renoise, inputs=_inputs(params, fields), outputs=outputs, api_visibility="private",
                     concurrency_id=GPU_QUEUE, trigger_mode="always_last")
+
+
+def _plot(frame: pd.DataFrame, column: str, label: str) -> gr.LinePlot:
+    # No fixed height: with one, Gradio cuts off the legend under the plot.
+    last_t = int(frame.t.max())
+    return gr.LinePlot(frame, x="t", y=column, color="curve", color_title="schedule", label=label,
+                       x_lim=[0, last_t])
 
 
 def _pictures(family: str) -> list[str]:
@@ -242,13 +256,17 @@ def forward_handler(studio: Studio, params: list[Param]) -> Callable:
 
 
 def renoise_handler(studio: Studio, params: list[Param]) -> Callable:
-    """Sliding t or changing the schedule: the same, once there is an image (before, nothing to say)."""
+    """Sliding t or changing the schedule: the same once there is an image; before, the plots' mark moves."""
     names = [param.name for param in params]
 
     @gpu_task(duration=lambda *args: gpu_seconds({"steps": 1}))
     def handler(*values):
         request = NoiseRequest(**dict(zip(names, values, strict=True)))
-        return (gr.skip(),) * 5 if request.clean_image is None else noise_outputs(studio, request)
+        if request.clean_image is not None:
+            return noise_outputs(studio, request)
+        with shown_to_person():
+            t = validate_noise(request, studio.served).timestep
+        return gr.skip(), gr.skip(), alpha_bar_frame(t), log_snr_frame(t), gr.skip()
 
     return handler
 
@@ -294,9 +312,10 @@ def _sweep_panel(studio: Studio) -> None:
                 with gr.Accordion("Generation settings", open=False):
                     fields |= _fields(params, [name for name in names if name not in fields])
                 run = gr.Button("Run the sweep", variant="primary")
+                _prompt_examples(studio, fields)
             with gr.Column(scale=2):
                 grid = gr.Image(label="Sweep", type="pil", format="png", interactive=False,
-                                buttons=["download", "fullscreen"])
+                                buttons=["download", "fullscreen"], elem_classes="labelled-grid")
                 table = gr.Dataframe(headers=["row", "column", "figure", "value"], interactive=False,
                                      label="Measured figures")
                 notes = gr.Markdown(label="Findings")

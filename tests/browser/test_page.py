@@ -200,3 +200,42 @@ def result_png(page: Page, panel: Locator, path: Path) -> Path:
     assert not error_texts(page)
     path.write_bytes(page.request.get(images.first.get_attribute("src")).body())
     return path
+
+
+def test_explore_tab_shows_a_timeline_forward_noising_and_a_sweep(page, studio_url, keep_screenshot):
+    page.goto(studio_url)
+    page.get_by_role("tab", name="Explore", exact=True).click()
+    panel = explore_panel(page, "Denoising timeline")
+    panel.get_by_label("Prompt", exact=True).fill("a yellow square on a purple background")
+    panel.get_by_role("button", name="Run the timeline", exact=True).click()
+    animation = block_labelled(panel, "Animation (GIF)").locator("img")
+    wait_for_image_or_error(page, animation)
+    keep_screenshot("explore-timeline")
+    assert not error_texts(page)
+    for strip in ("Sample at each kept step (decoded)", "Predicted clean image (x0)"):
+        assert block_labelled(panel, strip).locator("img").count() >= 2  # the chosen frame and the strip
+
+    panel = explore_panel(page, "Forward noising")
+    picture = Path(__file__).resolve().parents[2] / "examples" / "embedded" / "edge_0_source.png"
+    block_labelled(panel, "Image to noise").locator("input[type=file]").set_input_files(picture)
+    panel.get_by_role("button", name="Noise it", exact=True).click()
+    for view in ("x_t in latent space, decoded", "x_t in pixel space"):
+        wait_for_image_or_error(page, block_labelled(panel, view).locator("img"))
+    expect(panel.get_by_text(re.compile(r"t = 500 \(scaled linear\): alpha-bar"))).to_be_visible()
+    keep_screenshot("explore-forward-noising")
+    assert not error_texts(page)
+
+    panel = explore_panel(page, "Sweeps")
+    panel.get_by_label("Prompt", exact=True).fill("a red circle on a blue background")
+    panel.get_by_role("button", name="Run the sweep", exact=True).click()
+    grid = block_labelled(panel, "Sweep").locator("img")
+    wait_for_image_or_error(page, grid)
+    expect(panel.get_by_text("Sweet spot: guidance")).to_be_visible()
+    keep_screenshot("explore-sweep")
+    assert not error_texts(page) and not cropped_sides(grid.first)
+
+
+def explore_panel(page: Page, title: str) -> Locator:
+    """Show the Explore tab's inner tab `title`; its panel is the innermost visible one."""
+    page.get_by_role("tab", name=title, exact=True).click()
+    return page.get_by_role("tabpanel").filter(visible=True).last

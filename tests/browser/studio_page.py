@@ -19,6 +19,10 @@ FILL_TIMEOUT_MS = 15_000
 CLIP_TOLERANCE_PX = 1.5
 
 
+# The image inputs an example may fill, by the label of their column
+IMAGE_FIELDS = {"Control image", "Start image", "Image to repaint", "Mask (white = repaint)"}
+
+
 @dataclass(frozen=True)
 class Example:
     """One row of a tab's examples table, as shown (long prompts end in an ellipsis)."""
@@ -76,7 +80,8 @@ def use_example(panel: Locator, example: Example) -> None:
     expect(panel.get_by_label("LoRAs", exact=True)).to_have_value(example.cells.get("LoRAs", ""))
     if "Preprocessor" in example.cells:
         expect(panel.get_by_label("Preprocessor", exact=True)).to_have_value(example.cells["Preprocessor"])
-        expect(block_labelled(panel, "Control image").locator("img")).to_be_visible(timeout=FILL_TIMEOUT_MS)
+    for image in IMAGE_FIELDS.intersection(example.cells):
+        expect(block_labelled(panel, image).locator("img")).to_be_visible(timeout=FILL_TIMEOUT_MS)
 
 
 def generate(panel: Locator) -> None:

@@ -27,7 +27,7 @@ from studio_page import (
     wait_for_image_or_error,
 )
 
-MODE_TABS = ("Text", "Pose", "Edge", "Depth")
+MODE_TABS = ("Text", "Pose", "Edge", "Depth", "Image to image", "Inpaint")
 # The embedded model's first image took about 3 s here; a regression to tens of seconds is a bug.
 FIRST_IMAGE_BUDGET_S = 30
 # Steps, images and size at the studio's limits: a run long enough to stop half way.
@@ -191,6 +191,29 @@ def test_png_info_sends_an_images_settings_back_and_they_make_the_same_image(pag
     again = result_png(page, text_tab, tmp_path / "again.png")
     with Image.open(original) as first, Image.open(again) as second:
         assert first.tobytes() == second.tobytes(), "the sent settings made a different image"
+
+
+def test_a_painted_mask_is_what_inpainting_repaints(page, studio_url, keep_screenshot):
+    panel = open_tab(page, studio_url, "Inpaint")
+    picture = Path(__file__).resolve().parents[2] / "examples" / "embedded" / "inpaint_7_image.png"
+    block_labelled(panel, "Image to repaint").locator("input[type=file]").set_input_files(picture)
+    canvas = block_labelled(panel, "Or paint the part to repaint").locator("canvas").first
+    expect(canvas).to_be_visible(timeout=GENERATION_TIMEOUT_MS)
+    canvas.scroll_into_view_if_needed()  # the mouse works in the viewport's coordinates
+    box = canvas.bounding_box()
+    middle_x, middle_y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(middle_x - 40, middle_y)
+    page.mouse.down()
+    page.mouse.move(middle_x + 40, middle_y + 10, steps=15)
+    page.mouse.up()
+    expect(block_labelled(panel, "Mask (white = repaint)").locator("img")).to_be_visible(
+        timeout=GENERATION_TIMEOUT_MS
+    )
+    generate(panel)
+    images = result_images(panel)
+    wait_for_image_or_error(page, images)
+    keep_screenshot("inpaint-painted-mask")
+    assert not error_texts(page) and not cropped_sides(images.first)
 
 
 def result_png(page: Page, panel: Locator, path: Path) -> Path:

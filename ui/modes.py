@@ -94,6 +94,7 @@ def build_mode_tab(studio: Studio, mode: Mode) -> dict[str, gr.components.Compon
         # (which also clears a stopped run's previews), gives it back its own label.
         private = dict(queue=False, api_visibility="private")
         generating.then(lambda: gr.update(label=RESULTS_LABEL), None, gallery, **private)
+        generating.success(lambda: gr.update(visible=True), None, seed_used, **private)
         # Queued, so that its message reaches the page (Gradio sends messages over the queue's stream).
         stop.click(request_stop, None, None, cancels=[generating], api_visibility="private").then(
             lambda: gr.update(value=None, label=RESULTS_LABEL), None, gallery, **private
@@ -102,12 +103,13 @@ def build_mode_tab(studio: Studio, mode: Mode) -> dict[str, gr.components.Compon
 
 
 def _run_details() -> tuple[gr.Number, gr.Markdown]:
-    seed_used = gr.Number(label="Seed used", value=None, precision=0, interactive=False)
+    # Shown once a run gives it a value: Gradio's number box draws an empty value as 0, which reads as a seed.
+    seed_used = gr.Number(label="Seed used", value=None, precision=0, interactive=False, visible=False)
     return seed_used, gr.Markdown(label="Parameters", elem_classes="parameters")
 
 
 def _cleared() -> tuple:
-    return None, None, None, ""
+    return None, None, gr.update(value=None, visible=False), ""
 
 
 def _input_fields(

@@ -54,8 +54,10 @@ def test_time_to_first_image(page, studio_url, keep_screenshot, capsys):
 
 @pytest.mark.parametrize("tab", MODE_TABS)
 def test_a_person_gets_a_new_seed_each_run(page, studio_url, tab):
-    """Checked once the page opens; the API's default stays the declared one (test_api.py)."""
+    """Checked once the page opens; the API's default stays the declared one (test_api.py). No seed is shown as
+    used before a run (an empty number box would read 0)."""
     panel = open_tab(page, studio_url, tab)
+    expect(panel.get_by_label("Seed used", exact=True)).to_be_hidden()
     panel.get_by_text("Generation settings", exact=True).click()
     expect(panel.get_by_label("Randomize seed", exact=True)).to_be_checked()
 

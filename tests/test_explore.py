@@ -167,7 +167,7 @@ def test_the_text_tab_shows_a_preview_before_the_image(studio):
     *previews, final = outputs
     assert previews and all(output[0]["label"].startswith("Preview, step") for output in previews)
     assert all(len(output[0]["value"]) == 1 for output in previews)  # one preview per image
-    assert final[2] == 2  # the seed: the last output is the result
+    assert [caption for _, caption in final[0]] == ["seed 2"]  # the last output is the result
 
 
 def test_previews_take_at_most_their_share_of_the_time():

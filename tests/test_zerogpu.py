@@ -132,3 +132,15 @@ def test_generating_handlers_give_the_same_results_in_a_forked_worker(studio, mo
         assert np.array_equal(png_pixels(first_forked), png_pixels(first_local)), name
     assert len(declared) == 3 and all(5 <= seconds <= gpu.MAX_SECONDS for seconds in declared)
     assert len(workers) == 3 and os.getpid() not in workers  # each call really ran in its own forked process
+
+
+def test_the_timelines_animation_comes_back_whole_from_a_forked_worker(studio, monkeypatch):
+    """A yielded PIL image is pickled back from the worker with its first frame only: the GIF goes as a file."""
+    from pipelines.modes import DENOISE_TIMELINE
+    from ui.explore import explore_parameters, timeline_handler
+
+    monkeypatch.setattr(gpu, "GPU", forked_gpu)
+    params = explore_parameters(studio, DENOISE_TIMELINE)
+    samples, _, animation, _ = call(timeline_handler(studio, params), params, prompt="a circle", steps=4, keep_every=2)
+    with Image.open(animation) as gif:
+        assert gif.n_frames == len(samples) == 2

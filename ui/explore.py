@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 import gradio as gr
 import numpy as np
 import pandas as pd
+from gradio import processing_utils
+from gradio import utils as gradio_utils
 
 from pipelines.explore.forward import SCHEDULES, NoiseRequest, alpha_bar, forward_noise, log10_snr, validate_noise
 from pipelines.explore.sweeps import REFERENCE_STEPS, SweepRequest, run_sweep
@@ -107,7 +109,7 @@ def _timeline_panel(studio: Studio) -> None:
                     predicted = _strip("Predicted clean image (x0)")
                 frame = gr.Slider(1, 2, value=1, step=1, label="Frame", info="which kept step the strips show",
                                   interactive=True)
-                animated = gr.Image(label="Animation (GIF)", format="gif", type="pil", interactive=False,
+                animated = gr.Image(label="Animation (GIF)", format="gif", type="filepath", interactive=False,
                                     elem_classes=["pixelated", "labelled-grid"], height=VIEW_HEIGHT,
                                     buttons=["download"])
                 info = gr.Markdown(label="Details")
@@ -159,7 +161,13 @@ def stream_timeline(studio: Studio, timeline: TimelineRequest, progress=None) ->
                 frames.append(item)
                 yield *_strips(frames), gr.skip(), gr.skip()
             elif isinstance(item, Done):
-                yield *_strips(item.result.frames), animation(item.result.frames), _timeline_info(item.result)
+                yield *_strips(item.result.frames), _gif_file(item.result.frames), _timeline_info(item.result)
+
+
+def _gif_file(frames: list[TimelineFrame]) -> str:
+    """The animation as a file in Gradio's cache, which clears it with the rest: on ZeroGPU a yield is pickled back
+    from the GPU worker, and a pickled PIL image keeps only its first frame, where a path keeps them all."""
+    return processing_utils.save_bytes_to_cache(animation(frames), "timeline.gif", gradio_utils.get_upload_folder())
 
 
 def _strips(frames: list[TimelineFrame]) -> tuple[list, list]:

@@ -87,14 +87,14 @@ def _frame(step: DenoisingStep) -> TimelineFrame:
     return TimelineFrame(step.index, step.total, step.timestep, latent, predicted)
 
 
-def animation(frames: list[TimelineFrame]) -> Image.Image:
-    """The frames as an animated GIF (opened, so its frames travel with it): sample and x0 side by side, enlarged
-    pixel for pixel, each labelled with its step."""
+def animation(frames: list[TimelineFrame]) -> bytes:
+    """The frames as an animated GIF file's bytes: sample and x0 side by side, enlarged pixel for pixel, each
+    labelled with its step; the last frame stays longest."""
     pictures = [_side_by_side(frame) for frame in frames]
     durations = [FRAME_MS] * (len(pictures) - 1) + [4 * FRAME_MS]
     buffer = io.BytesIO()
     pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0)
-    return Image.open(io.BytesIO(buffer.getvalue()))
+    return buffer.getvalue()
 
 
 def _side_by_side(frame: TimelineFrame) -> Image.Image:

@@ -89,6 +89,7 @@ def build_mode_tab(studio: Studio, mode: Mode) -> dict[str, gr.components.Compon
             api_name=mode.endpoint,
             api_description=f"{mode.title} mode: {mode.hint}",
             concurrency_id=GPU_QUEUE,
+            show_progress_on=info,  # over the gallery it would hide the previews
         )
         # While a run goes on the gallery shows previews under a "Preview, step n/N" label; the result, or a Stop
         # (which also clears a stopped run's previews), gives it back its own label.

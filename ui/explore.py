@@ -120,6 +120,7 @@ def _timeline_panel(studio: Studio) -> None:
             api_name=DENOISE_TIMELINE.endpoint,
             api_description=DENOISE_TIMELINE.hint,
             concurrency_id=GPU_QUEUE,
+            show_progress_on=info,  # over the strips it would hide the frames as they come
         ).then(_slider_for, samples, frame, api_visibility="private", queue=False)
         private = dict(api_visibility="private", queue=False)
         frame.change(_select, frame, [samples, predicted], **private)

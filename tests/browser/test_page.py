@@ -227,6 +227,18 @@ def result_png(page: Page, panel: Locator, path: Path) -> Path:
     return path
 
 
+def test_the_gallery_shows_previews_while_a_run_goes_on(page, studio_url, keep_screenshot):
+    panel = start_a_long_run(page, studio_url)
+    label = re.compile(r"^\s*Preview, step \d+/100\s*$")
+    previews = panel.get_by_test_id("block-label").filter(has_text=label).locator("xpath=..").locator("img")
+    wait_for_image_or_error(page, previews)
+    keep_screenshot("preview-during-run")
+    assert not error_texts(page) and not cropped_sides(previews.first)
+    expect(previews.first).to_be_visible()  # not hidden under the progress bar
+    panel.get_by_role("button", name="Stop", exact=True).click()
+    expect(progress(panel)).to_be_hidden()
+
+
 def test_explore_tab_shows_a_timeline_forward_noising_and_a_sweep(page, studio_url, keep_screenshot):
     page.goto(studio_url)
     page.get_by_role("tab", name="Explore", exact=True).click()

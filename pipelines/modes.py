@@ -50,12 +50,12 @@ class Mode:
         if self.own_parameters:
             return self.own_parameters
         if self.edits:
-            return (*EDITING[self.edits], *SAMPLING, "preset")
-        # The preset comes last, so adding it left every earlier parameter's position for positional API callers.
+            return (*EDITING[self.edits], *SAMPLING, "preset", "control_units")
+        # New parameters come last, so every earlier parameter keeps its position for positional API callers.
         if not self.is_controlled:
-            return (*PROMPTING, *SAMPLING, "preset")
+            return (*PROMPTING, *SAMPLING, "preset", "control_units")
         options = dict.fromkeys(option for name in self.preprocessors for option in PREPROCESSORS[name].options)
-        return ("image", *PROMPTING, "preprocessor", *options, *SAMPLING, *CONTROL, "preset")
+        return ("image", *PROMPTING, "preprocessor", *options, *SAMPLING, *CONTROL, "preset", "control_units")
 
 
 MODES: Mapping[str, Mode] = {

@@ -14,7 +14,9 @@ from typing import Literal
 
 from pipelines.preprocessors.weights import DetectorSources
 
-Kind = Literal["text", "whole", "number", "flag", "choice", "image", "loras", "names", "numbers", "wholes"]
+Kind = Literal[
+    "text", "whole", "number", "flag", "choice", "image", "loras", "names", "numbers", "wholes", "units",
+]
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class Param:
     def python_type(self) -> type:
         return {
             "text": str, "whole": int, "number": float, "flag": bool, "choice": str, "loras": str,
-            "names": list, "numbers": str, "wholes": str, "image": str,
+            "names": list, "numbers": str, "wholes": str, "image": str, "units": list,
         }[self.kind]
 
 
@@ -90,6 +92,7 @@ def number_text(value: float) -> str:
 
 
 MAX_SEED = 2**32 - 1
+MAX_CONTROL_UNITS = 3  # ControlNets in one request, the mode's own included
 MAX_LORA_WEIGHT = 2.0
 
 _PARAMETERS = (
@@ -134,6 +137,9 @@ _PARAMETERS = (
           high=Ref("max_side"), step=Ref("size_multiple"), unit="px", multiple_of=Ref("size_multiple")),
     Param("preset", "choice", "Few-step preset", "a published few-step recipe for this model; sets the scheduler, "
           "steps and guidance and adds its LoRA, over the values given", default="none", choices=Ref("presets")),
+    Param("control_units", "units", "More ControlNet units",
+          f"more ControlNets at once ({MAX_CONTROL_UNITS} in all with the mode's own): a list of "
+          "{mode, image, preprocessor, scale, start, end}, the image sent with handle_file", default=()),
     Param("num_images", "whole", "Number of images", "images per run, seeds counting up from the seed",
           default=1, low=1, high=Ref("max_images"), step=1),
     Param("controlnet_scale", "number", "ControlNet conditioning scale", "how strongly the control map steers",

@@ -54,6 +54,7 @@ PREPROCESSOR_SETTINGS = (
 )
 # sd-webui-controlnet before version 1.1.2 wrote one unit as separate settings: "ControlNet Module: canny, ...".
 _OLD_UNIT_KEY = re.compile(r"ControlNet(?:-0)? ([A-Za-z][A-Za-z ]*)")
+_EXTRA_UNIT_KEY = re.compile(r"ControlNet [1-9]")
 _SIZE = re.compile(r"\s*(\d+)\s*x\s*(\d+)\s*")
 _SHOWN_CHARS = 60
 _SHOWN_CHUNKS = 5
@@ -111,8 +112,10 @@ def settings_from_parameters(text: str, served: Served) -> PngSettings:
             reading.put(name, settings.pop(key), key)
     if unit and mode.is_controlled:
         _read_unit(reading, unit)
-    elif unit:
-        reading.unused += [(f"ControlNet 0 {key}", value) for key, value in unit.items()]
+    extra = [unit] if unit and not mode.is_controlled else []
+    extra += [parse_settings_line(settings.pop(key)) for key in list(settings) if _EXTRA_UNIT_KEY.fullmatch(key)]
+    if extra:
+        _read_extra_units(reading, extra, first=int(mode.is_controlled))
     reading.unused += settings.items()
     return reading.result(mode)
 
@@ -166,6 +169,36 @@ def _edit_mode(settings: Mapping[str, str]) -> str | None:
     return "img2img" if "Denoising strength" in settings and "Hires upscale" not in settings else None
 
 
+def _unit_mode(unit: Mapping[str, str]) -> str | None:
+    """The mode a ControlNet unit belongs to, by a word in its module (or, for module "none", its model) name."""
+    module, model = unit.get("Module", ""), unit.get("Model", "")
+    clue = (model if module.lower() in ("", "none") else module).lower()
+    return next((mode for word, mode in MODE_WORDS if word in clue), None)
+
+
+def _read_extra_units(reading: _Reading, units: list[dict[str, str]], first: int) -> None:
+    """Units beyond the mode's own, as `control_units` without their maps (a PNG holds none)."""
+    read = []
+    for number, unit in enumerate(units, start=first):
+        mode = _unit_mode(unit)
+        if mode is None:  # no ControlNet here for its module
+            reading.unused += [(f"ControlNet {number} {key}", value) for key, value in unit.items()]
+            continue
+        preprocessor = MODULES.get(unit.get("Module", "none").lower(), ("none", {}))[0]
+        try:
+            settings = {name: _float(unit.get(key, str(default)), "not a number")
+                        for key, name, default in (("Weight", "scale", 1), ("Guidance Start", "start", 0),
+                                                   ("Guidance End", "end", 1))}
+        except ValueError as reason:
+            reading.notes.append(f"ControlNet {number} was not used: {reason}.")
+            continue
+        preprocessor = preprocessor if preprocessor in MODES[mode].preprocessors else "none"
+        read.append({"mode": mode, "preprocessor": preprocessor, **settings})
+        reading.notes.append(f"ControlNet {number} ({mode}): a PNG holds no control map; give its unit an image.")
+    if read:
+        reading.values["control_units"] = read
+
+
 def _mode(declared: str | None, unit: dict[str, str] | None) -> tuple[Mode, list[str]]:
     """The studio writes `Mode`; for A1111's files the ControlNet unit tells."""
     notes = []
@@ -175,9 +208,8 @@ def _mode(declared: str | None, unit: dict[str, str] | None) -> tuple[Mode, list
         notes.append(f"Mode {_short(declared)!r} is not one of the studio's modes ({', '.join(MODES)}).")
     if not unit:
         return MODES[TEXT_MODE], notes
+    mode = _unit_mode(unit)
     module, model = unit.get("Module", ""), unit.get("Model", "")
-    clue = (model if module.lower() in ("", "none") else module).lower()
-    mode = next((mode for word, mode in MODE_WORDS if word in clue), None)
     if mode is None:
         notes.append(
             f"The studio has no mode for ControlNet module {_short(module)!r} (model {_short(model)!r}); "

@@ -35,6 +35,21 @@ class LoraChoice:
         return Path(self.name).name if Path(self.name).is_absolute() else self.name
 
 
+@dataclass(frozen=True)
+class ControlUnit:
+    """One more ControlNet for a request, beside its mode's own: which ControlNet, its image and how it steers.
+
+    Its detector runs with the declared default options (thresholds, detection resolution).
+    """
+
+    mode: str  # pose, edge or depth
+    image: object  # a PIL image or the path of an image file
+    preprocessor: str = "none"
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+
+
 def _request_field(param: Param) -> tuple[str, object, object]:
     default = None if isinstance(param.default, Ref) else param.default
     return param.name, object, field(default=default)

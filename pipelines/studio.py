@@ -20,17 +20,16 @@ from diffusers import (
 from PIL import Image
 
 from pipelines.acceleration import Accelerator, plan_acceleration, use_fp16_fix_vae
+from pipelines.control import UsedControl, control_kwargs, controls_of, maps_side_by_side, png_units
 from pipelines.controlnets import ControlNetCache, controlnet_registry
 from pipelines.editing import EditInputs, denoises, edit_inputs, keep_unmasked, strength_of, through_the_vae
 from pipelines.errors import StudioError
 from pipelines.gpu import on_zero_gpu
-from pipelines.images import prepare_user_image
 from pipelines.loader import display_name, load_base_pipeline, pick_device
 from pipelines.lora import LoraManager
 from pipelines.metadata import format_parameters, tag_with_parameters
 from pipelines.modes import MODES
 from pipelines.parameters import MAX_SEED, Served
-from pipelines.preprocessors import make_control_map
 from pipelines.presets import preset_names
 from pipelines.request import GenerationRequest, GenerationResult
 from pipelines.schedulers import make_scheduler, scheduler_names
@@ -69,7 +68,8 @@ class Studio:
         )
         self.accelerator = Accelerator(speed, self.device, self.base, self.model.resolution)
         self.accelerator.compile(lora_active=lambda: bool(self.loras.active))  # after the LoRA slot is in place
-        self._mode_pipes: dict[str, DiffusionPipeline] = {"text": self.base}
+        # (what the mode edits, the ControlNets by mode) -> its pipeline, built from the base on first use
+        self._pipes: dict[tuple[str, tuple[str, ...]], DiffusionPipeline] = {("", ()): self.base}
         # One generation at a time: LoRA weights and the scheduler live on the shared modules.
         self._lock = threading.Lock()
 
@@ -102,19 +102,22 @@ class Studio:
             detectors=self.settings.detectors,
         )
 
-    def pipeline_for(self, mode: str) -> DiffusionPipeline:
-        if mode not in self._mode_pipes:
+    def pipeline_for(self, mode: str, controls: tuple[str, ...] | None = None) -> DiffusionPipeline:
+        """The pipeline for `mode` with the ControlNets of `controls` (by default the mode's own, if any)."""
+        if controls is None:
+            controls = (mode,) if MODES[mode].is_controlled else ()
+        key = (MODES[mode].edits, controls)
+        if key not in self._pipes:
+            auto = {"img2img": AutoPipelineForImage2Image, "inpaint": AutoPipelineForInpainting}.get(
+                MODES[mode].edits, AutoPipelineForText2Image
+            )
+            controlnets = [self.controlnets.get(name) for name in controls]
+            extra = {"controlnet": controlnets if len(controlnets) > 1 else controlnets[0]} if controlnets else {}
             # from_pipe casts shared modules to fp32 unless told the dtype (diffusers #12754).
-            edits = MODES[mode].edits
-            if edits:
-                auto = AutoPipelineForInpainting if edits == "inpaint" else AutoPipelineForImage2Image
-                pipe = auto.from_pipe(self.base, dtype=self.dtype)
-            else:
-                controlnet = self.controlnets.get(mode)
-                pipe = AutoPipelineForText2Image.from_pipe(self.base, controlnet=controlnet, dtype=self.dtype)
+            pipe = auto.from_pipe(self.base, dtype=self.dtype, **extra)
             pipe.set_progress_bar_config(disable=True)
-            self._mode_pipes[mode] = pipe
-        return self._mode_pipes[mode]
+            self._pipes[key] = pipe
+        return self._pipes[key]
 
     def generate(
         self,
@@ -136,10 +139,11 @@ class Studio:
         if not request.prompt:
             notes.append("The prompt was empty, so this image was generated unconditionally (no text guidance).")
         mode = MODES[request.mode]
-        control_map = self._control_map(request) if mode.is_controlled else None
-        edit = edit_inputs(request, self.settings.limits.max_input_pixels) if mode.starts_from_image else None
+        max_pixels = self.settings.limits.max_input_pixels
+        controls = controls_of(request, max_pixels, self.settings.detectors)
+        edit = edit_inputs(request, max_pixels) if mode.starts_from_image else None
         with self._lock:
-            pipe = self.pipeline_for(request.mode)
+            pipe = self.pipeline_for(request.mode, tuple(control.mode for control in controls))
             notes += self.loras.activate(request.loras)
             notes += self._prompt_notes(request)
             pipe.scheduler = make_scheduler(request.scheduler, self._scheduler_config)
@@ -149,30 +153,21 @@ class Studio:
             images = [
                 image
                 for batch in _batches(seeds, self.settings.limits.max_images)
-                for image in self._run(pipe, request, control_map, edit, on_step_end, batch)
+                for image in self._run(pipe, request, controls, edit, on_step_end, batch)
             ]
         if edit is not None and edit.mask is not None:
             images = [keep_unmasked(pipe, edit, image) for image in images]
         if should_stop is not None and should_stop():
             raise StudioError("Stopped before the last step; no image was made.")
-        parameters = [self._parameters(request, seed) for seed in seeds]
+        parameters = [self._parameters(request, seed, controls) for seed in seeds]
         tagged = [tag_with_parameters(image, text) for image, text in zip(images, parameters, strict=True)]
-        return GenerationResult(tagged, seeds, parameters, request, control_map, notes)
-
-    def _control_map(self, request: GenerationRequest) -> Image.Image:
-        image = prepare_user_image(
-            request.image,
-            max_pixels=self.settings.limits.max_input_pixels,
-            what=f"{request.mode} image",
-        )
-        size = (request.width, request.height)
-        return make_control_map(request.preprocessor, image, size, vars(request), self.settings.detectors)
+        return GenerationResult(tagged, seeds, parameters, request, maps_side_by_side(controls), notes)
 
     def _run(
         self,
         pipe: DiffusionPipeline,
         request: GenerationRequest,
-        control_map: Image.Image | None,
+        controls: list[UsedControl],
         edit: EditInputs | None,
         on_step_end: Callable | None,
         seeds: Sequence[int],
@@ -198,13 +193,7 @@ class Studio:
             kwargs.update(mask_image=edit.mask)
         elif edit is not None:
             del kwargs["width"], kwargs["height"]  # image-to-image takes the start image's size
-        if control_map is not None:
-            kwargs.update(
-                image=control_map,
-                controlnet_conditioning_scale=request.controlnet_scale,
-                control_guidance_start=request.control_start,
-                control_guidance_end=request.control_end,
-            )
+        kwargs.update(control_kwargs(controls, starts_from_image=edit is not None))
         return pipe(**kwargs).images
 
     def _prompt_notes(self, request: GenerationRequest) -> list[str]:
@@ -219,7 +208,7 @@ class Studio:
                 notes.append(f"The {name} is {len(ids)} tokens long; the model reads {room}, so this was cut: {cut!r}.")
         return notes
 
-    def _parameters(self, request: GenerationRequest, seed: int) -> str:
+    def _parameters(self, request: GenerationRequest, seed: int, controls: list[UsedControl]) -> str:
         settings: dict[str, object] = {
             "Steps": request.steps,
             "Sampler": request.scheduler,
@@ -233,35 +222,11 @@ class Studio:
             settings["Denoising strength"] = request.strength
         if request.mode == "inpaint":
             settings.update({"Mask blur": request.mask_blur, "Masked content": request.masked_content})
-        if MODES[request.mode].is_controlled:
-            settings["ControlNet 0"] = (
-                f"Module: {_module_name(request)}, Model: {display_name(self.controlnets.registry[request.mode])}, "
-                f"Weight: {request.controlnet_scale:g}, Guidance Start: {request.control_start:g}, "
-                f"Guidance End: {request.control_end:g}{_detector_settings(request)}"
-            )
+        model_names = {name: display_name(source) for name, source in self.controlnets.registry.items()}
+        settings.update(png_units(controls, model_names))
         settings["Version"] = "diffusion-studio"
         loras = [(lora.label, lora.weight) for lora in request.loras]
         return format_parameters(request.prompt, request.negative_prompt, settings, loras)
-
-
-def _module_name(request: GenerationRequest) -> str:
-    """The preprocessor as AUTOMATIC1111's ControlNet names it (its OpenPose variants say what they draw)."""
-    if request.preprocessor != "openpose" or not (request.include_hands or request.include_face):
-        return request.preprocessor
-    return "openpose_full" if request.include_hands and request.include_face else (
-        "openpose_hand" if request.include_hands else "openpose_face"
-    )
-
-
-def _detector_settings(request: GenerationRequest) -> str:
-    """The detector's options, in AUTOMATIC1111's ControlNet words, so PNG info can send them back."""
-    if request.preprocessor == "none":
-        return ""
-    thresholds = (
-        f", Threshold A: {request.low_threshold}, Threshold B: {request.high_threshold}"
-        if request.preprocessor == "canny" else ""
-    )
-    return f", Processor Res: {request.detect_resolution}{thresholds}"
 
 
 def _batches(items: list, size: int) -> list[list]:

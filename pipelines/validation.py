@@ -17,11 +17,20 @@ from pathlib import Path
 from PIL import Image
 
 from pipelines.errors import StudioError
-from pipelines.modes import MODES, Mode
-from pipelines.parameters import MAX_LORA_WEIGHT, MAX_SEED, PARAMETERS, Param, Served, bind, number_text
+from pipelines.modes import CONTROL_MODES, MODES, Mode
+from pipelines.parameters import (
+    MAX_CONTROL_UNITS,
+    MAX_LORA_WEIGHT,
+    MAX_SEED,
+    PARAMETERS,
+    Param,
+    Served,
+    bind,
+    number_text,
+)
 from pipelines.preprocessors import available_preprocessors
 from pipelines.presets import NO_PRESET, apply_preset, preset_named
-from pipelines.request import GenerationRequest, GridRequest, LoraChoice
+from pipelines.request import ControlUnit, GenerationRequest, GridRequest, LoraChoice
 
 MAX_GRID_VALUES = 8  # weights or seeds in one grid
 
@@ -88,6 +97,12 @@ def mode_of(name: object, served: Served) -> Mode:
 
 def check_inputs(mode: Mode, values: Mapping[str, object]) -> None:
     """Rules between fields; each value on its own is already checked."""
+    units = int(mode.is_controlled) + len(values.get("control_units", ()))
+    if units > MAX_CONTROL_UNITS:
+        raise StudioError(
+            f"{mode.title} mode has its own ControlNet, so at most {MAX_CONTROL_UNITS - 1} more control units "
+            f"(control_units) fit; got {units - 1}."
+        )
     if mode.is_controlled and values["control_start"] >= values["control_end"]:
         raise StudioError(
             f"Control guidance start ({values['control_start']:g}) must be below control guidance end "
@@ -272,7 +287,63 @@ def _show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# A control unit's settings and the declared parameter each is checked against
+UNIT_FIELDS = {
+    "mode": None, "image": "image", "preprocessor": None, "scale": "controlnet_scale", "start": "control_start",
+    "end": "control_end",
+}
+
+
+def _units(param: Param, value: object, notes: list[str]) -> tuple[ControlUnit, ...]:
+    if value is None or value == "" or (isinstance(value, (list, tuple)) and not value):
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise StudioError(
+            f"{field_name(param)} must be a list of units like [{{'mode': 'depth', 'image': <file>}}]; got "
+            f"{_show(value)}."
+        )
+    if len(value) > MAX_CONTROL_UNITS:
+        raise StudioError(
+            f"{field_name(param)}: at most {MAX_CONTROL_UNITS} ControlNets run at once; got {len(value)}."
+        )
+    return tuple(_unit(f"{field_name(param)}, unit {number}", unit) for number, unit in enumerate(value, start=1))
+
+
+def _unit(what: str, unit: object) -> ControlUnit:
+    if isinstance(unit, ControlUnit):
+        unit = {name: getattr(unit, name) for name in UNIT_FIELDS}
+    if not isinstance(unit, Mapping):
+        raise StudioError(f"{what} must be a mapping of {', '.join(UNIT_FIELDS)}; got {_show(unit)}.")
+    unknown = sorted(str(key) for key in unit if key not in UNIT_FIELDS)
+    if unknown:
+        raise StudioError(f"{what} has settings the studio does not know: {', '.join(unknown)}.")
+    mode = unit.get("mode")
+    if mode not in CONTROL_MODES:
+        raise StudioError(f"{what}: mode must be one of {', '.join(CONTROL_MODES)}; got {_show(mode)}.")
+    preprocessor = unit.get("preprocessor", "none")
+    if preprocessor not in MODES[mode].preprocessors:
+        raise StudioError(
+            f"{what}: preprocessor must be one of {', '.join(MODES[mode].preprocessors)}; got {_show(preprocessor)}."
+        )
+    image = unit.get("image")
+    if isinstance(image, Mapping):  # a file sent with handle_file, already checked by Gradio to be an upload
+        image = image.get("path")
+    if image is None:
+        raise StudioError(f"{what}: no image was given.")
+    checked = {}
+    for name in ("image", "scale", "start", "end"):
+        declared = PARAMETERS[UNIT_FIELDS[name]]
+        raw = image if name == "image" else unit.get(name, declared.default)
+        try:
+            checked[name] = clean(declared, raw, [])
+        except StudioError as error:
+            raise StudioError(f"{what}: {error}") from None
+    if checked["start"] >= checked["end"]:
+        raise StudioError(f"{what}: start ({checked['start']:g}) must be below end ({checked['end']:g}).")
+    return ControlUnit(mode=mode, preprocessor=preprocessor, **checked)
+
+
 _CLEANERS = {
     "text": _text, "whole": _whole, "number": _number, "flag": _flag, "choice": _choice, "image": _image,
-    "loras": _loras, "names": _names, "numbers": _numbers, "wholes": _wholes,
+    "loras": _loras, "names": _names, "numbers": _numbers, "wholes": _wholes, "units": _units,
 }

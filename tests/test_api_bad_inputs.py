@@ -65,6 +65,9 @@ def bad_values(param: Param) -> list[object]:
         return ["stripes", {"stripes": 1}, [1], ["str\x00ipes"]]
     if param.kind in ("numbers", "wholes"):
         return ["0.5, nan", "1, inf", "1.5" if param.kind == "wholes" else _outside(param), {"a": 1}, 3.5, NUL]
+    if param.kind == "units":
+        return ["edge", {"a": 1}, [1], [{"mode": "sketch"}], [{"mode": "edge", "image": "/etc/hostname"}],
+                [{"mode": "edge", "scale": "x"}], [{"mode": "edge", "weight": 1}]]
     return []  # images: a broken or missing file is covered in test_api.py
 
 
@@ -90,7 +93,8 @@ def valid_arguments(endpoint: str) -> dict:
         return dict(EXPLORE_ARGUMENTS[endpoint])
     if endpoint == LORA_GRID.endpoint:
         return dict(lora_names=["stripes.safetensors"], weights="1", seeds="1", prompt="a red circle", steps=1)
-    return dict(prompt="a red circle", steps=1, preprocessor="none") if endpoint != "text2img" else dict(steps=1)
+    mode = next(mode for mode in MODES.values() if mode.endpoint == endpoint)
+    return dict(prompt="a red circle", steps=1, **({"preprocessor": "none"} if mode.is_controlled else {}))
 
 
 @pytest.mark.parametrize(("endpoint", "name", "value"), CASES, ids=[f"{e}-{n}-{v!r}"[:60] for e, n, v in CASES])
@@ -108,6 +112,8 @@ def test_after_the_refusals_the_same_endpoint_still_serves(client, endpoint, edg
         from gradio_client import handle_file
 
         arguments["image"] = handle_file(edge_map)
+    if endpoint == "inpaint":
+        arguments["mask"] = handle_file(edge_map)  # white lines on black: repaint the lines
     gallery, *_ = client.predict(**arguments, api_name=f"/{endpoint}")
     assert gallery
 

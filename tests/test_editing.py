@@ -113,7 +113,8 @@ def tiny_sdxl_studio(tmp_path_factory) -> Studio:
     folder = tmp_path_factory.mktemp("sdxl")
     build_tiny_sdxl_pipeline(folder / "xl")
     edge = build_tiny_controlnet(UNet2DConditionModel.from_pretrained(folder / "xl" / "unet"), folder / "edge", seed=1)
-    return Studio(Settings(model=str(folder / "xl"), lora_dir=str(folder), device="cpu", controlnets={"edge": str(edge)}))
+    settings = Settings(model=str(folder / "xl"), lora_dir=str(folder), device="cpu", controlnets={"edge": str(edge)})
+    return Studio(settings)
 
 
 @pytest.mark.parametrize("mode", ["text", "edge", "img2img", "inpaint"])

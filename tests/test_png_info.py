@@ -311,7 +311,10 @@ def test_send_fills_the_edge_tab_and_selects_it(studio, page):
 
     assert updates.pop(tabs).selected == "edge"
     edge = fields["edge"]
-    assert set(updates) == {edge[name] for name in settings_from_parameters(A1111_CANNY, studio.served).values}
+    read = settings_from_parameters(A1111_CANNY, studio.served).values
+    switches = ("mode", "preprocessor")
+    units_off = {edge[key] for key in edge if key.startswith("control_units[") and key.endswith(switches)}
+    assert set(updates) == {edge[name] for name in read} | units_off  # the file has one unit: the others go off
     assert updates[edge["scheduler"]] == "DPM++ 2M Karras" and updates[edge["randomize_seed"]] is False
     assert updates[edge["seed"]] == 123 and updates[edge["width"]] == 512
     assert edge["image"] not in updates and edge["num_images"] not in updates

@@ -56,6 +56,21 @@ class DeclaredDropdown(_Declared, gr.Dropdown):
     pass
 
 
+class DeclaredUnits(_Declared, gr.JSON):
+    """A list of control units; each image must arrive as a file (Gradio then checks it is one of its uploads),
+    never as a path string, which would let a caller name any file on the server."""
+
+    def preprocess(self, payload):
+        value = payload.model_dump() if hasattr(payload, "model_dump") else payload
+        for unit in value if isinstance(value, list) else ():
+            if isinstance(unit, dict) and isinstance(unit.get("image"), str):
+                raise gr.Error(
+                    "More ControlNet units (control_units): send each unit's image as a file (handle_file in "
+                    "gradio_client), not as a path."
+                )
+        return value
+
+
 class DeclaredImage(_Declared, ControlImage):
     def preprocess(self, payload):
         return ControlImage.preprocess(self, payload)
@@ -87,6 +102,8 @@ def _build(param: Param, common: dict) -> gr.components.Component:
     precision = 0 if kind == "whole" else None
     if kind == "image":
         return DeclaredImage(type="filepath", **{**common, "value": None})
+    if kind == "units":
+        return DeclaredUnits(**{**common, "value": list(common["value"])})
     if kind in ("whole", "number") and _is_open_ended(param):
         return DeclaredNumber(precision=precision, minimum=param.low, **common)
     if kind in ("whole", "number"):

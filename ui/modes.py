@@ -24,6 +24,7 @@ from pipelines.previews import Preview, Previewer
 from pipelines.request import GenerationRequest, GenerationResult
 from pipelines.studio import Studio
 from pipelines.validation import for_mode
+from ui.control_units import build_control_units, units_from_widgets
 from ui.errors import shown_to_person
 from ui.examples import example_columns, mode_examples
 from ui.fields import component_for, with_signature
@@ -55,6 +56,11 @@ def build_mode_tab(studio: Studio, mode: Mode) -> dict[str, gr.components.Compon
         with gr.Row():
             with gr.Column(scale=1):
                 fields = _input_fields(studio, mode, params, served.unavailable_preprocessors)
+                fields["control_units"], unit_widgets = build_control_units(
+                    studio, mode, next(param for param in params if param.name == "control_units")
+                )
+                for index, unit in enumerate(unit_widgets):
+                    fields.update(unit.by_name(index))
                 _preset_buttons(studio, params, fields)
                 with gr.Row():
                     run = gr.Button("Generate", variant="primary", scale=3)
@@ -81,8 +87,13 @@ def build_mode_tab(studio: Studio, mode: Mode) -> dict[str, gr.components.Compon
             columns = [fields[name] for name in example_columns(mode.name)]
             gr.Examples(examples, inputs=columns, label="Examples (click one)")
         outputs = [gallery, control_map, seed_used, info]
-        # A new run first clears the last one's outputs, so what shows is always this run's (or its error).
-        generating = run.click(_cleared, None, outputs, queue=False, api_visibility="private").then(
+        # A new run first clears the last one's outputs, so what shows is always this run's (or its error), and
+        # gathers the extra ControlNet units into the one list the endpoint takes.
+        private = dict(queue=False, api_visibility="private")
+        unit_values = [component for unit in unit_widgets for component in unit.all]
+        generating = run.click(_cleared, None, outputs, **private).then(
+            units_from_widgets, unit_values, fields["control_units"], **private
+        ).then(
             mode_handler(studio, mode, params),
             inputs=[fields[param.name] for param in params],
             outputs=outputs,
@@ -93,8 +104,8 @@ def build_mode_tab(studio: Studio, mode: Mode) -> dict[str, gr.components.Compon
         )
         # While a run goes on the gallery shows previews under a "Preview, step n/N" label; the result, or a Stop
         # (which also clears a stopped run's previews), gives it back its own label.
-        private = dict(queue=False, api_visibility="private")
         generating.then(lambda: gr.update(label=RESULTS_LABEL), None, gallery, **private)
+        generating.success(lambda shown: gr.update(visible=shown is not None), control_map, control_map, **private)
         generating.success(lambda: gr.update(visible=True), None, seed_used, **private)
         # Queued, so that its message reaches the page (Gradio sends messages over the queue's stream).
         stop.click(request_stop, None, None, cancels=[generating], api_visibility="private").then(
@@ -140,6 +151,8 @@ def _input_fields(
             _preprocessing_fields(fields, by_group["preprocessing"], unavailable)
     with gr.Accordion("Generation settings", open=False):
         for param in by_group["settings"]:
+            if param.name == "control_units":
+                continue  # widgets of their own (ui/control_units.py)
             looks = _size_looks(studio, param) if param.name in ("width", "height") else LOOKS.get(param.name, {})
             fields[param.name] = component_for(param, **looks)
     return fields

@@ -17,6 +17,7 @@ from pipelines.modes import MODES
 from pipelines.parameters import PARAMETERS
 from pipelines.png_info import PngSettings, read_parameters_chunk, settings_from_parameters
 from pipelines.studio import Studio
+from ui.control_units import unit_updates
 from ui.errors import shown_to_person
 from ui.fields import DeclaredImage
 
@@ -105,7 +106,8 @@ def send_handler(studio: Studio, tabs: gr.Tabs, mode_fields: ModeFields) -> Call
         with shown_to_person():
             settings = _settings(text, studio)
         fields = mode_fields[settings.mode]
-        filled = {fields[name]: value for name, value in settings.values.items()}
+        filled = {fields[name]: value for name, value in settings.values.items() if name != "control_units"}
+        filled.update(unit_updates(fields, settings.values.get("control_units", [])))
         return {tabs: gr.Tabs(selected=settings.mode), **filled}
 
     return send
@@ -122,6 +124,8 @@ def _settings(text: str, studio: Studio) -> PngSettings:
 
 
 def _shown(value: object) -> str:
+    if isinstance(value, list):  # control units
+        return "; ".join(f"{unit['mode']} ({unit['preprocessor']}), weight {unit['scale']:g}" for unit in value)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):

@@ -1,0 +1,116 @@
+"""The ControlNets a request runs: its mode's own unit, then its extra control units, each with its map.
+
+One unit runs as a plain ControlNet; several as diffusers' multi-ControlNet, each with its own map, scale and
+start/end. The PNG parameters record every unit as AUTOMATIC1111's ControlNet does ("ControlNet 0", ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from PIL import Image
+
+from pipelines.images import prepare_user_image
+from pipelines.modes import MODES
+from pipelines.parameters import PARAMETERS
+from pipelines.preprocessors import PREPROCESSORS, make_control_map
+from pipelines.preprocessors.weights import DetectorSources
+from pipelines.request import ControlUnit, GenerationRequest
+
+
+@dataclass(frozen=True)
+class UsedControl:
+    mode: str  # which ControlNet
+    map: Image.Image
+    scale: float
+    start: float
+    end: float
+    preprocessor: str
+    options: Mapping[str, object]  # the preprocessor's options, as run
+
+
+def controls_of(request: GenerationRequest, max_pixels: int, sources: DetectorSources) -> list[UsedControl]:
+    """The request's units with their maps at the request's size, the mode's own first."""
+    units = list(request.control_units)
+    if MODES[request.mode].is_controlled:
+        own = ControlUnit(request.mode, request.image, request.preprocessor, request.controlnet_scale,
+                          request.control_start, request.control_end)
+        units.insert(0, own)
+    size = (request.width, request.height)
+    controls = []
+    for number, unit in enumerate(units):
+        own_options = number == 0 and MODES[request.mode].is_controlled
+        options = vars(request) if own_options else _declared_options(unit.preprocessor)
+        what = f"{unit.mode} image" if own_options else f"image of control unit {number} ({unit.mode})"
+        image = prepare_user_image(unit.image, max_pixels=max_pixels, what=what)
+        control_map = make_control_map(unit.preprocessor, image, size, options, sources)
+        used_options = {name: options[name] for name in PREPROCESSORS[unit.preprocessor].options}
+        controls.append(UsedControl(unit.mode, control_map, unit.scale, unit.start, unit.end, unit.preprocessor,
+                                    used_options))
+    return controls
+
+
+def _declared_options(preprocessor: str) -> dict[str, object]:
+    return {name: PARAMETERS[name].default for name in PREPROCESSORS[preprocessor].options}
+
+
+def control_kwargs(controls: list[UsedControl], starts_from_image: bool) -> dict[str, object]:
+    """The pipeline arguments for `controls`: single values for one ControlNet, lists for several."""
+    if not controls:
+        return {}
+    several = len(controls) > 1
+
+    def value(name: str) -> object:
+        values = [getattr(control, name) for control in controls]
+        return values if several else values[0]
+
+    # Image-to-image and inpainting pipelines take the start image as `image`, the maps as `control_image`.
+    return {
+        "control_image" if starts_from_image else "image": value("map"),
+        "controlnet_conditioning_scale": value("scale"),
+        "control_guidance_start": value("start"),
+        "control_guidance_end": value("end"),
+    }
+
+
+def maps_side_by_side(controls: list[UsedControl]) -> Image.Image | None:
+    """Every map used, left to right in unit order (one image, so the API's output keeps its type)."""
+    if not controls:
+        return None
+    width, height = controls[0].map.size
+    shown = Image.new("RGB", (width * len(controls), height))
+    for index, control in enumerate(controls):
+        shown.paste(control.map, (index * width, 0))
+    return shown
+
+
+def png_units(controls: list[UsedControl], model_names: Mapping[str, str]) -> dict[str, str]:
+    """"ControlNet <n>" entries as AUTOMATIC1111's ControlNet writes them, so PNG info can read them back."""
+    return {
+        f"ControlNet {number}": (
+            f"Module: {_module_name(control)}, Model: {model_names[control.mode]}, Weight: {control.scale:g}, "
+            f"Guidance Start: {control.start:g}, Guidance End: {control.end:g}{_detector_settings(control)}"
+        )
+        for number, control in enumerate(controls)
+    }
+
+
+def _module_name(control: UsedControl) -> str:
+    """The preprocessor as AUTOMATIC1111's ControlNet names it (its OpenPose variants say what they draw)."""
+    hands, face = control.options.get("include_hands"), control.options.get("include_face")
+    if control.preprocessor != "openpose" or not (hands or face):
+        return control.preprocessor
+    return "openpose_full" if hands and face else ("openpose_hand" if hands else "openpose_face")
+
+
+def _detector_settings(control: UsedControl) -> str:
+    """The detector's options, in AUTOMATIC1111's ControlNet words."""
+    if control.preprocessor == "none":
+        return ""
+    options = control.options
+    thresholds = (
+        f", Threshold A: {options['low_threshold']}, Threshold B: {options['high_threshold']}"
+        if control.preprocessor == "canny" else ""
+    )
+    return f", Processor Res: {options['detect_resolution']}{thresholds}"

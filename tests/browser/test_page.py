@@ -218,6 +218,25 @@ def test_a_painted_mask_is_what_inpainting_repaints(page, studio_url, keep_scree
     assert not error_texts(page) and not cropped_sides(images.first)
 
 
+def test_a_control_unit_added_in_the_text_tab_steers_the_run(page, studio_url, keep_screenshot):
+    panel = open_tab(page, studio_url, "Text")
+    panel.get_by_label("Prompt", exact=True).fill("a white circle on a green background")
+    panel.get_by_text("More ControlNet units", exact=True).click()
+    unit_mode = panel.get_by_label("ControlNet unit 0", exact=True)
+    unit_mode.click()
+    page.get_by_role("option", name="edge", exact=True).click()
+    edge_map = Path(__file__).resolve().parents[2] / "examples" / "embedded" / "edge_1_map.png"
+    block_labelled(panel, "Unit 0 image").locator("input[type=file]").set_input_files(edge_map)
+    expect(block_labelled(panel, "Unit 0 image").locator("img")).to_be_visible(timeout=GENERATION_TIMEOUT_MS)
+    generate(panel)
+    images = result_images(panel)
+    wait_for_image_or_error(page, images)
+    expect(block_labelled(panel, "Control map used").locator("img")).to_be_visible(timeout=GENERATION_TIMEOUT_MS)
+    keep_screenshot("text-with-a-control-unit")
+    assert not error_texts(page)
+    expect(panel.get_by_text("ControlNet 0: ")).to_be_visible()
+
+
 def result_png(page: Page, panel: Locator, path: Path) -> Path:
     """The first result image as the browser received it, saved to `path`."""
     images = result_images(panel)

@@ -11,6 +11,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     ControlNetModel,
+    ControlNetUnionModel,
     DDIMScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
@@ -133,6 +134,27 @@ def build_tiny_controlnet(unet: UNet2DConditionModel, folder: Path, seed: int) -
         torch.nn.init.normal_(block.weight, std=0.5)
         torch.nn.init.normal_(block.bias, std=0.1)
     controlnet.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_tiny_union_controlnet(unet: UNet2DConditionModel, folder: Path, seed: int) -> Path:
+    """A ControlNet Union model shaped for the tiny SDXL UNet, its zero layers re-initialised so maps matter."""
+    torch.manual_seed(seed)
+    config = unet.config
+    union = ControlNetUnionModel(
+        block_out_channels=config.block_out_channels, layers_per_block=config.layers_per_block,
+        down_block_types=config.down_block_types, cross_attention_dim=config.cross_attention_dim,
+        attention_head_dim=config.attention_head_dim, use_linear_projection=config.use_linear_projection,
+        addition_embed_type=config.addition_embed_type, addition_time_embed_dim=config.addition_time_embed_dim,
+        transformer_layers_per_block=config.transformer_layers_per_block,
+        projection_class_embeddings_input_dim=config.projection_class_embeddings_input_dim,
+        norm_num_groups=config.norm_num_groups, conditioning_embedding_out_channels=(8, 16),
+        num_trans_channel=32, num_trans_head=2, num_proj_channel=32,
+    )
+    for block in [union.controlnet_cond_embedding.conv_out, *union.controlnet_down_blocks, union.controlnet_mid_block]:
+        torch.nn.init.normal_(block.weight, std=0.5)
+        torch.nn.init.normal_(block.bias, std=0.1)
+    union.save_pretrained(folder, safe_serialization=True)
     return folder
 
 

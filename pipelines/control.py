@@ -1,7 +1,8 @@
 """The ControlNets a request runs: its mode's own unit, then its extra control units, each with its map.
 
 One unit runs as a plain ControlNet; several as diffusers' multi-ControlNet, each with its own map, scale and
-start/end. The PNG parameters record every unit as AUTOMATIC1111's ControlNet does ("ControlNet 0", ...).
+start/end, or, where the family has a ControlNet Union model, as that one model with a control type per map.
+The PNG parameters record every unit as AUTOMATIC1111's ControlNet does ("ControlNet 0", ...).
 """
 
 from __future__ import annotations
@@ -55,10 +56,20 @@ def _declared_options(preprocessor: str) -> dict[str, object]:
     return {name: PARAMETERS[name].default for name in PREPROCESSORS[preprocessor].options}
 
 
-def control_kwargs(controls: list[UsedControl], starts_from_image: bool) -> dict[str, object]:
-    """The pipeline arguments for `controls`: single values for one ControlNet, lists for several."""
+def control_kwargs(controls: list[UsedControl], starts_from_image: bool, union: bool = False) -> dict[str, object]:
+    """The pipeline arguments for `controls`: single values for one ControlNet, lists for several; a Union model
+    takes every map with its control type, and one weight and range for all (the first unit's)."""
     if not controls:
         return {}
+    if union:
+        first = controls[0]
+        return {
+            "control_image": [control.map for control in controls],
+            "control_mode": [MODES[control.mode].union_type for control in controls],
+            "controlnet_conditioning_scale": first.scale,
+            "control_guidance_start": first.start,
+            "control_guidance_end": first.end,
+        }
     several = len(controls) > 1
 
     def value(name: str) -> object:
@@ -72,6 +83,13 @@ def control_kwargs(controls: list[UsedControl], starts_from_image: bool) -> dict
         "control_guidance_start": value("start"),
         "control_guidance_end": value("end"),
     }
+
+
+def union_note(controls: list[UsedControl]) -> list[str]:
+    """A Union model runs its units with one weight and range: say so when the units asked for different ones."""
+    if len({(control.scale, control.start, control.end) for control in controls}) == 1:
+        return []
+    return ["ControlNet Union applies one weight and one start/end to all its units: unit 0's were used."]
 
 
 def maps_side_by_side(controls: list[UsedControl]) -> Image.Image | None:

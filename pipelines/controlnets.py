@@ -10,12 +10,12 @@ import logging
 from collections.abc import Mapping
 
 import torch
-from diffusers import ControlNetModel
+from diffusers import ControlNetModel, ControlNetUnionModel
 from huggingface_hub.errors import HFValidationError
 
 from pipelines.errors import StudioError
 from pipelines.loader import display_name
-from pipelines.modes import MODES
+from pipelines.modes import MODES, UNION, UNION_CONTROLNETS
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,8 @@ def controlnet_registry(
 ) -> dict[str, str]:
     """mode -> ControlNet source: the mode's default for the family, then the model's own, then the settings."""
     registry = {name: mode.controlnets[family] for name, mode in MODES.items() if family in mode.controlnets}
+    if family in UNION_CONTROLNETS:
+        registry[UNION] = UNION_CONTROLNETS[family]
     registry.update(model_controlnets or {})
     registry.update(overrides or {})
     return registry
@@ -36,18 +38,27 @@ class ControlNetCache:
         self.device = device
         self.dtype = dtype
         self._loaded: dict[str, ControlNetModel] = {}
+        # A source that failed is not tried again on every request (an unreachable Hub can take long to say so).
+        self._failed: dict[str, StudioError] = {}
 
     def get(self, mode: str) -> ControlNetModel:
         source = self.registry.get(mode)
         if source is None:
             raise StudioError(f"No ControlNet is configured for {mode} mode with this model.")
+        if source in self._failed:
+            raise self._failed[source]
         if source not in self._loaded:
-            self._loaded[source] = self._load(mode, source)
+            try:
+                self._loaded[source] = self._load(mode, source)
+            except StudioError as error:
+                self._failed[source] = error
+                raise
         return self._loaded[source]
 
     def _load(self, mode: str, source: str) -> ControlNetModel:
         try:
-            controlnet = ControlNetModel.from_pretrained(source, dtype=self.dtype, use_safetensors=True)
+            model_class = ControlNetUnionModel if mode == UNION else ControlNetModel
+            controlnet = model_class.from_pretrained(source, dtype=self.dtype, use_safetensors=True)
         except (OSError, HFValidationError, ValueError) as error:
             logger.warning("loading the %s ControlNet %s failed: %s", mode, source, error)
             raise StudioError(

@@ -34,6 +34,7 @@ class Mode:
     controlnets: Mapping[str, str] = field(default_factory=dict)  # family -> ControlNet hub id
     own_parameters: tuple[str, ...] = ()  # for an endpoint that is not a generation mode (the LoRA grid)
     edits: str = ""  # "img2img" or "inpaint": the mode starts from the request's image instead of noise
+    union_type: int | None = None  # the control type a ControlNet Union model knows this mode's maps by
     image_label: str = "Control image"
 
     @property
@@ -66,6 +67,7 @@ MODES: Mapping[str, Mode] = {
             "pose", "Pose", "pose2img",
             "A photo of a person, or a ready OpenPose map (choose preprocessor 'none').",
             preprocessors=("openpose", "none"),
+            union_type=0,
             controlnets={
                 "sd15": "lllyasviel/control_v11p_sd15_openpose",
                 "sd2": "thibaud/controlnet-sd21-openpose-diffusers",
@@ -76,6 +78,7 @@ MODES: Mapping[str, Mode] = {
             "edge", "Edge", "edge2img",
             "A photo or drawing, or a ready edge map: white lines on black (preprocessor 'none').",
             preprocessors=("canny", "none"),
+            union_type=3,
             controlnets={
                 "sd15": "lllyasviel/control_v11p_sd15_canny",
                 "sd2": "thibaud/controlnet-sd21-canny-diffusers",
@@ -86,6 +89,7 @@ MODES: Mapping[str, Mode] = {
             "depth", "Depth", "depth2img",
             "A photo, or a ready depth map: near is bright (preprocessor 'none').",
             preprocessors=("depth_anything", "midas", "none"),
+            union_type=1,
             controlnets={
                 "sd15": "lllyasviel/control_v11f1p_sd15_depth",
                 "sd2": "thibaud/controlnet-sd21-depth-diffusers",
@@ -107,6 +111,10 @@ MODES: Mapping[str, Mode] = {
     )
 }
 CONTROL_MODES = tuple(name for name, mode in MODES.items() if mode.is_controlled)
+# One model that serves every control mode (its control types are the modes' `union_type`s, as
+# xinsir/controlnet-union-sdxl-1.0 numbers them): several units then share it instead of loading one model each.
+UNION = "union"
+UNION_CONTROLNETS = {"sdxl": "xinsir/controlnet-union-sdxl-1.0"}
 
 LORA_GRID = Mode(
     "lora_grid", "LoRA lab", "lora_grid",

@@ -15,7 +15,7 @@ from pipelines.acceleration import FP16_FIX_VAE, SpeedSettings
 from pipelines.errors import StudioError
 from pipelines.lora.manager import DEFAULT_MAX_BYTES
 from pipelines.lora.safety import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UPLOAD_BYTES
-from pipelines.modes import CONTROL_MODES
+from pipelines.modes import CONTROL_MODES, UNION
 from pipelines.preprocessors.weights import DEFAULT_DEPTH_MODEL, DetectorSources
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ class Settings:
             ),
             controlnets={
                 mode: source
-                for mode in CONTROL_MODES
+                for mode in (*CONTROL_MODES, UNION)
                 if (source := read.text(f"STUDIO_CONTROLNET_{mode.upper()}", None))
             },
             detectors=DetectorSources(

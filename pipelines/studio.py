@@ -16,11 +16,21 @@ from diffusers import (
     AutoPipelineForInpainting,
     AutoPipelineForText2Image,
     DiffusionPipeline,
+    StableDiffusionXLControlNetUnionImg2ImgPipeline,
+    StableDiffusionXLControlNetUnionInpaintPipeline,
+    StableDiffusionXLControlNetUnionPipeline,
 )
 from PIL import Image
 
 from pipelines.acceleration import Accelerator, plan_acceleration, use_fp16_fix_vae
-from pipelines.control import UsedControl, control_kwargs, controls_of, maps_side_by_side, png_units
+from pipelines.control import (
+    UsedControl,
+    control_kwargs,
+    controls_of,
+    maps_side_by_side,
+    png_units,
+    union_note,
+)
 from pipelines.controlnets import ControlNetCache, controlnet_registry
 from pipelines.editing import EditInputs, denoises, edit_inputs, keep_unmasked, strength_of, through_the_vae
 from pipelines.errors import StudioError
@@ -28,7 +38,7 @@ from pipelines.gpu import on_zero_gpu
 from pipelines.loader import display_name, load_base_pipeline, pick_device
 from pipelines.lora import LoraManager
 from pipelines.metadata import format_parameters, tag_with_parameters
-from pipelines.modes import MODES
+from pipelines.modes import MODES, UNION
 from pipelines.parameters import MAX_SEED, Served
 from pipelines.presets import preset_names
 from pipelines.request import GenerationRequest, GenerationResult
@@ -38,6 +48,11 @@ from pipelines.steps import StepHook, with_step_hook
 from pipelines.threads import set_cpu_threads
 from pipelines.validation import validate_request
 
+UNION_PIPELINES = {
+    "": StableDiffusionXLControlNetUnionPipeline,
+    "img2img": StableDiffusionXLControlNetUnionImg2ImgPipeline,
+    "inpaint": StableDiffusionXLControlNetUnionInpaintPipeline,
+}
 Progress = Callable[[int, int], None]
 ShouldStop = Callable[[], bool]
 
@@ -111,6 +126,8 @@ class Studio:
             auto = {"img2img": AutoPipelineForImage2Image, "inpaint": AutoPipelineForInpainting}.get(
                 MODES[mode].edits, AutoPipelineForText2Image
             )
+            if controls == (UNION,):  # diffusers' auto pipelines do not pick the Union pipelines from a pipe
+                auto = UNION_PIPELINES[MODES[mode].edits]
             controlnets = [self.controlnets.get(name) for name in controls]
             extra = {"controlnet": controlnets if len(controlnets) > 1 else controlnets[0]} if controlnets else {}
             # from_pipe casts shared modules to fp32 unless told the dtype (diffusers #12754).
@@ -118,6 +135,18 @@ class Studio:
             pipe.set_progress_bar_config(disable=True)
             self._pipes[key] = pipe
         return self._pipes[key]
+
+    def _controlnets_for(self, controls: list[UsedControl]) -> tuple[tuple[str, ...], list[str]]:
+        """Which ControlNets run `controls`: the family's Union model for several units where it has one and it
+        loads, else each unit's own; and notes for the person."""
+        modes = tuple(control.mode for control in controls)
+        if len(controls) < 2 or UNION not in self.controlnets.registry:
+            return modes, []
+        try:
+            self.controlnets.get(UNION)
+        except StudioError as error:
+            return modes, [f"{error} Each unit ran its own ControlNet instead."]
+        return (UNION,), union_note(controls)
 
     def generate(
         self,
@@ -143,7 +172,9 @@ class Studio:
         controls = controls_of(request, max_pixels, self.settings.detectors)
         edit = edit_inputs(request, max_pixels) if mode.starts_from_image else None
         with self._lock:
-            pipe = self.pipeline_for(request.mode, tuple(control.mode for control in controls))
+            controlnets, union_notes = self._controlnets_for(controls)
+            notes += union_notes
+            pipe = self.pipeline_for(request.mode, controlnets)
             notes += self.loras.activate(request.loras)
             notes += self._prompt_notes(request)
             pipe.scheduler = make_scheduler(request.scheduler, self._scheduler_config)
@@ -153,13 +184,13 @@ class Studio:
             images = [
                 image
                 for batch in _batches(seeds, self.settings.limits.max_images)
-                for image in self._run(pipe, request, controls, edit, on_step_end, batch)
+                for image in self._run(pipe, request, controls, controlnets == (UNION,), edit, on_step_end, batch)
             ]
         if edit is not None and edit.mask is not None:
             images = [keep_unmasked(pipe, edit, image) for image in images]
         if should_stop is not None and should_stop():
             raise StudioError("Stopped before the last step; no image was made.")
-        parameters = [self._parameters(request, seed, controls) for seed in seeds]
+        parameters = [self._parameters(request, seed, controls, controlnets) for seed in seeds]
         tagged = [tag_with_parameters(image, text) for image, text in zip(images, parameters, strict=True)]
         return GenerationResult(tagged, seeds, parameters, request, maps_side_by_side(controls), notes)
 
@@ -168,6 +199,7 @@ class Studio:
         pipe: DiffusionPipeline,
         request: GenerationRequest,
         controls: list[UsedControl],
+        union: bool,
         edit: EditInputs | None,
         on_step_end: Callable | None,
         seeds: Sequence[int],
@@ -193,7 +225,7 @@ class Studio:
             kwargs.update(mask_image=edit.mask)
         elif edit is not None:
             del kwargs["width"], kwargs["height"]  # image-to-image takes the start image's size
-        kwargs.update(control_kwargs(controls, starts_from_image=edit is not None))
+        kwargs.update(control_kwargs(controls, starts_from_image=edit is not None, union=union))
         return pipe(**kwargs).images
 
     def _prompt_notes(self, request: GenerationRequest) -> list[str]:
@@ -208,7 +240,9 @@ class Studio:
                 notes.append(f"The {name} is {len(ids)} tokens long; the model reads {room}, so this was cut: {cut!r}.")
         return notes
 
-    def _parameters(self, request: GenerationRequest, seed: int, controls: list[UsedControl]) -> str:
+    def _parameters(
+        self, request: GenerationRequest, seed: int, controls: list[UsedControl], controlnets: tuple[str, ...]
+    ) -> str:
         settings: dict[str, object] = {
             "Steps": request.steps,
             "Sampler": request.scheduler,
@@ -223,6 +257,8 @@ class Studio:
         if request.mode == "inpaint":
             settings.update({"Mask blur": request.mask_blur, "Masked content": request.masked_content})
         model_names = {name: display_name(source) for name, source in self.controlnets.registry.items()}
+        if controlnets == (UNION,):
+            model_names = {control.mode: model_names[UNION] for control in controls}
         settings.update(png_units(controls, model_names))
         settings["Version"] = "diffusion-studio"
         loras = [(lora.label, lora.weight) for lora in request.loras]

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from diffusers import ControlNetUnionModel, UNet2DConditionModel
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image, ImageDraw
 
+from embedded.tiny_models import build_tiny_controlnet, build_tiny_sdxl_pipeline, build_tiny_union_controlnet
 from pipelines.metadata import parse_parameters
+from pipelines.modes import UNION
 from pipelines.png_info import settings_from_parameters
 from pipelines.request import ControlUnit, GenerationRequest
+from pipelines.settings import Settings
+from pipelines.studio import Studio
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -91,3 +96,38 @@ def test_units_through_the_api(client, tmp_path):
     with pytest.raises(AppError, match="at most 2 more control units"):
         client.predict(image=handle_file(str(tmp_path / "edge.png")), control_units=too_many, **FAST,
                        api_name="/edge2img")
+
+
+@pytest.fixture(scope="module")
+def sdxl_with_union(tmp_path_factory) -> Studio:
+    folder = tmp_path_factory.mktemp("sdxl-union")
+    build_tiny_sdxl_pipeline(folder / "xl")
+    unet = UNet2DConditionModel.from_pretrained(folder / "xl" / "unet")
+    controlnets = {mode: str(build_tiny_controlnet(unet, folder / mode, seed)) for seed, mode in enumerate(
+        ("edge", "depth"), start=1)}
+    controlnets[UNION] = str(build_tiny_union_controlnet(unet, folder / UNION, seed=3))
+    return Studio(Settings(model=str(folder / "xl"), lora_dir=str(folder), device="cpu", controlnets=controlnets))
+
+
+def test_on_sdxl_several_units_share_the_union_model_instead_of_loading_one_each(sdxl_with_union):
+    studio = sdxl_with_union
+    result = studio.generate(two_units(scale=0.7))
+    pipe = studio.pipeline_for("edge", (UNION,))
+    assert isinstance(pipe.controlnet, ControlNetUnionModel) and pipe.unet is studio.base.unet
+    assert studio.controlnets.registry["edge"] not in studio.controlnets._loaded  # the edge model never loaded
+    assert "Model: union" in parse_parameters(result.parameters[0])["ControlNet 1"]
+    assert any("unit 0's were used" in note for note in result.notes)  # weights 1 and 0.7 cannot both apply
+    moved = studio.generate(two_units(scale=0.7, second=Image.new("RGB", (32, 32), "white")))
+    assert np.abs(pixels(result.images[0]) - pixels(moved.images[0])).mean() > 0.5  # the second map is read
+    start = Image.new("RGB", (32, 32), "blue")
+    edited = studio.generate(GenerationRequest(mode="img2img", image=start, control_units=two_units().control_units
+                                               + (ControlUnit("edge", disc_map((2, 2, 14, 14))),), **FAST))
+    assert edited.images[0].size == (32, 32)
+
+
+def test_a_union_model_that_cannot_load_leaves_each_unit_its_own_controlnet(sdxl_with_union, monkeypatch):
+    studio = sdxl_with_union
+    monkeypatch.setitem(studio.controlnets.registry, UNION, "/nowhere/union")
+    result = studio.generate(two_units())
+    assert any("Each unit ran its own ControlNet instead" in note for note in result.notes)
+    assert "Model: edge" in parse_parameters(result.parameters[0])["ControlNet 0"]

@@ -77,8 +77,8 @@ def preview_images(pipe: DiffusionPipeline, latents: torch.Tensor, family: str) 
 class Previewer:
     """A step hook that sends a preview every few steps, as often as `share` of the run's time allows.
 
-    Before each step's preview it compares the time previews took so far with the run's time so far; the last
-    step gets none, since the image itself comes next.
+    A step gets a preview only if the previews so far plus one more (at their mean cost so far) stay within the
+    share of the run's time so far; the last step gets none, since the image itself comes next.
     """
 
     def __init__(self, family: str, send: Callable[[Preview], None], share: float = PREVIEW_SHARE,
@@ -90,7 +90,8 @@ class Previewer:
 
     def __call__(self, step: DenoisingStep) -> None:
         now = self.clock()
-        if step.index >= step.total or self.spent > self.share * (now - self.started):
+        expected = self.spent / self.count if self.count else 0.0
+        if step.index >= step.total or self.spent + expected > self.share * (now - self.started):
             return
         latents = step.predicted_x0 if step.predicted_x0 is not None else step.latents
         self.send(Preview(preview_images(step.pipe, latents, self.family), step.index, step.total))

@@ -11,7 +11,9 @@ Printed per family: studio vs bare diffusers per mode (same modules, same argume
 load against plain `load_lora_weights`, a LoRA switch against a first load, two active LoRAs against none (and
 fused against unfused), a mode switch against a fresh load of the base, and resident memory with every mode built
 against the bytes of one copy of the weights. Timings on a shared machine drift: studio and bare calls alternate
-so that drift falls on both.
+so that drift falls on both, and by default every time is the process's CPU time (`--clock cpu`): with other
+work on the same cores, wall-clock times of identical calls varied by 2x here, while the CPU time a call needs
+barely changes. Run with `--threads 1` so that CPU seconds are seconds of one core.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from embedded.real_size import FAMILIES, build_real_size_controlnet, build_real_size_pipeline  # noqa: E402
 from embedded.synthetic_loras import kohya_metadata, lora_tensors, write_lora  # noqa: E402
+from embedded.tiny_models import build_tiny_controlnets, build_tiny_pipeline  # noqa: E402
 from pipelines.loader import load_base_pipeline  # noqa: E402
 from pipelines.modes import CONTROL_MODES, MODES  # noqa: E402
 from pipelines.request import GenerationRequest, LoraChoice  # noqa: E402
@@ -51,9 +54,10 @@ from pipelines.settings import Settings  # noqa: E402
 DTYPES = {"sd15": torch.float32, "sdxl": torch.bfloat16}
 # One real-size SDXL ControlNet is 1.25 B parameters: all three control modes share one here (the cache loads a
 # source once), so memory holds one and pose and depth would time the same as edge; SD1.5 gets three, as a real
-# deployment has, and every mode is timed.
+# deployment has.
 CONTROLNETS = {"sd15": 3, "sdxl": 1}
-TIMED_MODES = {"sd15": tuple(MODES), "sdxl": ("text", "edge")}
+# The modes timed: text and the control modes (img2img and inpainting run the same UNet on fewer steps).
+TIMED_MODES = {"sd15": ("text", *CONTROL_MODES), "sdxl": ("text", "edge")}
 SCHEDULER = "Euler"
 PROMPT = "a photo of an astronaut riding a horse on the moon"
 LORA_RANK = 32
@@ -64,14 +68,21 @@ def resident_gib() -> float:
     return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 2**20
 
 
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+clock = CLOCKS["cpu"]
+
+
 def timed(action: Callable[[], object]) -> float:
-    started = time.perf_counter()
+    started = clock()
     action()
-    return time.perf_counter() - started
+    return clock() - started
 
 
-def build(family: str, folder: Path) -> dict[str, str]:
+def build(family: str, folder: Path, tiny: bool = False) -> dict[str, str]:
     """The base model and its ControlNets, written in a child process so the builder's memory is gone after."""
+    if tiny:  # the test suite's tiny model: a smoke run of this script
+        build_tiny_pipeline(folder / "model")
+        return build_tiny_controlnets(folder / "model", folder)
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         return pool.submit(_build, family, folder).result()
 
@@ -137,9 +148,10 @@ def run_family(family: str, args: argparse.Namespace) -> None:
     dtype = DTYPES[family]
     scratch = Path(tempfile.mkdtemp(prefix=f"real-size-{family}-"))
     started = time.perf_counter()
-    controlnets = build(family, scratch)
+    controlnets = build(family, scratch, args.tiny)
     model = str(scratch / "model")
-    print(f"== {family}: real-size architecture, random weights, {str(dtype).removeprefix('torch.')}, "
+    size = "TINY (a smoke run)" if args.tiny else "real-size"
+    print(f"== {family}: {size} architecture, random weights, {str(dtype).removeprefix('torch.')}, "
           f"{args.size}x{args.size}, {args.steps} steps, guidance 7.5, {SCHEDULER}; built in "
           f"{time.perf_counter() - started:.0f} s", flush=True)
 
@@ -153,7 +165,8 @@ def run_family(family: str, args: argparse.Namespace) -> None:
     threads = torch.get_num_threads()
     unet_parameters = sum(parameter.numel() for parameter in studio.base.unet.parameters())
     chosen = "--threads" if args.threads else "the studio's choice"
-    print(f"UNet {unet_parameters / 1e9:.2f} B parameters; torch threads {threads} ({chosen})", flush=True)
+    print(f"UNet {unet_parameters / 1e9:.2f} B parameters; torch threads {threads} ({chosen}); times are "
+          f"{'CPU' if clock is time.process_time else 'wall-clock'} seconds", flush=True)
 
     base_image = compare_modes(studio, args, TIMED_MODES[family])
     compare_mode_switch(studio, fresh)
@@ -273,13 +286,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls of each kind (after a warm-up)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the studio's choice)")
+    parser.add_argument("--tiny", action="store_true", help="the tests' tiny SD1.5 model: a smoke run in seconds")
+    parser.add_argument("--clock", choices=CLOCKS, default="cpu", help="the process's CPU time, or wall-clock time")
     args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
+    if args.tiny:
+        args.size, args.steps, args.repeats = 32, 2, 1
+        run_family("sd15", args)
+        return
     if args.family != "all":
         run_family(args.family, args)
         return
     for family in FAMILIES:  # one process each: only one real-size model in memory at a time
         command = [sys.executable, __file__, "--family", family, "--size", str(args.size), "--steps",
-                   str(args.steps), "--repeats", str(args.repeats)]
+                   str(args.steps), "--repeats", str(args.repeats), "--clock", args.clock]
         if args.threads:
             command += ["--threads", str(args.threads)]
         subprocess.run(command, check=True)

@@ -89,6 +89,11 @@ class Studio:
         self._lock = threading.Lock()
 
     @property
+    def lock(self) -> threading.Lock:
+        """Held while a run uses the shared modules; hold it to use them directly (the Explore tab's VAE)."""
+        return self._lock
+
+    @property
     def size_multiple(self) -> int:
         # diffusers' text-to-image pipelines insist on multiples of 8 whatever the VAE's factor (the embedded
         # model's is 4), and the latents must divide by the VAE's factor: every pipeline takes the common multiple.

@@ -88,12 +88,12 @@ def forward_noise(studio, request: NoiseRequest) -> NoisedImages:
     timestep = torch.tensor([request.timestep])
     generator = torch.Generator("cpu").manual_seed(request.seed)
     pipe = studio.base
-    with torch.no_grad():
+    with torch.no_grad(), studio.lock:  # the VAE is shared with every run (and upcast in place on SDXL fp16)
         latents = pipe.vae.encode(pixels.to(pipe.device, pipe.vae.dtype)).latent_dist.mean
         latents = latents.float().cpu() * pipe.vae.config.scaling_factor
         noised_latents = schedule.add_noise(latents, torch.randn(latents.shape, generator=generator), timestep)
         noised_pixels = schedule.add_noise(pixels, torch.randn(pixels.shape, generator=generator), timestep)
-    [latent_view] = decode_latents(pipe, noised_latents.to(pipe.device))
+        [latent_view] = decode_latents(pipe, noised_latents.to(pipe.device))
     pixel_view = Image.fromarray(((noised_pixels[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
     return NoisedImages(
         latent_view,

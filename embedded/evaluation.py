@@ -8,16 +8,18 @@ every figure) and by the tests (assert the floors).
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from embedded import measures, world
+from pipelines.editing import edit_inputs, keep_unmasked, through_the_vae
 from pipelines.request import GenerationRequest, LoraChoice
 from pipelines.settings import Settings
 from pipelines.studio import Studio
+from pipelines.validation import validate_request
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 STEPS = 20
@@ -142,3 +144,204 @@ def seconds_for_20_steps(studio: Studio, mode: str = "text", repeats: int = 3) -
         generate(studio, [replace(request(scene, mode=mode), seed=repeat)])
         times.append(time.perf_counter() - started)
     return float(np.median(times))
+
+
+# ---------------------------------------------------------------- img2img and inpainting
+
+IMG2IMG_SEED_OFFSET = world.EVALUATION_SEED_OFFSET + 400_000
+INPAINT_SEED_OFFSET = world.EVALUATION_SEED_OFFSET + 500_000
+EDIT_VALIDATION_SEED_OFFSET = VALIDATION_SEED_OFFSET + 10_000  # for choosing the middle strength
+# The strength the "in between" measures are read at, chosen on 24 validation scenes (evaluate_embedded.py
+# --strength-sweep 0.3 0.4 0.5 0.6 0.7 1.0): the lowest that takes a new colour in most cases (29% at 0.3, 62% at
+# 0.4, 88% at 0.5), so it keeps the most of the start that still edits it: there the object under its own caption
+# keeps IoU 0.75 with the start's (0.88 at 0.3, 0.32 at strength 1, where nothing of the place is kept).
+MIDDLE_STRENGTH = 0.5
+BOX_MARGIN = 3  # pixels around the object's bounding box in the inpainting mask (the rim is anti-aliased)
+WHOLE_IMAGE = 10**6  # pixel limit for re-reading a checked request's mask: ours are 64x64
+
+
+@dataclass(frozen=True)
+class Edit:
+    """A start picture of the world and a prompt naming another colour for its object. `prompted` is the
+    world's own picture of that prompt with the start's seed, shape, place and size: the edit's ground truth."""
+
+    start: world.Scene
+    prompted: world.Scene
+
+    @property
+    def box(self) -> np.ndarray:
+        """Inpainting mask (uint8, 255 = repaint): the object's bounding box, BOX_MARGIN pixels larger."""
+        ys, xs = np.nonzero(self.start.mask)
+        mask = np.zeros(self.start.mask.shape, np.uint8)
+        mask[max(ys.min() - BOX_MARGIN, 0) : ys.max() + BOX_MARGIN + 1,
+             max(xs.min() - BOX_MARGIN, 0) : xs.max() + BOX_MARGIN + 1] = 255
+        return mask
+
+    @property
+    def background(self) -> np.ndarray:
+        """The start scene without its object: a plain picture of its background colour."""
+        return np.full_like(self.start.image, world.COLOURS[self.start.background])
+
+
+def edit_scenes(count: int = 12, seed_offset: int = IMG2IMG_SEED_OFFSET) -> list[Edit]:
+    """Unseen object scenes, the shapes in turn; the prompt's colour cycles through those that are neither the
+    object's nor the background's. Fixing colour, shape and background keeps the seed's draws of place and size,
+    so `start` and `prompted` differ in the object's colour alone."""
+    edits = []
+    for index in range(count):
+        seed = seed_offset + index
+        drawn = world.make_scene(seed, "object", shape=world.SHAPES[index % len(world.SHAPES)])
+        others = [name for name in world.COLOURS if name not in (drawn.colour, drawn.background)]
+        fixed = dict(shape=drawn.shape, background=drawn.background)
+        edits.append(Edit(world.make_scene(seed, "object", colour=drawn.colour, **fixed),
+                          world.make_scene(seed, "object", colour=others[index % len(others)], **fixed)))
+    return edits
+
+
+def edit_request(edit: Edit, mode: str, *, same_caption: bool = False, start: np.ndarray | None = None,
+                 **values) -> GenerationRequest:
+    """img2img or inpainting of `edit`'s start picture (or `start`) with the prompted caption (or the start's own),
+    at the evaluation's steps and the model's default guidance; inpainting masks the object's box."""
+    prompt = edit.start.caption if same_caption else edit.prompted.caption
+    picture = Image.fromarray(edit.start.image if start is None else start)
+    if mode == "inpaint":
+        values.setdefault("mask", Image.fromarray(edit.box))
+    return GenerationRequest(mode=mode, prompt=prompt, image=picture, seed=edit.start.seed, steps=STEPS, **values)
+
+
+def mean_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference per channel, 0..255."""
+    return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean())
+
+
+def round_trip_scores(studio: Studio, edits: list[Edit]) -> dict:
+    """img2img at strength 0 against the start picture's VAE round trip (encode, decode) and the picture itself."""
+    pipe = studio.pipeline_for("img2img")
+    outputs = generate(studio, [edit_request(e, "img2img", strength=0.0) for e in edits])
+    trips = [np.asarray(through_the_vae(pipe, Image.fromarray(e.start.image))) for e in edits]
+    return {"to_round_trip": float(np.mean([mean_distance(o, t) for o, t in zip(outputs, trips)])),
+            "identical_to_round_trip": all(np.array_equal(o, t) for o, t in zip(outputs, trips)),
+            "to_input": float(np.mean([mean_distance(o, e.start.image) for o, e in zip(outputs, edits)])),
+            "count": len(edits)}
+
+
+def ground_truth_round_trip_scores(edits: list[Edit]) -> dict:
+    """The distance's scale: a picture to itself, and to another unseen scene's picture."""
+    others = [edits[(index + 1) % len(edits)].start.image for index in range(len(edits))]
+    return {"to_itself": float(np.mean([mean_distance(e.start.image, e.start.image) for e in edits])),
+            "to_another_scene": float(np.mean([mean_distance(e.start.image, o) for e, o in zip(edits, others)]))}
+
+
+def score_keeping(images: list[np.ndarray], edits: list[Edit]) -> dict:
+    """How much of the start picture's object an image keeps: IoU of its object with the start's object (place
+    and size), and whether its colour is the prompted one, the start's, or another."""
+    masks = [measures.object_mask(image) for image in images]
+    ious = [measures.iou(mask, e.start.mask) for mask, e in zip(masks, edits)]
+    colours = [measures.object_colour(i, m) for i, m in zip(images, masks)]
+    return {"iou": float(np.mean(ious)), "min_iou": float(np.min(ious)),
+            "prompted_colour": float(np.mean([c == e.prompted.colour for c, e in zip(colours, edits)])),
+            "start_colour": float(np.mean([c == e.start.colour for c, e in zip(colours, edits)])),
+            "count": len(edits)}
+
+
+def strength_images(studio: Studio, edits: list[Edit], strength: float, same_caption: bool = False) -> list[np.ndarray]:
+    return generate(studio, [edit_request(e, "img2img", strength=strength, same_caption=same_caption) for e in edits])
+
+
+def prompted_colour_scores(studio: Studio, edits: list[Edit]) -> dict:
+    """img2img at strength 1 and text mode on the same prompts and seeds, by text mode's measures (colour named
+    right, colour error, shape), and how much of the start's object strength 1 keeps (`score_keeping`)."""
+    prompted = [e.prompted for e in edits]
+    img2img = strength_images(studio, edits, 1.0)
+    text = generate(studio, [request(e.prompted) for e in edits])  # the start's seed
+    return {"img2img": score_text_images(img2img, prompted), "text": score_text_images(text, prompted),
+            "img2img_keeping": score_keeping(img2img, edits)}
+
+
+def keeping_scores(studio: Studio, edits: list[Edit], strength: float = MIDDLE_STRENGTH) -> dict:
+    """img2img at `strength` prompted with another colour, and with the start's own caption."""
+    return {"new_colour": score_keeping(strength_images(studio, edits, strength), edits),
+            "same_caption": score_keeping(strength_images(studio, edits, strength, same_caption=True), edits),
+            "strength": strength}
+
+
+def ground_truth_keeping_scores(edits: list[Edit]) -> dict:
+    """The world's own pictures: the prompted scene keeps the place and takes the colour; the start picture keeps
+    both; another scene's prompted picture keeps neither place nor (mostly) colour."""
+    others = [edits[(index + 1) % len(edits)].prompted.image for index in range(len(edits))]
+    return {"prompted": score_keeping([e.prompted.image for e in edits], edits),
+            "start": score_keeping([e.start.image for e in edits], edits),
+            "another_scene": score_keeping(others, edits)}
+
+
+def ground_truth_prompted_colour_scores(edits: list[Edit]) -> dict:
+    """Text mode's colour measure on the world's pictures of the prompts, and on the start pictures (whose object
+    is never in the prompted colour, so a model that ignores the prompt scores 0 there)."""
+    prompted = [e.prompted for e in edits]
+    return {"prompted": score_text_images([e.prompted.image for e in edits], prompted),
+            "start": score_text_images([e.start.image for e in edits], prompted)}
+
+
+def inpaint(studio: Studio, requests: list[GenerationRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image, the blurred mask the studio pasted the start back through) for each inpainting request."""
+    made = []
+    for one in requests:
+        result = studio.generate(one)
+        mask = np.asarray(edit_inputs(result.request, WHOLE_IMAGE).mask)
+        made.append((np.asarray(result.images[0]), mask))
+    return made
+
+
+def score_inpainting(made: list[tuple[np.ndarray, np.ndarray]], starts: list[np.ndarray], edits: list[Edit]) -> dict:
+    """Outside the blurred mask (where it is 0): how many pixels differ from the start picture, exactly. Inside:
+    text mode's colour measure against the prompted colour, and the shape."""
+    outside = [mask == 0 for _, mask in made]
+    changed = [int(((image != start).any(axis=-1) & keep).sum())
+               for (image, _), start, keep in zip(made, starts, outside)]
+    scores = score_text_images([image for image, _ in made], [e.prompted for e in edits])
+    return {"changed_outside": int(np.sum(changed)), "outside_pixels": int(np.sum([k.sum() for k in outside])),
+            "colour": scores["colour"], "colour_error": scores["colour_error"], "shape": scores["shape"],
+            "count": len(edits)}
+
+
+def inpaint_starts(edits: list[Edit], start: str) -> list[np.ndarray]:
+    """"object": the start picture (the prompt recolours its object); "background": the start's plain background
+    (the prompt asks for an object where there is none)."""
+    return [e.start.image if start == "object" else e.background for e in edits]
+
+
+def inpaint_scores(studio: Studio, edits: list[Edit], masked_content: str = "original", start: str = "object",
+                   **values) -> dict:
+    """Inpainting of the object's box with the prompted caption, at the request's defaults (strength, mask blur)
+    unless `values` say otherwise."""
+    starts = inpaint_starts(edits, start)
+    requests = [edit_request(e, "inpaint", start=s, masked_content=masked_content, **values)
+                for e, s in zip(edits, starts)]
+    made = inpaint(studio, requests)
+    scores = score_inpainting(made, starts, edits)
+    checked, _ = validate_request(requests[0], studio.served)  # the defaults the runs were given
+    return {**scores, "strength": checked.strength, "mask_blur": checked.mask_blur}
+
+
+def ground_truth_inpaint_scores(studio: Studio, edits: list[Edit], start: str = "object") -> dict:
+    """The world's picture of the prompt pasted into the start through the studio's blurred mask scores 0 pixels
+    changed outside and the prompted colour inside; its VAE round trip (no paste) changes pixels outside; the
+    start picture left as it is never has the prompted colour."""
+    pipe = studio.pipeline_for("inpaint")
+    starts = inpaint_starts(edits, start)
+    pasted, unpasted, untouched = [], [], []
+    for edit, picture in zip(edits, starts):
+        checked, _ = validate_request(edit_request(edit, "inpaint", start=picture), studio.served)
+        inputs = edit_inputs(checked, WHOLE_IMAGE)
+        mask = np.asarray(inputs.mask)
+        pasted.append((np.asarray(keep_unmasked(pipe, inputs, Image.fromarray(edit.prompted.image))), mask))
+        unpasted.append((np.asarray(through_the_vae(pipe, Image.fromarray(edit.prompted.image))), mask))
+        untouched.append((picture, mask))
+    return {"pasted": score_inpainting(pasted, starts, edits), "round_trip": score_inpainting(unpasted, starts, edits),
+            "start": score_inpainting(untouched, starts, edits)}
+
+
+def strength_sweep(studio: Studio, strengths: list[float], edits: list[Edit] | None = None) -> dict[float, dict]:
+    """`keeping_scores` at each strength on the validation scenes: where the middle strength was chosen."""
+    edits = edit_scenes(24, EDIT_VALIDATION_SEED_OFFSET) if edits is None else edits
+    return {strength: keeping_scores(studio, edits, strength) for strength in strengths}

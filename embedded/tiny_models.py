@@ -36,6 +36,21 @@ def write_byte_level_tokenizer(folder: Path) -> CLIPTokenizer:
     return tokenizer
 
 
+def _tiny_unet(**family) -> UNet2DConditionModel:
+    """Two blocks, 16x16 latents; `family` adds what SD or SDXL conditions on."""
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        **family,
+    )
+
+
 def _tiny_vae() -> AutoencoderKL:
     return AutoencoderKL(
         block_out_channels=(16, 32),
@@ -74,14 +89,7 @@ def _sd_scheduler() -> DDIMScheduler:
 def build_tiny_sdxl_pipeline(folder: Path, seed: int = 0) -> StableDiffusionXLPipeline:
     """SDXL's layout at toy size: two text encoders (the second with a projection) and the size conditioning."""
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _tiny_unet(
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
@@ -89,7 +97,6 @@ def build_tiny_sdxl_pipeline(folder: Path, seed: int = 0) -> StableDiffusionXLPi
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=6 * 8 + 32,  # six size numbers, then the pooled text embedding
         cross_attention_dim=64,  # the two text encoders' 32 + 32
-        norm_num_groups=8,
     )
     tokenizer = write_byte_level_tokenizer(folder / "tokenizer")
     tokenizer_2 = write_byte_level_tokenizer(folder / "tokenizer_2")
@@ -104,17 +111,7 @@ def build_tiny_sdxl_pipeline(folder: Path, seed: int = 0) -> StableDiffusionXLPi
 
 def build_tiny_pipeline(folder: Path, seed: int = 0) -> StableDiffusionPipeline:
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=8,
-    )
+    unet = _tiny_unet(cross_attention_dim=32)
     tokenizer = write_byte_level_tokenizer(folder / "tokenizer")
     pipe = StableDiffusionPipeline(
         unet=unet, vae=_tiny_vae(), text_encoder=CLIPTextModel(_tiny_text_config(tokenizer)), tokenizer=tokenizer,

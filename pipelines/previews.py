@@ -22,6 +22,10 @@ from pipelines.steps import DenoisingStep
 
 # At most this share of a run's time goes to previews; the rest of the run is the same as without them.
 PREVIEW_SHARE = 0.05
+# And none sooner than this after the start or the last one: delivering a preview (PNG, cache file, stream, the
+# browser's fetch) cost 50-90 ms here, more than its decode, and a run shorter than this ends before anyone could
+# look (scripts/benchmark_served.py: the embedded model's 0.34 s run served in 0.59 s with previews, 0.49 s without).
+PREVIEW_INTERVAL_S = 0.5
 # Linear maps from a latent pixel to RGB in [-1, 1] (rows: latent channels; ComfyUI's latent_formats.py, fitted
 # on each family's VAE). SD 2.x shares SD 1.x's VAE.
 _SD_RGB = (
@@ -77,23 +81,26 @@ def preview_images(pipe: DiffusionPipeline, latents: torch.Tensor, family: str) 
 class Previewer:
     """A step hook that sends a preview every few steps, as often as `share` of the run's time allows.
 
-    A step gets a preview only if the previews so far plus one more (at their mean cost so far) stay within the
-    share of the run's time so far; the last step gets none, since the image itself comes next.
+    A step gets a preview only if `interval` seconds have passed since the start or the last preview, and the
+    previews so far plus one more (at their mean cost so far) stay within the share of the run's time so far; the
+    last step gets none, since the image itself comes next.
     """
 
     def __init__(self, family: str, send: Callable[[Preview], None], share: float = PREVIEW_SHARE,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
-        self.family, self.send, self.share, self.clock = family, send, share, clock
-        self.started = clock()
+                 clock: Callable[[], float] = time.perf_counter, interval: float = PREVIEW_INTERVAL_S) -> None:
+        self.family, self.send, self.share, self.clock, self.interval = family, send, share, clock, interval
+        self.started = self.last_sent = clock()
         self.spent = 0.0
         self.count = 0
 
     def __call__(self, step: DenoisingStep) -> None:
         now = self.clock()
         expected = self.spent / self.count if self.count else 0.0
-        if step.index >= step.total or self.spent + expected > self.share * (now - self.started):
+        too_soon = now - self.last_sent < self.interval
+        if too_soon or step.index >= step.total or self.spent + expected > self.share * (now - self.started):
             return
         latents = step.predicted_x0 if step.predicted_x0 is not None else step.latents
         self.send(Preview(preview_images(step.pipe, latents, self.family), step.index, step.total))
-        self.spent += self.clock() - now
+        self.last_sent = self.clock()
+        self.spent += self.last_sent - now
         self.count += 1

@@ -156,18 +156,32 @@ def test_previews_never_change_the_final_image(studio, scheduler):
     """A preview at every step (no time budget); Euler a draws fresh noise from the run's generator at every step."""
     request = GenerationRequest(prompt=SHAPE_PROMPTS[1], seed=7, steps=8, scheduler=scheduler)
     previews = []
-    previewed = studio.generate(request, on_step=Previewer("embedded", previews.append, share=float("inf")))
+    every_step = Previewer("embedded", previews.append, share=float("inf"), interval=0.0)
+    previewed = studio.generate(request, on_step=every_step)
     plain = studio.generate(request)
     assert len(previews) == 7  # every step but the last
     assert np.array_equal(pixels(previewed.images[0]), pixels(plain.images[0]))
 
 
 def test_the_text_tab_shows_a_preview_before_the_image(studio):
-    outputs = list(run_request(studio, GenerationRequest(prompt=SHAPE_PROMPTS[2], seed=2, steps=20)))
+    """A run long enough to watch (about 1.5 s here); shorter ones end before the first preview is due."""
+    outputs = list(run_request(studio, GenerationRequest(prompt=SHAPE_PROMPTS[2], seed=2, steps=90)))
     *previews, final = outputs
     assert previews and all(output[0]["label"].startswith("Preview, step") for output in previews)
     assert all(len(output[0]["value"]) == 1 for output in previews)  # one preview per image
     assert [caption for _, caption in final[0]] == ["seed 2"]  # the last output is the result
+
+
+def test_previews_come_no_sooner_than_their_interval():
+    """Steps of 0.1 s: with a 0.5 s interval the first preview is at 0.5 s, then at most one every 0.5 s."""
+    now = [0.0]
+    sent = []
+    previewer = Previewer("sd15", lambda preview: sent.append(preview.step), share=1.0, clock=lambda: now[0],
+                          interval=0.5)
+    for index in range(1, 21):
+        now[0] += 0.1
+        previewer(DenoisingStep(index, 20, 0.0, torch.zeros(1, 4, 2, 2), None, pipe=None))
+    assert sent[0] == 5 and len(sent) == 3 and all(later - earlier >= 5 for earlier, later in zip(sent, sent[1:]))
 
 
 def test_previews_take_at_most_their_share_of_the_time():
@@ -179,7 +193,7 @@ def test_previews_take_at_most_their_share_of_the_time():
         now[0] += 3.0
         sent.append(preview.step)
 
-    previewer = Previewer("sd15", send, share=0.1, clock=lambda: now[0])
+    previewer = Previewer("sd15", send, share=0.1, clock=lambda: now[0], interval=0.0)
     for index in range(1, 31):
         now[0] += 10.0
         previewer(DenoisingStep(index, 30, 0.0, torch.zeros(1, 4, 2, 2), None, pipe=None))

@@ -161,12 +161,15 @@ class Studio:
         on_step: StepHook | None = None,
         *,
         seeds: Sequence[int] | None = None,
+        fuse_loras: bool = False,
     ) -> GenerationResult:
         """Validate and run `request`; `should_stop`, polled at every step, ends a run early (StudioError).
 
         `on_step` sees every step's latents and x0 estimate (previews, the Explore timeline); it changes nothing.
         `seeds` (checked by the caller, as `validate_grid` does) asks for one image per seed instead of
         `num_images` from `seed`: the LoRA grid's columns, run as batches of at most the served image limit.
+        `fuse_loras` fuses the request's LoRA set into the weights for the run (a grid row: one run per set); the
+        base weights come back exactly with the next different set.
         """
         request, notes = validate_request(request, self.served)
         seeds = list(seeds) if seeds is not None else [request.seed + index for index in range(request.num_images)]
@@ -181,6 +184,8 @@ class Studio:
             notes += union_notes
             pipe = self.pipeline_for(request.mode, controlnets)
             notes += self.loras.activate(request.loras)
+            if fuse_loras:
+                self.loras.fuse_active()
             notes += self._prompt_notes(request)
             pipe.scheduler = make_scheduler(request.scheduler, self._scheduler_config)
             on_step_end = with_step_hook(_step_callback(progress, should_stop, request.steps), pipe, on_step)

@@ -277,7 +277,9 @@ def test_grid_rows_columns_cells_and_png_parameters(studio, tmp_path):
         together="ink.safetensors: 0.5, neon.safetensors: 0.5",
         add_together=True,
     )
+    base = pixels(studio)
     result = render_grid(studio, grid)
+    assert np.array_equal(pixels(studio), base)  # each row ran fused; the base weights came back exactly
     assert [cell.row_label for cell in result.cells[::2]] == [
         "no LoRA",
         "ink.safetensors @ 0",

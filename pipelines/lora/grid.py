@@ -1,8 +1,9 @@
 """Comparison grids: the "no LoRA" baseline and each LoRA at each weight, one column per seed.
 
-Each row is one `Studio.generate` call with its LoRA set, its seeds run as one batch (a generator per seed),
-so a cell is the image the same request gives on its own, up to float rounding in a larger batch (at most one
-level of 255 here), and other requests may run between rows without mixing in. Each
+Each row is one `Studio.generate` call with its LoRA set fused into the weights (a row is one run per set, and
+peft's unfused layers cost the embedded model half its time again), its seeds run as one batch (a generator per
+seed), so a cell is the image the same request gives on its own, up to float rounding in a larger batch or in the
+fused weights (at most one level of 255 here), and other requests may run between rows without mixing in. Each
 row's prompt gets that row's trigger words (when asked), the baseline's none, so the baseline is the base.
 The grid image carries, for the PNG it is saved as, each cell's A1111 parameters in its own text entry
 ("parameters r<row> c<col>"), the baseline's in "parameters" (which other tools read) and the layout in
@@ -77,7 +78,8 @@ def render_grid(studio, grid: GridRequest, *, on_cell: Callable[[int, int], None
     cells = []
     for row, (row_label, choices) in enumerate(rows):
         prompt = _with_triggers(studio, grid.base.prompt, choices) if grid.add_triggers else grid.base.prompt
-        result = studio.generate(replace(grid.base, prompt=prompt, loras=choices, num_images=1), seeds=grid.seeds)
+        request = replace(grid.base, prompt=prompt, loras=choices, num_images=1)
+        result = studio.generate(request, seeds=grid.seeds, fuse_loras=True)
         notes += [note for note in result.notes if note not in notes]
         for column, (seed, image, parameters) in enumerate(zip(result.seeds, result.images, result.parameters)):
             cells.append(GridCell(row, column, row_label, f"seed {seed}", image, parameters))

@@ -16,7 +16,7 @@ from PIL import Image
 
 from embedded import measures, world
 from pipelines.editing import edit_inputs, keep_unmasked, through_the_vae
-from pipelines.request import GenerationRequest, LoraChoice
+from pipelines.request import ControlUnit, GenerationRequest, LoraChoice
 from pipelines.settings import Settings
 from pipelines.studio import Studio
 from pipelines.validation import validate_request
@@ -345,3 +345,120 @@ def strength_sweep(studio: Studio, strengths: list[float], edits: list[Edit] | N
     """`keeping_scores` at each strength on the validation scenes: where the middle strength was chosen."""
     edits = edit_scenes(24, EDIT_VALIDATION_SEED_OFFSET) if edits is None else edits
     return {strength: keeping_scores(studio, edits, strength) for strength in strengths}
+
+
+# ---------------------------------------------------------------- two ControlNets at once
+
+TWO_CONTROLS_SEED_OFFSET = world.EVALUATION_SEED_OFFSET + 600_000
+TWO_CONTROLS_GAP = 4  # pixels of background at least between the two objects (dilation of each mask)
+TWO_CONTROLS_PRESENT = 0.5  # an object counts as drawn where its per-object IoU reaches this
+
+
+@dataclass(frozen=True)
+class TwoControls:
+    """Two unseen object scenes of different shapes whose objects do not overlap: `edge` gives the edge map,
+    `depth` the depth map. Both share colour and background, so one in-vocabulary caption names the colour and
+    background of each object truly; the captions the model learned name one shape, and `prompt` names the edge
+    object's (the depth map alone says where and what the second is)."""
+
+    edge: world.Scene
+    depth: world.Scene
+
+    @property
+    def prompt(self) -> str:
+        return self.edge.caption
+
+    @property
+    def composite(self) -> np.ndarray:
+        """The world's picture of both objects: the edge scene with the depth scene's object pasted in."""
+        image = self.edge.image.copy()
+        image[self.depth.mask] = self.depth.image[self.depth.mask]
+        return image
+
+    @property
+    def regions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each object's half of the picture: the pixels nearer to its mask than to the other's (a Voronoi split
+        along the gap), so one object's score never counts the other's pixels."""
+        import cv2
+
+        def distance_to(mask: np.ndarray) -> np.ndarray:
+            return cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5)
+
+        to_edge, to_depth = distance_to(self.edge.mask), distance_to(self.depth.mask)
+        return to_edge <= to_depth, to_depth < to_edge
+
+
+def _apart(a: np.ndarray, b: np.ndarray, gap: int = TWO_CONTROLS_GAP) -> bool:
+    import cv2
+
+    grown = cv2.dilate(a.astype(np.uint8), np.ones((2 * gap + 1, 2 * gap + 1), np.uint8)).astype(bool)
+    return not (grown & b).any()
+
+
+def two_control_pairs(count: int = 12, seed_offset: int = TWO_CONTROLS_SEED_OFFSET) -> list[TwoControls]:
+    """`count` pairs of unseen scenes: the edge object's shape cycles through the shapes, the depth object has the
+    next shape, the same colour and background; both are redrawn from successive seeds until they stand
+    TWO_CONTROLS_GAP pixels clear of each other (rejection, which favours smaller objects)."""
+    pairs = []
+    for index in range(count):
+        seed = seed_offset + 1000 * index
+        shape, other = world.SHAPES[index % len(world.SHAPES)], world.SHAPES[(index + 1) % len(world.SHAPES)]
+        for attempt in range(0, 1000, 2):
+            edge = world.make_scene(seed + attempt, "object", shape=shape)
+            depth = world.make_scene(seed + attempt + 1, "object", colour=edge.colour, background=edge.background,
+                                     shape=other)
+            if _apart(edge.mask, depth.mask):
+                break
+        else:
+            raise RuntimeError(f"no two objects clear of each other for pair {index}")
+        pairs.append(TwoControls(edge, depth))
+    return pairs
+
+
+def two_controls_request(pair: TwoControls, units: str = "both") -> GenerationRequest:
+    """"both": the edge map as the mode's ControlNet and the depth map as a second unit; "edge" or "depth": that
+    map alone (the one-control baselines). Same prompt and seed for all three."""
+    edge_map, depth_map = Image.fromarray(pair.edge.edge), Image.fromarray(pair.depth.depth)
+    mode, image = ("depth", depth_map) if units == "depth" else ("edge", edge_map)
+    extra = (ControlUnit("depth", depth_map, scale=1.0),) if units == "both" else ()
+    return GenerationRequest(mode=mode, prompt=pair.prompt, image=image, preprocessor="none", seed=pair.edge.seed,
+                             steps=STEPS, control_units=extra)
+
+
+def object_in_region(image: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """`measures.object_mask` of the image with everything outside `region` painted the background colour."""
+    restricted = image.copy()
+    restricted[~region] = measures.background_colour(image).astype(np.uint8)
+    return measures.object_mask(restricted)
+
+
+def score_two_controls(images: list[np.ndarray], pairs: list[TwoControls]) -> dict:
+    """Per object: IoU of the image's object within that object's region with its true mask; "both" is the
+    share of images where both IoUs reach TWO_CONTROLS_PRESENT."""
+    edge_ious, depth_ious = [], []
+    for image, pair in zip(images, pairs):
+        edge_region, depth_region = pair.regions
+        edge_ious.append(measures.iou(object_in_region(image, edge_region), pair.edge.mask))
+        depth_ious.append(measures.iou(object_in_region(image, depth_region), pair.depth.mask))
+    edge_ious, depth_ious = np.array(edge_ious), np.array(depth_ious)
+    return {"edge_iou": float(edge_ious.mean()), "depth_iou": float(depth_ious.mean()),
+            "min_edge_iou": float(edge_ious.min()), "min_depth_iou": float(depth_ious.min()),
+            "edge_present": float(np.mean(edge_ious >= TWO_CONTROLS_PRESENT)),
+            "depth_present": float(np.mean(depth_ious >= TWO_CONTROLS_PRESENT)),
+            "both": float(np.mean((edge_ious >= TWO_CONTROLS_PRESENT) & (depth_ious >= TWO_CONTROLS_PRESENT))),
+            "count": len(pairs)}
+
+
+def ground_truth_two_controls_scores(pairs: list[TwoControls]) -> dict:
+    """The world's pictures: both objects pasted together, each scene alone, and the plain background."""
+    return {"composite": score_two_controls([p.composite for p in pairs], pairs),
+            "edge_scene": score_two_controls([p.edge.image for p in pairs], pairs),
+            "depth_scene": score_two_controls([p.depth.image for p in pairs], pairs),
+            "background": score_two_controls([np.full_like(p.edge.image, world.COLOURS[p.edge.background])
+                                              for p in pairs], pairs)}
+
+
+def two_controls_scores(studio: Studio, pairs: list[TwoControls]) -> dict:
+    """The studio's images with both ControlNets, and with each alone (same prompt and seed)."""
+    return {units: score_two_controls(generate(studio, [two_controls_request(p, units) for p in pairs]), pairs)
+            for units in ("both", "edge", "depth")}

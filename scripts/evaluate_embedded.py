@@ -3,6 +3,7 @@
     HF_HUB_OFFLINE=1 python scripts/evaluate_embedded.py [--models models] [--count 24] [--validation]
     HF_HUB_OFFLINE=1 python scripts/evaluate_embedded.py --editing [--edit-count 24]    # img2img and inpainting only
     HF_HUB_OFFLINE=1 python scripts/evaluate_embedded.py --strength-sweep 0.3 0.4 0.5   # on validation scenes
+    HF_HUB_OFFLINE=1 python scripts/evaluate_embedded.py --two-controls [--two-count 12]  # edge + depth at once
 
 Serves models/ with the studio and scores the images its `generate` makes, the ones a person gets, for
 prompts, control maps and seeds that training never used. `--validation` scores text and LoRAs on
@@ -36,6 +37,9 @@ def main() -> None:
     parser.add_argument("--edit-count", type=int, default=24, help="start pictures per img2img/inpainting score")
     parser.add_argument("--strength-sweep", type=float, nargs="*", default=[],
                         help="img2img keeping scores at these strengths on the validation scenes, instead")
+    parser.add_argument("--two-controls", action="store_true",
+                        help="score an edge map and a depth map of two objects at once only (also under --editing)")
+    parser.add_argument("--two-count", type=int, default=12, help="pairs of maps for --two-controls")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("EMBEDDED_THREADS", "2")))
     studio = evaluation.load(args.models)
@@ -49,8 +53,12 @@ def main() -> None:
     if args.strength_sweep:
         print_strength_sweep(studio, args.strength_sweep, args.edit_count)
         return
+    if args.two_controls:
+        print_two_controls_scores(studio, args.two_count)
+        return
     if args.editing:
         print_editing_scores(studio, args.edit_count)
+        print_two_controls_scores(studio, args.two_count)
         return
     text = print_text_scores(studio, sorted({default, 1.0, 7.5, *args.guidance}), scenes)
     print(f"guidance 7.5 beats 1.0 on colour: {evaluation.colour_beats(text[7.5], text[1.0])}")
@@ -67,6 +75,7 @@ def main() -> None:
     print(f"pose  limbs covered {pose['limb_coverage']:.0%} (floor 70%), n={pose['count']}")
     print_lora_scores(studio)
     print_editing_scores(studio, args.edit_count)
+    print_two_controls_scores(studio, args.two_count)
     text_seconds = evaluation.seconds_for_20_steps(studio)
     print(f"speed text mode: {text_seconds:.2f} s for 20 steps (limit 1 s)")
     control_seconds = evaluation.seconds_for_20_steps(studio, mode="edge")
@@ -145,6 +154,22 @@ def print_editing_scores(studio: Studio, count: int) -> None:
                   f"{scores['changed_outside']} of {scores['outside_pixels']} pixels outside the mask changed "
                   f"(floor 0); inside colour {scores['colour']:.0%} (text mode's floor 90%, mean error "
                   f"{scores['colour_error']:.1f} RGB), shape {scores['shape']:.0%}, n={scores['count']}")
+
+
+def print_two_controls_scores(studio: Studio, count: int) -> None:
+    """An edge map of one object and a depth map of another, apart: each object's IoU within its own half of the
+    picture, on the truth first, then with both ControlNets and with each alone (same prompt and seed)."""
+    pairs = evaluation.two_control_pairs(count)
+    present = evaluation.TWO_CONTROLS_PRESENT
+    for name, scores in evaluation.ground_truth_two_controls_scores(pairs).items():
+        print(f"two controls truth ({name}): IoU edge object {scores['edge_iou']:.3f}, depth object "
+              f"{scores['depth_iou']:.3f}; both drawn (IoU >= {present}) {scores['both']:.0%}")
+    for units, scores in evaluation.two_controls_scores(studio, pairs).items():
+        what = "edge + depth ControlNets" if units == "both" else f"{units} ControlNet alone"
+        print(f"two controls, {what}: IoU edge object {scores['edge_iou']:.3f} (min {scores['min_edge_iou']:.3f}, "
+              f"drawn {scores['edge_present']:.0%}), depth object {scores['depth_iou']:.3f} (min "
+              f"{scores['min_depth_iou']:.3f}, drawn {scores['depth_present']:.0%}); both drawn {scores['both']:.0%}, "
+              f"n={scores['count']}")
 
 
 def print_strength_sweep(studio: Studio, strengths: list[float], count: int) -> None:

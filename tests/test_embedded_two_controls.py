@@ -14,7 +14,6 @@ scene: the second unit adds its object only sometimes, at a cost to the first. T
 limitation; a model that learns to draw both should raise it.
 """
 
-import numpy as np
 import pytest
 
 from embedded import evaluation

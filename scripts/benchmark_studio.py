@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 from embedded.tiny_models import build_tiny_controlnets, build_tiny_pipeline
 from pipelines.loader import load_base_pipeline
-from pipelines.modes import MODES
+from pipelines.modes import CONTROL_MODES, MODES
 from pipelines.request import GenerationRequest
 from pipelines.schedulers import make_scheduler
 from pipelines.settings import Settings
@@ -92,7 +92,7 @@ def own_work(studio: Studio, request: GenerationRequest) -> dict[str, float]:
         "validation": lambda: validate_request(request, studio.served),
         "prompt length check": lambda: studio._prompt_notes(checked),
         "fresh scheduler": lambda: make_scheduler(checked.scheduler, studio._scheduler_config),
-        "PNG parameters": lambda: studio._parameters(checked, checked.seed),
+        "PNG parameters": lambda: studio._parameters(checked, checked.seed, [], ()),
         "PNG encoding": lambda: image.save(tempfile.SpooledTemporaryFile(), format="png"),
     }
     return {name: timed(step, 200)[0] * 1000 for name, step in steps.items()}
@@ -113,7 +113,7 @@ def main() -> None:
         print(f"model {studio.model.name} ({studio.model.family}), {size}x{size}, {args.steps} steps, "
               f"{studio.model.default_scheduler}, CPU, {torch.get_num_threads()} torch threads, "
               f"{args.repeats} alternating calls")
-        for mode in MODES:
+        for mode in ("text", *CONTROL_MODES):  # the modes that start from noise (img2img and inpainting do not)
             request = GenerationRequest(
                 mode=mode, prompt=PROMPT, steps=args.steps, seed=SEED, guidance_scale=studio.model.default_guidance,
                 image=None if mode == "text" else control_map(size), preprocessor="none",

@@ -68,8 +68,18 @@ def load_base_pipeline(
     is_single_file = Path(source).suffix.lower() in SINGLE_FILE_SUFFIXES
     pipe = _load_single_file(source, dtype) if is_single_file else _load_pretrained(source, dtype)
     pipe.set_progress_bar_config(disable=True)
+    freeze(pipe)
     place(pipe, device, offload)
     return pipe, describe_model(pipe, source)
+
+
+def freeze(pipe: DiffusionPipeline) -> None:
+    """Serving never trains. And peft freezes the base weights when the first LoRA loads; on the CPU a bf16 Linear
+    whose weight requires grad rounds differently from a frozen one (even under no_grad), so without this the base
+    model's images changed after the first LoRA (real-size SDXL in bf16: up to 7 levels in a pixel)."""
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.requires_grad_(False)
 
 
 def describe_model(pipe: DiffusionPipeline, source: str) -> ModelInfo:

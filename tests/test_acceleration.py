@@ -226,3 +226,13 @@ def test_the_accelerator_sets_the_vaes_tiling_and_slicing_per_request(tiny_sd_di
     assert not pipe.vae.use_tiling and pipe.vae.use_slicing
     Accelerator(Acceleration(), "cpu", pipe, resolution=32).before_run(pipe, 64, 64, 4)
     assert not pipe.vae.use_tiling and not pipe.vae.use_slicing
+
+
+def test_served_models_are_frozen_so_the_first_lora_changes_no_rounding(tiny_sd_dir):
+    """peft freezes base weights when a LoRA loads, and on the CPU a bf16 Linear rounds differently when its weight
+    requires grad: the loader freezes everything up front, so the base image never changes with the first LoRA."""
+    from pipelines.loader import load_base_pipeline
+
+    pipe, _ = load_base_pipeline(str(tiny_sd_dir), "cpu", torch.float32)
+    modules = [module for module in pipe.components.values() if isinstance(module, torch.nn.Module)]
+    assert modules and not any(parameter.requires_grad for module in modules for parameter in module.parameters())

@@ -250,7 +250,7 @@ def compare_loras(studio, family: str, args: argparse.Namespace, base_image: np.
           f"switch {switch * 1000:.1f} ms: {first_load / switch:.0f}x faster than a first load", flush=True)
     both = tuple(LoraChoice(name, weight) for name, weight in zip(names, (0.8, 0.6)))
     with_loras, without = alternate(lambda: studio.generate(request_for("text", args, both)),
-                                    lambda: studio.generate(request_for("text", args)), args.repeats)
+                                    lambda: studio.generate(request_for("text", args)), args.lora_repeats)
     after = np.asarray(studio.generate(request_for("text", args)).images[0])
     identical = np.array_equal(after, base_image)
     print(f"two active LoRAs: {with_loras:.2f} s against {without:.2f} s without: {with_loras / without:.3f}x; "
@@ -265,7 +265,7 @@ def compare_fused(studio, args: argparse.Namespace, both: tuple[LoraChoice, ...]
     studio.loras.activate(list(both))
     fuse = timed(studio.loras.fuse_active)
     studio.loras.unfuse()
-    for round_index in range(args.repeats):  # alternately, and only the generation timed
+    for round_index in range(args.lora_repeats):  # alternately, and only the generation timed
         for kind in ("fused", "unfused") if round_index % 2 == 0 else ("unfused", "fused"):
             studio.loras.activate(list(both))
             studio.loras.fuse_active() if kind == "fused" else studio.loras.unfuse()
@@ -285,6 +285,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls of each kind (after a warm-up)")
+    parser.add_argument("--lora-repeats", type=int, default=5,
+                        help="timed calls for LoRAs on/off and fused/unfused, a few percent apart")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the studio's choice)")
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny SD1.5 model: a smoke run in seconds")
     parser.add_argument("--clock", choices=CLOCKS, default="cpu", help="the process's CPU time, or wall-clock time")
@@ -292,7 +294,7 @@ def main() -> None:
     global clock
     clock = CLOCKS[args.clock]
     if args.tiny:
-        args.size, args.steps, args.repeats = 32, 2, 1
+        args.size, args.steps, args.repeats, args.lora_repeats = 32, 2, 1, 1
         run_family("sd15", args)
         return
     if args.family != "all":
@@ -300,7 +302,8 @@ def main() -> None:
         return
     for family in FAMILIES:  # one process each: only one real-size model in memory at a time
         command = [sys.executable, __file__, "--family", family, "--size", str(args.size), "--steps",
-                   str(args.steps), "--repeats", str(args.repeats), "--clock", args.clock]
+                   str(args.steps), "--repeats", str(args.repeats), "--lora-repeats", str(args.lora_repeats),
+                   "--clock", args.clock]
         if args.threads:
             command += ["--threads", str(args.threads)]
         subprocess.run(command, check=True)

@@ -236,3 +236,22 @@ def test_served_models_are_frozen_so_the_first_lora_changes_no_rounding(tiny_sd_
     pipe, _ = load_base_pipeline(str(tiny_sd_dir), "cpu", torch.float32)
     modules = [module for module in pipe.components.values() if isinstance(module, torch.nn.Module)]
     assert modules and not any(parameter.requires_grad for module in modules for parameter in module.parameters())
+
+
+def test_switches_skip_re_enabling_lora_layers_yet_every_set_applies_exactly(tiny_sd_dir, lora_folder):
+    """The manager enables the LoRA layers only when they may be off (enabling walks every layer: about 40% of a
+    switch); a LoRA loaded while they are off still applies, and each set gives the same latents every time."""
+    pipe = fresh_pipe(tiny_sd_dir)
+    manager = LoraManager(pipe, "sd15", lora_folder)
+    base = latents(pipe)
+    manager.activate(SETS[1])
+    first = latents(pipe)
+    manager.activate([])
+    assert torch.equal(latents(pipe), base)
+    manager.activate(SETS[3])  # a new LoRA, loaded while the layers are off
+    assert not torch.equal(latents(pipe), base)
+    manager.activate(SETS[2])
+    manager.activate(SETS[1])
+    assert torch.equal(latents(pipe), first)
+    manager.activate([])
+    assert torch.equal(latents(pipe), base)

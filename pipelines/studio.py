@@ -45,7 +45,7 @@ from pipelines.request import GenerationRequest, GenerationResult
 from pipelines.schedulers import make_scheduler, scheduler_names
 from pipelines.settings import Settings
 from pipelines.steps import StepHook, with_step_hook
-from pipelines.threads import set_cpu_threads
+from pipelines.threads import SMALL_MODEL_PARAMETERS, set_cpu_threads
 from pipelines.validation import validate_request
 
 UNION_PIPELINES = {
@@ -87,6 +87,15 @@ class Studio:
         self._pipes: dict[tuple[str, tuple[str, ...]], DiffusionPipeline] = {("", ()): self.base}
         # One generation at a time: LoRA weights and the scheduler live on the shared modules.
         self._lock = threading.Lock()
+
+    @property
+    def fuses_grid_rows(self) -> bool:
+        """Whether a LoRA grid runs each row's set fused (a row is one run per set). It pays where peft's per-layer
+        Python cost dominates: on the embedded model a cell took 0.243 s fused, 0.307 s unfused. At real size on a
+        CPU a fused SD1.5 run took 1.12x and fusing 0.9 s (scripts/benchmark_real_size.py), so there the
+        STUDIO_FUSE_LORAS setting decides."""
+        small = sum(parameter.numel() for parameter in self.base.unet.parameters()) < SMALL_MODEL_PARAMETERS
+        return self.loras.fuse or small
 
     @property
     def lock(self) -> threading.Lock:

@@ -1,10 +1,10 @@
 """Comparison grids: the "no LoRA" baseline and each LoRA at each weight, one column per seed.
 
-Each row is one `Studio.generate` call with its LoRA set fused into the weights (a row is one run per set, and
-peft's unfused layers cost the embedded model half its time again), its seeds run as one batch (a generator per
-seed), so a cell is the image the same request gives on its own, up to float rounding in a larger batch or in the
-fused weights (at most one level of 255 here), and other requests may run between rows without mixing in. Each
-row's prompt gets that row's trigger words (when asked), the baseline's none, so the baseline is the base.
+Each row is one `Studio.generate` call with its LoRA set (fused into the weights where that pays, see
+`Studio.fuses_grid_rows`), its seeds run as one batch (a generator per seed), so a cell is the image the same
+request gives on its own, up to float rounding in a larger batch or in the fused weights (at most one level of 255
+here), and other requests may run between rows without mixing in. Each row's prompt gets that row's trigger
+words (when asked), the baseline's none, so the baseline is the base.
 The grid image carries, for the PNG it is saved as, each cell's A1111 parameters in its own text entry
 ("parameters r<row> c<col>"), the baseline's in "parameters" (which other tools read) and the layout in
 "grid" (JSON). Nothing is written to disk here: the page saves the PNG into Gradio's cache, which it clears.
@@ -79,7 +79,7 @@ def render_grid(studio, grid: GridRequest, *, on_cell: Callable[[int, int], None
     for row, (row_label, choices) in enumerate(rows):
         prompt = _with_triggers(studio, grid.base.prompt, choices) if grid.add_triggers else grid.base.prompt
         request = replace(grid.base, prompt=prompt, loras=choices, num_images=1)
-        result = studio.generate(request, seeds=grid.seeds, fuse_loras=True)
+        result = studio.generate(request, seeds=grid.seeds, fuse_loras=studio.fuses_grid_rows)
         notes += [note for note in result.notes if note not in notes]
         for column, (seed, image, parameters) in enumerate(zip(result.seeds, result.images, result.parameters)):
             cells.append(GridCell(row, column, row_label, f"seed {seed}", image, parameters))

@@ -142,11 +142,16 @@ def weight_bytes(modules: list[torch.nn.Module]) -> int:
 
 
 def run_family(family: str, args: argparse.Namespace) -> None:
+    # The models take 8-9 GB of disk per family: the folder goes when the run ends, however it ends.
+    with tempfile.TemporaryDirectory(prefix=f"real-size-{family}-") as scratch:
+        measure_family(family, args, Path(scratch))
+
+
+def measure_family(family: str, args: argparse.Namespace, scratch: Path) -> None:
     from pipelines.studio import Studio
 
     transformers.utils.logging.set_verbosity_error()
     dtype = DTYPES[family]
-    scratch = Path(tempfile.mkdtemp(prefix=f"real-size-{family}-"))
     started = time.perf_counter()
     controlnets = build(family, scratch, args.tiny)
     model = str(scratch / "model")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -374,16 +375,19 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=450, help="seconds; later sections are skipped after it")
     args = parser.parse_args()
     transformers.utils.logging.set_verbosity_error()
-    check = Check(args)
-    if not check.cuda and not check.tiny:
+    if not torch.cuda.is_available() and not args.tiny:
         raise SystemExit("No CUDA device: run it on a GPU, or with --tiny for a smoke test on the CPU.")
+    check = Check(args)
     families = [family.strip() for family in args.families.split(",") if family.strip()]
     if check.tiny:
         families = families[:1]  # the tiny model is one family; the code paths are the same
-    for index, family in enumerate(families):
-        if index and not check.section(f"{family}", 200):
-            continue
-        check_family(check, family, full=index == 0)
+    try:
+        for index, family in enumerate(families):
+            if index and not check.section(f"{family}", 200):
+                continue
+            check_family(check, family, full=index == 0)
+    finally:
+        shutil.rmtree(check.scratch, ignore_errors=True)  # the models: gigabytes of disk
     print(f"done in {args.budget_s - check.left():.0f} s")
 
 

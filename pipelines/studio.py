@@ -92,8 +92,8 @@ class Studio:
     def fuses_grid_rows(self) -> bool:
         """Whether a LoRA grid runs each row's set fused (a row is one run per set). It pays where peft's per-layer
         Python cost dominates: on the embedded model a cell took 0.243 s fused, 0.307 s unfused. At real size on a
-        CPU a fused SD1.5 run took 1.12x and fusing 0.9 s (scripts/benchmark_real_size.py), so there the
-        STUDIO_FUSE_LORAS setting decides."""
+        CPU fused runs measured 0.96-1.12x of unfused across runs, and fusing took 0.9 s (SD1.5) to 4.9 s (SDXL) a
+        row (docs/benchmarks.md), so there the STUDIO_FUSE_LORAS setting decides."""
         small = sum(parameter.numel() for parameter in self.base.unet.parameters()) < SMALL_MODEL_PARAMETERS
         return self.loras.fuse or small
 

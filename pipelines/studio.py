@@ -45,7 +45,7 @@ from pipelines.request import GenerationRequest, GenerationResult
 from pipelines.schedulers import make_scheduler, scheduler_names
 from pipelines.settings import Settings
 from pipelines.steps import StepHook, with_step_hook
-from pipelines.threads import SMALL_MODEL_PARAMETERS, set_cpu_threads
+from pipelines.threads import is_small, set_cpu_threads
 from pipelines.validation import validate_request
 
 UNION_PIPELINES = {
@@ -94,8 +94,7 @@ class Studio:
         Python cost dominates: on the embedded model a cell took 0.243 s fused, 0.307 s unfused. At real size on a
         CPU fused runs measured 0.96-1.12x of unfused across runs, and fusing took 0.9 s (SD1.5) to 4.9 s (SDXL) a
         row (docs/benchmarks.md), so there the STUDIO_FUSE_LORAS setting decides."""
-        small = sum(parameter.numel() for parameter in self.base.unet.parameters()) < SMALL_MODEL_PARAMETERS
-        return self.loras.fuse or small
+        return self.loras.fuse or is_small(self.base.unet)
 
     @property
     def lock(self) -> threading.Lock:

@@ -22,12 +22,17 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def threads_for(unet_parameters: int, cores: int) -> int:
-    return 1 if unet_parameters < SMALL_MODEL_PARAMETERS else cores
+def is_small(unet: torch.nn.Module) -> bool:
+    """Too little work in each operation for the per-operation costs (thread hand-offs, Python) to hide."""
+    return sum(parameter.numel() for parameter in unet.parameters()) < SMALL_MODEL_PARAMETERS
+
+
+def threads_for(small: bool, cores: int) -> int:
+    return 1 if small else cores
 
 
 def set_cpu_threads(unet: torch.nn.Module, requested: int | None) -> int:
     """Set torch's intra-op threads for serving `unet` on the CPU; returns the number chosen."""
-    threads = requested or threads_for(sum(parameter.numel() for parameter in unet.parameters()), usable_cores())
+    threads = requested or threads_for(is_small(unet), usable_cores())
     torch.set_num_threads(threads)
     return threads

@@ -128,10 +128,22 @@ def start_a_long_run(page: Page, url: str) -> Locator:
     panel.get_by_label("Prompt", exact=True).fill("a red circle on a blue background")
     panel.get_by_text("Generation settings", exact=True).click()
     for slider, value in LONG_RUN.items():
-        panel.get_by_label(f"number input for {slider}", exact=True).fill(value)
+        fill_until_it_holds(panel.get_by_label(f"number input for {slider}", exact=True), value)
     generate(panel)
     expect(progress(panel)).to_be_visible(timeout=GENERATION_TIMEOUT_MS)
     return panel
+
+
+def fill_until_it_holds(box: Locator, value: str, attempts: int = 5) -> None:
+    """Fill a slider's number box. A fill in the instant the accordion first draws its sliders was overwritten by
+    the slider's initial value (CI ran a 20-step "long run" that way), so the value is checked and filled again."""
+    for _ in range(attempts):
+        box.fill(value)
+        box.blur()
+        box.page.wait_for_timeout(300)
+        if box.input_value() == value:
+            return
+    raise AssertionError(f"{box} kept {box.input_value()!r} instead of {value!r}")
 
 
 def progress(panel: Locator) -> Locator:

@@ -16,6 +16,7 @@ from pipelines.images import prepare_user_image
 from pipelines.modes import MODES
 from pipelines.parameters import PARAMETERS
 from pipelines.preprocessors import PREPROCESSORS, make_control_map
+from pipelines.preprocessors.resize import crop_note
 from pipelines.preprocessors.weights import DetectorSources
 from pipelines.request import ControlUnit, GenerationRequest
 
@@ -29,6 +30,7 @@ class UsedControl:
     end: float
     preprocessor: str
     options: Mapping[str, object]  # the preprocessor's options, as run
+    notes: tuple[str, ...] = ()  # what was cropped, for the person to read
 
 
 def controls_of(request: GenerationRequest, max_pixels: int, sources: DetectorSources) -> list[UsedControl]:
@@ -47,8 +49,9 @@ def controls_of(request: GenerationRequest, max_pixels: int, sources: DetectorSo
         image = prepare_user_image(unit.image, max_pixels=max_pixels, what=what)
         control_map = make_control_map(unit.preprocessor, image, size, options, sources)
         used_options = {name: options[name] for name in PREPROCESSORS[unit.preprocessor].options}
+        notes = tuple(filter(None, [crop_note(what, image.size, size)]))
         controls.append(UsedControl(unit.mode, control_map, unit.scale, unit.start, unit.end, unit.preprocessor,
-                                    used_options))
+                                    used_options, notes))
     return controls
 
 

@@ -187,6 +187,7 @@ class Studio:
         max_pixels = self.settings.limits.max_input_pixels
         controls = controls_of(request, max_pixels, self.settings.detectors)
         edit = edit_inputs(request, max_pixels) if mode.starts_from_image else None
+        notes += [note for control in controls for note in control.notes] + list(edit.notes if edit else ())
         with self._lock:
             controlnets, union_notes = self._controlnets_for(controls)
             notes += union_notes

@@ -14,7 +14,7 @@ from pipelines.editing import edit_inputs, through_the_vae
 from pipelines.errors import StudioError
 from pipelines.metadata import parse_parameters
 from pipelines.png_info import settings_from_parameters
-from pipelines.request import GenerationRequest
+from pipelines.request import ControlUnit, GenerationRequest
 from pipelines.settings import Settings
 from pipelines.studio import Studio
 from pipelines.validation import validate_request
@@ -86,10 +86,39 @@ def test_noise_as_masked_content_is_strength_1_there(tiny_studio):
 
 def test_an_all_black_mask_is_refused_by_name(tiny_studio):
     empty = Image.new("L", (32, 32), 0)
-    with pytest.raises(StudioError, match=r"mask \(mask\) is all black"):
+    with pytest.raises(StudioError, match=r"mask \(mask\) has no white or light part"):
         tiny_studio.generate(GenerationRequest(mode="inpaint", image=start_image(), mask=empty, **FAST))
     with pytest.raises(StudioError, match="No mask was given"):
         tiny_studio.generate(GenerationRequest(mode="inpaint", image=start_image(), **FAST))
+
+
+def wide_picture() -> Image.Image:
+    """96x64: a red disc in a 64x64 middle, yellow bars in the 16 px at each side."""
+    picture = start_image(64)
+    wide = Image.new("RGB", (96, 64), "yellow")
+    wide.paste(picture, (16, 0))
+    return wide
+
+
+def test_a_start_image_of_another_shape_is_cropped_as_its_control_map_is_and_the_result_says_so(tiny_studio):
+    request = GenerationRequest(mode="img2img", image=wide_picture(), strength=0.5, width=32, height=32,
+                                control_units=(ControlUnit("edge", wide_picture(), preprocessor="none"),), **FAST)
+    start = pixels(edit_inputs(validate_request(request, tiny_studio.served)[0], max_pixels=10**6).start)
+    assert np.abs(start - pixels(start_image(32))).mean() < 12  # the middle, undistorted: no yellow bars
+    result = tiny_studio.generate(request)
+    control_map = pixels(result.control_map)
+    assert np.abs(control_map - start).mean() < 12  # the start image and the map line up
+    cropped = "was cropped at its centre to 64x64, the shape of the 32x32 output"
+    assert any(note.startswith("The start image, 96x64, " + cropped) for note in result.notes), result.notes
+    assert any("control unit 0 (edge), 96x64, " + cropped in note for note in result.notes), result.notes
+
+
+def test_a_mask_may_differ_in_resolution_but_not_in_shape(tiny_studio):
+    request = dict(mode="inpaint", image=start_image(64), width=32, height=32, **FAST)
+    half = edit_inputs(GenerationRequest(mask=left_half_mask(16), mask_blur=0, **request), max_pixels=10**6).mask
+    assert np.array_equal(np.asarray(half), np.asarray(left_half_mask(32)))
+    with pytest.raises(StudioError, match=r"mask \(mask\) is 16x32 and the image 64x64"):
+        tiny_studio.generate(GenerationRequest(mask=left_half_mask(32).resize((16, 32)), **request))
 
 
 def test_png_info_sends_strength_and_mask_blur_back(tiny_studio):

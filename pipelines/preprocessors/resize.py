@@ -12,15 +12,28 @@ def crop_to_aspect(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
     Cropping before detection keeps poses and shapes undistorted and aligned with the generated image.
     """
-    width, height = image.size
+    return image.crop(_centre_box(image.size, size))
+
+
+def crop_note(what: str, original: tuple[int, int], size: tuple[int, int]) -> str | None:
+    """What `crop_to_aspect` takes off an image of `original` size for an output of `size`, in words; else None."""
+    left, top, right, bottom = _centre_box(original, size)
+    if (right - left, bottom - top) == tuple(original):
+        return None
+    return (f"The {what}, {original[0]}x{original[1]}, was cropped at its centre to {right - left}x{bottom - top}, "
+            f"the shape of the {size[0]}x{size[1]} output; set the width and height to its shape to keep all of it.")
+
+
+def _centre_box(original: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    width, height = original
     target_ratio = size[0] / size[1]
     if width / height > target_ratio:
         new_width = max(1, round(height * target_ratio))
         left = (width - new_width) // 2
-        return image.crop((left, 0, left + new_width, height))
+        return left, 0, left + new_width, height
     new_height = max(1, round(width / target_ratio))
     top = (height - new_height) // 2
-    return image.crop((0, top, width, top + new_height))
+    return 0, top, width, top + new_height
 
 
 def resize_short_side(pixels: np.ndarray, resolution: int) -> np.ndarray:

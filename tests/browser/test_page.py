@@ -207,9 +207,17 @@ def test_png_info_sends_an_images_settings_back_and_they_make_the_same_image(pag
         assert first.tobytes() == second.tobytes(), "the sent settings made a different image"
 
 
-def test_a_painted_mask_is_what_inpainting_repaints(page, studio_url, keep_screenshot):
+@pytest.mark.parametrize("shape", ["square", "wide"])
+def test_a_painted_mask_is_what_inpainting_repaints(page, studio_url, keep_screenshot, tmp_path, shape):
+    """A wide picture is painted on at its own shape: the mask must line up with it, not be refused or stretched."""
     panel = open_tab(page, studio_url, "Inpaint")
     picture = Path(__file__).resolve().parents[2] / "examples" / "embedded" / "inpaint_7_image.png"
+    if shape == "wide":
+        square = Image.open(picture)
+        wide = Image.new("RGB", (square.width * 3 // 2, square.height), "white")
+        wide.paste(square, (square.width // 4, 0))
+        picture = tmp_path / "wide.png"
+        wide.save(picture)
     block_labelled(panel, "Image to repaint").locator("input[type=file]").set_input_files(picture)
     canvas = block_labelled(panel, "Or paint the part to repaint").locator("canvas").first
     expect(canvas).to_be_visible(timeout=GENERATION_TIMEOUT_MS)
@@ -226,8 +234,11 @@ def test_a_painted_mask_is_what_inpainting_repaints(page, studio_url, keep_scree
     generate(panel)
     images = result_images(panel)
     wait_for_image_or_error(page, images)
-    keep_screenshot("inpaint-painted-mask")
+    keep_screenshot(f"inpaint-painted-mask-{shape}")
     assert not error_texts(page) and not cropped_sides(images.first)
+    if shape == "wide":
+        cropped = re.compile(r"The image to repaint, \d+x\d+, was cropped at its centre")
+        expect(panel.get_by_text(cropped)).to_be_visible()
 
 
 def test_a_control_unit_added_in_the_text_tab_steers_the_run(page, studio_url, keep_screenshot):

@@ -10,6 +10,7 @@ through the blurred mask: outside it every pixel is the input's, and the seam is
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +54,19 @@ def edit_inputs(request: GenerationRequest, max_pixels: int) -> EditInputs:
                           "to redo white.")
     blurred = VaeImageProcessor.blur(mask, request.mask_blur) if request.mask_blur else mask
     return EditInputs(start, blurred, notes)
+
+
+def size_for_picture(picture: tuple[int, int], area: int, multiple: int, max_side: int) -> tuple[int, int]:
+    """A width and height for an edit of `picture`: multiples of `multiple` up to `max_side`, of about `area` pixels
+    and as near the picture's shape as those allow, so that little or nothing of it is cropped."""
+    shape = picture[0] / picture[1]
+
+    def misfit(size: tuple[int, int]) -> float:
+        # A wrong shape crops the picture; a wrong area only scales it: the shape weighs more.
+        return 10 * abs(math.log(size[0] / size[1] / shape)) + abs(math.log(size[0] * size[1] / area))
+
+    sides = range(multiple, max_side + 1, multiple)
+    return min(((width, min(sides, key=lambda height: abs(height - width / shape))) for width in sides), key=misfit)
 
 
 def _check_mask_shape(mask: tuple[int, int], image: tuple[int, int]) -> None:

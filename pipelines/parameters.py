@@ -98,7 +98,8 @@ MAX_LORA_WEIGHT = 2.0
 _PARAMETERS = (
     Param("image", "image", "Image", "an image file: the photo or ready map a ControlNet follows, or the picture "
           "img2img and inpainting start from"),
-    Param("mask", "image", "Mask", "an image file the size of the image: white is repainted, black kept"),
+    Param("mask", "image", "Mask",
+          "an image file of the image's shape, any resolution: white is repainted, black kept"),
     Param("strength", "number", "Denoising strength", "how much of the image is redrawn: 0 keeps it, 1 ignores it",
           default=0.75, low=0.0, high=1.0, step=0.05),
     Param("mask_blur", "whole", "Mask blur", "the seam between kept and repainted pixels", default=4, low=0,

@@ -10,7 +10,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image, ImageDraw
 
 from embedded.tiny_models import build_tiny_controlnet, build_tiny_sdxl_pipeline
-from pipelines.editing import edit_inputs, through_the_vae
+from pipelines.editing import edit_inputs, size_for_picture, through_the_vae
 from pipelines.errors import StudioError
 from pipelines.metadata import parse_parameters
 from pipelines.png_info import settings_from_parameters
@@ -179,3 +179,29 @@ def test_img2img_and_inpaint_through_the_api(client, tmp_path):
     with pytest.raises(AppError, match="Masked content must be one of: original, noise"):
         client.predict(image=handle_file(str(tmp_path / "start.png")), mask=handle_file(str(tmp_path / "mask.png")),
                        masked_content="zeros", **FAST, api_name="/inpaint")
+
+
+@pytest.mark.parametrize(
+    ("picture", "area", "maximum", "expected"),
+    [
+        ((768, 512), 64 * 64, 128, (72, 48)),  # 3:2 exactly, at a little less area
+        ((512, 768), 64 * 64, 128, (48, 72)),
+        ((4032, 3024), 512 * 512, 1024, (576, 432)),  # a phone photo's 4:3
+        ((64, 64), 64 * 64, 128, (64, 64)),
+        ((4000, 100), 64 * 64, 128, (128, 8)),  # as near 40:1 as the limits go
+    ],
+)
+def test_an_edit_takes_its_pictures_shape(picture, area, maximum, expected):
+    assert size_for_picture(picture, area, 8, maximum) == expected
+
+
+def test_the_page_sizes_an_edit_from_the_picture_upright(tmp_path):
+    from ui.modes import ORIENTATION, picture_size
+
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6  # taken turned: shown 512 wide and 768 tall
+    Image.new("RGB", (768, 512)).save(tmp_path / "turned.jpg", exif=exif)
+    assert picture_size(str(tmp_path / "turned.jpg"), 64 * 64, 8, 128) == (48, 72)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    for nothing in (None, str(tmp_path / "broken.png")):
+        assert all(isinstance(update, dict) for update in picture_size(nothing, 64 * 64, 8, 128))  # left as they are

@@ -14,6 +14,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from pipelines.editing import size_for_picture
 from pipelines.gpu import gpu_seconds, gpu_task
 from pipelines.lora.triggers import add_trigger_words
 from pipelines.modes import SAMPLING, Mode
@@ -35,6 +36,8 @@ from ui.stop import request_stop, session_flag
 GPU_QUEUE = "gpu"
 RESULT_HEIGHT = 400
 RESULTS_LABEL = "Images"
+# EXIF orientations that turn a photo a quarter (the run applies them: `pipelines/images.py`).
+ORIENTATION, TURNED = 0x0112, (5, 6, 7, 8)
 PREPROCESSING = ("detect_resolution", "low_threshold", "high_threshold", "include_hands", "include_face")
 # How the tab shows some fields. A component's first value is also the API's default, so every field starts at its
 # declared default (an API caller's seed=7 means seed 7); see `ui/app.py` for what the page then changes.
@@ -155,7 +158,29 @@ def _input_fields(
                 continue  # widgets of their own (ui/control_units.py)
             looks = _size_looks(studio, param) if param.name in ("width", "height") else LOOKS.get(param.name, {})
             fields[param.name] = component_for(param, **looks)
+    if mode.starts_from_image:
+        _size_follows_the_picture(studio, fields)
     return fields
+
+
+def _size_follows_the_picture(studio: Studio, fields: dict[str, gr.components.Component]) -> None:
+    """An edit keeps its picture's shape: a new picture sets the width and height (at the area they had)."""
+    served = studio.served
+    sizes = [fields["width"], fields["height"]]
+    fields["image"].change(
+        lambda path, width, height: picture_size(path, width * height, served.size_multiple, served.max_side),
+        [fields["image"], *sizes], sizes, api_visibility="private", queue=False,
+    )
+
+
+def picture_size(path: str | None, area: int, multiple: int, max_side: int) -> tuple:
+    """The width and height for the picture at `path`, upright as the run will see it; unchanged without one."""
+    try:
+        with Image.open(path) as picture:
+            size = picture.size[::-1] if picture.getexif().get(ORIENTATION) in TURNED else picture.size
+    except (OSError, ValueError, TypeError, AttributeError, Image.DecompressionBombError):
+        return gr.skip(), gr.skip()  # no picture, or not one: the run itself says what is wrong
+    return size_for_picture(size, area, multiple, max_side)
 
 
 def _preprocessing_fields(fields: dict, params: list[Param], unavailable: tuple[str, ...]) -> None:

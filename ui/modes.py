@@ -166,11 +166,13 @@ def _input_fields(
 def _size_follows_the_picture(studio: Studio, fields: dict[str, gr.components.Component]) -> None:
     """An edit keeps its picture's shape: a new picture sets the width and height (at the area they had)."""
     served = studio.served
+
+    def fitted(path: str | None, width: float | None, height: float | None) -> tuple:
+        area = int(width or served.resolution) * int(height or served.resolution)  # a cleared box: the native side
+        return picture_size(path, area, served.size_multiple, served.max_side)
+
     sizes = [fields["width"], fields["height"]]
-    fields["image"].change(
-        lambda path, width, height: picture_size(path, width * height, served.size_multiple, served.max_side),
-        [fields["image"], *sizes], sizes, api_visibility="private", queue=False,
-    )
+    fields["image"].change(fitted, [fields["image"], *sizes], sizes, api_visibility="private", queue=False)
 
 
 def picture_size(path: str | None, area: int, multiple: int, max_side: int) -> tuple:

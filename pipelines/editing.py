@@ -40,7 +40,7 @@ def edit_inputs(request: GenerationRequest, max_pixels: int) -> EditInputs:
     mode = MODES[request.mode]
     size = (request.width, request.height)
     what = mode.image_label.lower()
-    given = prepare_user_image(request.image, max_pixels=max_pixels, what=what)
+    given = prepare_user_image(request.image, max_pixels=max_pixels, what=what, background="white")
     notes = tuple(filter(None, [crop_note(what, given.size, size)]))
     start = crop_to_aspect(given, size).resize(size, Image.Resampling.LANCZOS)
     if mode.edits != "inpaint":

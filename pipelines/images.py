@@ -5,9 +5,11 @@ an image far too large, an exotic pixel format) ends in a `StudioError` with a p
 
 Conversions, and why:
 
-- Transparency (RGBA, LA, PA, P or L with a transparent colour) is composited onto black: in a ready
-  control map (edges, pose skeleton, depth) black means "no signal", so a transparent background must
-  not turn into a white (or random) one that the ControlNet would read as edges or as "very near".
+- Transparency (RGBA, LA, PA, P or L with a transparent colour) is composited onto black by default: in a
+  ready control map (edges, pose skeleton, depth) or a mask black means "no signal", so a transparent
+  background must not turn into a white (or random) one that the ControlNet would read as edges or as "very
+  near". A picture to edit asks for white instead, as AUTOMATIC1111's img2img does: a cut-out on a
+  transparent background is an object on a white page, not in the dark.
 - 16-bit images ("I;16", "I;16B", "I;16L") have a fixed full scale, so they are scaled by 65535: the
   result looks exactly as in any image viewer and a mid-grey stays mid-grey.
 - 32-bit integer ("I") and float ("F") images have no full scale (raw depth in millimetres, floats in
@@ -32,24 +34,29 @@ _UNSCALED_MODES = ("I", "F")
 
 
 def prepare_user_image(
-    image: Image.Image | str | os.PathLike | None, *, max_pixels: int, what: str = "control image"
+    image: Image.Image | str | os.PathLike | None,
+    *,
+    max_pixels: int,
+    what: str = "control image",
+    background: str = "black",
 ) -> Image.Image:
     """Return `image` (a PIL image or the path of an image file) as a new 8-bit RGB image.
 
     `what` names the image in messages, e.g. "pose image" gives "Pose mode needs a pose image ...".
-    The size is checked against `max_pixels` before the pixels of a file are decoded.
+    The size is checked against `max_pixels` before the pixels of a file are decoded. Transparent parts show
+    `background`.
     """
     if image is None or (isinstance(image, str) and not image.strip()):
         raise StudioError(f"No {what} was given: upload an image first.")
     if isinstance(image, (str, os.PathLike)):
-        return _open_image_file(os.fspath(image), max_pixels=max_pixels, what=what)
+        return _open_image_file(os.fspath(image), max_pixels=max_pixels, what=what, background=background)
     if isinstance(image, Image.Image):
         _check_size(image.size, max_pixels=max_pixels, what=what)
-        return _to_rgb(ImageOps.exif_transpose(image), what=what)
+        return _to_rgb(ImageOps.exif_transpose(image), what=what, background=background)
     raise StudioError(f"The {what} must be an image or the path of an image file, not {type(image).__name__}.")
 
 
-def _open_image_file(path: str, *, max_pixels: int, what: str) -> Image.Image:
+def _open_image_file(path: str, *, max_pixels: int, what: str, background: str) -> Image.Image:
     if not os.path.isfile(path):
         raise StudioError(f"The {what} file {os.path.basename(path)!r} does not exist.")
     if os.path.getsize(path) == 0:
@@ -73,7 +80,7 @@ def _open_image_file(path: str, *, max_pixels: int, what: str) -> Image.Image:
         except (OSError, ValueError, SyntaxError, EOFError) as error:
             # Truncated or corrupt data shows up on decode as OSError / SyntaxError / EOFError / ValueError.
             raise StudioError(f"The {what} {name!r} is damaged and cannot be decoded ({error}).") from None
-    return _to_rgb(upright, what=what)
+    return _to_rgb(upright, what=what, background=background)
 
 
 def _check_size(size: tuple[int, int], *, max_pixels: int, what: str) -> None:
@@ -87,13 +94,13 @@ def _check_size(size: tuple[int, int], *, max_pixels: int, what: str) -> None:
         )
 
 
-def _to_rgb(image: Image.Image, *, what: str) -> Image.Image:
+def _to_rgb(image: Image.Image, *, what: str, background: str) -> Image.Image:
     if image.mode in _SIXTEEN_BIT_MODES:
         image = _scale_to_8bit(np.asarray(image, dtype=np.float64), low=0.0, high=65535.0)
     elif image.mode in _UNSCALED_MODES:
         image = _stretch_to_8bit(np.asarray(image, dtype=np.float64))
     if _has_transparency(image):
-        return _composite_on_black(image)
+        return _composite_on(image, background)
     if image.mode == "RGB":
         return image.copy()
     try:
@@ -108,10 +115,9 @@ def _has_transparency(image: Image.Image) -> bool:
     return "A" in image.getbands() or image.mode in ("RGBa", "La") or "transparency" in image.info
 
 
-def _composite_on_black(image: Image.Image) -> Image.Image:
+def _composite_on(image: Image.Image, background: str) -> Image.Image:
     rgba = image.convert("RGBA")
-    black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-    return Image.alpha_composite(black, rgba).convert("RGB")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, background), rgba).convert("RGB")
 
 
 def _stretch_to_8bit(values: np.ndarray) -> Image.Image:

@@ -205,3 +205,15 @@ def test_the_page_sizes_an_edit_from_the_picture_upright(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not an image")
     for nothing in (None, str(tmp_path / "broken.png")):
         assert all(isinstance(update, dict) for update in picture_size(nothing, 64 * 64, 8, 128))  # left as they are
+
+
+def test_a_cut_out_on_transparency_is_edited_on_white_while_its_mask_reads_black():
+    cut_out = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    ImageDraw.Draw(cut_out).ellipse((8, 8, 24, 24), fill=(220, 40, 40, 255))
+    strokes = Image.new("RGBA", (32, 32), (0, 0, 0, 0))  # a mask painted as white strokes on a clear layer
+    ImageDraw.Draw(strokes).rectangle((0, 0, 15, 31), fill=(255, 255, 255, 255))
+    request = GenerationRequest(mode="inpaint", image=cut_out, mask=strokes, mask_blur=0, width=32, height=32, **FAST)
+    inputs = edit_inputs(request, max_pixels=10**6)
+    assert pixels(inputs.start)[0, 0].tolist() == [255, 255, 255]
+    assert pixels(inputs.start)[16, 16].tolist() == [220, 40, 40]
+    assert np.array_equal(np.asarray(inputs.mask), np.asarray(left_half_mask()))

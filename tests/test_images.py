@@ -83,6 +83,13 @@ def test_rgba_is_composited_onto_black():
     assert 95 <= result[2, 2, 0] <= 105
 
 
+def test_a_picture_to_edit_is_composited_onto_white():
+    image = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    image.putpixel((1, 1), (200, 100, 50, 255))
+    result = np.asarray(prepare(image, background="white"))
+    assert result[0, 0].tolist() == [255, 255, 255] and result[1, 1].tolist() == [200, 100, 50]
+
+
 def test_la_is_composited_onto_black():
     image = Image.new("LA", (4, 4), (255, 0))
     image.putpixel((0, 0), (180, 255))

@@ -80,7 +80,8 @@ def forward_noise(studio, request: NoiseRequest) -> NoisedImages:
     request = validate_noise(request, studio.served)
     side = studio.model.resolution
     picture = prepare_user_image(
-        request.clean_image, max_pixels=studio.settings.limits.max_input_pixels, what="image to noise"
+        request.clean_image, max_pixels=studio.settings.limits.max_input_pixels, what="image to noise",
+        background="white",
     )
     picture = ImageOps.fit(picture, (side, side), Image.Resampling.LANCZOS)
     pixels = torch.from_numpy(np.asarray(picture, np.float32) / 127.5 - 1).permute(2, 0, 1)[None]

@@ -32,9 +32,12 @@ logger = logging.getLogger(__name__)
 
 FP16_FIX_VAE = "madebyollin/sdxl-vae-fp16-fix"
 # An image with more pixels than (1.5 x the model's native side)^2 decodes in tiles (SDXL: above 1536x1536, SD1.5:
-# above 768x768): there the decoder's activations, not the weights, fill a 16 GB GPU. A batch with more pixels than
+# above 768x768): there the decoder's activations, not the weights, fill a 16 GB GPU. Never at 768x768 or less,
+# whatever the model: a decoder's activations there fit any GPU, and a small model's tiles are its own small
+# native size (the embedded model's 64 px), which leaves seams and saves nothing. A batch with more pixels than
 # two native images decodes one image at a time.
 TILE_ABOVE_SIDE = 1.5
+TILE_FLOOR_SIDE = 768
 SLICE_ABOVE_IMAGES = 2
 
 
@@ -101,7 +104,7 @@ def vae_savers(device: str, width: int, height: int, images: int, resolution: in
     if not device.startswith("cuda"):
         return False, False
     pixels = width * height
-    tiling = pixels > (TILE_ABOVE_SIDE * resolution) ** 2
+    tiling = pixels > max(TILE_ABOVE_SIDE * resolution, TILE_FLOOR_SIDE) ** 2
     slicing = images > 1 and images * pixels > SLICE_ABOVE_IMAGES * resolution**2
     return tiling, slicing
 
@@ -175,14 +178,15 @@ class Accelerator:
         self.resolution = resolution
         self._offloader = Offloader(device) if plan.offload else None
 
-    def compile(self, lora_active: Callable[[], bool]) -> None:
-        """Compile the UNet as planned; call it after the LoRA slot is in place (the graph includes it)."""
+    def compile(self, lora_active: Callable[[], bool], default_scheduler: object) -> None:
+        """Compile the UNet as planned; call it after the LoRA slot is in place (the graph includes it). Ahead of time,
+        the graph is exported from a run with `default_scheduler`, the sampler most requests use."""
         if self.plan.compile == "jit":
             compile_unet(self.base.unet)
         elif self.plan.compile == "aot":
             from pipelines.gpu import compile_unet_ahead_of_time
 
-            compile_unet_ahead_of_time(self.base, self.resolution, lora_active)
+            compile_unet_ahead_of_time(self.base, self.resolution, lora_active, default_scheduler)
 
     def before_run(self, pipe: DiffusionPipeline, width: int, height: int, images: int) -> None:
         if self._offloader is not None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
@@ -23,6 +22,7 @@ from pipelines.images import prepare_user_image
 from pipelines.modes import MODES
 from pipelines.preprocessors.resize import crop_note, crop_to_aspect
 from pipelines.request import GenerationRequest
+from pipelines.vae import decode_latents, encode
 
 # A mask may be drawn at another resolution than its image, but not at another shape: it would no longer line up.
 MASK_SHAPE_TOLERANCE = 0.02
@@ -87,11 +87,8 @@ def denoises(request: GenerationRequest) -> bool:
 
 def through_the_vae(pipe: DiffusionPipeline, image: Image.Image) -> Image.Image:
     """What a run with no denoising step gives: the image encoded and decoded by the model's VAE."""
-    pixels = pipe.image_processor.preprocess(image).to(pipe.vae.device, pipe.vae.dtype)
-    with torch.no_grad():
-        latents = pipe.vae.encode(pixels).latent_dist.mode()
-        decoded = pipe.vae.decode(latents).sample
-    return pipe.image_processor.postprocess(decoded, output_type="pil")[0]
+    [decoded] = decode_latents(pipe, encode(pipe, pipe.image_processor.preprocess(image)))
+    return decoded
 
 
 def keep_unmasked(pipe: DiffusionPipeline, inputs: EditInputs, image: Image.Image) -> Image.Image:

@@ -61,6 +61,25 @@ def pick_device(requested: str | None = None) -> tuple[str, torch.dtype]:
     return device, torch.float16 if device.startswith("cuda") else torch.float32
 
 
+def device_report(device: str, family: str, torch_version: str, cuda_build: str | None, cuda_seen: bool) -> tuple[
+        str, str]:
+    """A line for the log saying what torch is and where the model runs, and a note for the page ("" when none):
+    Stable Diffusion on the CPU takes minutes an image, and a CUDA wheel newer than the machine's driver (a CUDA 13
+    build on an older driver) sees no GPU and falls back to the CPU in fp32 without a word."""
+    line = f"torch {torch_version} ({f'CUDA {cuda_build} build' if cuda_build else 'CPU-only build'}); " \
+           f"CUDA usable: {'yes' if cuda_seen else 'no'}; serving a {family} model on {device}"
+    if family not in ("sd15", "sd2", "sdxl") or not device.startswith("cpu"):
+        return line, ""
+    if cuda_build and not cuda_seen:
+        why = (f"this torch is a CUDA {cuda_build} build but sees no usable GPU (no GPU, or a driver older than "
+               f"CUDA {cuda_build} needs)")
+    elif cuda_build:
+        why = "the device setting (STUDIO_DEVICE or --device) asks for the CPU"
+    else:
+        why = "this torch is a CPU-only build"
+    return line, (f"This Stable Diffusion model runs on the CPU in fp32, which takes minutes an image: {why}.")
+
+
 def load_base_pipeline(
     source: str, device: str, dtype: torch.dtype, offload: bool = False
 ) -> tuple[DiffusionPipeline, ModelInfo]:

@@ -19,6 +19,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from pipelines.steps import DenoisingStep
+from pipelines.vae import decode_latents
 
 # At most this share of a run's time goes to previews; the rest of the run is the same as without them.
 PREVIEW_SHARE = 0.05
@@ -53,21 +54,6 @@ class Preview:
         return f"Preview, step {self.step}/{self.total}"
 
 
-@torch.no_grad()
-def decode_latents(pipe: DiffusionPipeline, latents: torch.Tensor) -> list[Image.Image]:
-    """The pictures `latents` decode to, exactly as the pipeline decodes its final latents."""
-    vae = pipe.vae
-    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)  # SDXL's VAE overflows in fp16
-    if upcast:
-        vae.to(torch.float32)
-    try:
-        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-    finally:
-        if upcast:
-            vae.to(torch.float16)
-    return pipe.image_processor.postprocess(decoded, output_type="pil", do_denormalize=[True] * len(decoded))
-
-
 def preview_images(pipe: DiffusionPipeline, latents: torch.Tensor, family: str) -> list[Image.Image]:
     """A cheap picture of each latent: the linear map where the family has one, else the VAE."""
     if family in LATENT_RGB and latents.shape[1] == len(LATENT_RGB[family][0]):
@@ -75,7 +61,7 @@ def preview_images(pipe: DiffusionPipeline, latents: torch.Tensor, family: str) 
         rgb = torch.einsum("bchw,cr->bhwr", latents.detach().float().cpu(), factors) + bias
         pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
         return [Image.fromarray(np.ascontiguousarray(image)) for image in pixels]
-    return decode_latents(pipe, latents)
+    return decode_latents(pipe, latents, mid_run=True)
 
 
 class Previewer:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import wraps
+from functools import cached_property, partial, wraps
 
 import torch
 from diffusers import DiffusionPipeline
@@ -19,12 +19,24 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 @dataclass(frozen=True)
 class DenoisingStep:
+    """One step of a run. The timestep and x0 are read only when a hook asks: on a GPU, turning a device tensor into
+    a Python number waits for the device, and a hook that skips most steps (previews) must not stall them."""
+
     index: int  # steps done so far, 1 to total
     total: int
-    timestep: float
+    step_timestep: torch.Tensor | float  # as the pipeline gives it: a tensor on the device
     latents: torch.Tensor  # the sample after this step, one per image
-    predicted_x0: torch.Tensor | None  # the model's estimate of the clean latents at this step
     pipe: DiffusionPipeline
+    estimate_x0: Callable[[], torch.Tensor | None] = lambda: None
+
+    @property
+    def timestep(self) -> float:
+        return float(self.step_timestep)
+
+    @cached_property
+    def predicted_x0(self) -> torch.Tensor | None:
+        """The model's estimate of the clean latents at this step."""
+        return self.estimate_x0()
 
 
 StepHook = Callable[[DenoisingStep], None]
@@ -44,22 +56,24 @@ def with_step_hook(callback: Callable | None, pipe: DiffusionPipeline, on_step: 
         if callback is not None:
             callback_kwargs = callback(pipe, step, timestep, callback_kwargs)
         latents = callback_kwargs["latents"]
-        on_step(DenoisingStep(step + 1, pipe.num_timesteps, float(timestep), latents, seen.get("x0"), pipe))
+        estimate = partial(_predicted_x0, pipe.scheduler, *seen["step"]) if "step" in seen else lambda: None
+        on_step(DenoisingStep(step + 1, pipe.num_timesteps, timestep, latents, pipe, estimate))
         return callback_kwargs
 
     return on_step_end
 
 
-def _watch_predictions(scheduler: SchedulerMixin) -> dict[str, torch.Tensor]:
-    """Wrap this scheduler instance's `step` (each run gets a fresh one) so the last x0 estimate is kept."""
-    seen: dict[str, torch.Tensor] = {}
+def _watch_predictions(scheduler: SchedulerMixin) -> dict[str, tuple]:
+    """Wrap this scheduler instance's `step` (each run gets a fresh one) so what the last x0 estimate is made from
+    is kept."""
+    seen: dict[str, tuple] = {}
     step = scheduler.step
 
     # The pipeline passes `generator` and `eta` only if the step's signature names them: keep the original's.
     @wraps(step)
     def watched(model_output: torch.Tensor, timestep, sample: torch.Tensor, *args, **kwargs):
         output = step(model_output, timestep, sample, *args, **kwargs)
-        seen["x0"] = _predicted_x0(scheduler, output, model_output, timestep, sample)
+        seen["step"] = (output, model_output, timestep, sample)
         return output
 
     scheduler.step = watched

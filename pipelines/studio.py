@@ -6,9 +6,11 @@ ControlNets load lazily and stay cached, so switching modes never reloads the ba
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 from diffusers import (
@@ -35,11 +37,13 @@ from pipelines.controlnets import ControlNetCache, controlnet_registry
 from pipelines.editing import EditInputs, denoises, edit_inputs, keep_unmasked, strength_of, through_the_vae
 from pipelines.errors import StudioError
 from pipelines.gpu import on_zero_gpu
-from pipelines.loader import display_name, load_base_pipeline, pick_device
+from pipelines.loader import device_report, display_name, load_base_pipeline, pick_device
 from pipelines.lora import LoraManager
+from pipelines.memory import check_fits, fitting_limits, gpu_gib, out_of_memory_as_message
 from pipelines.metadata import format_parameters, tag_with_parameters
 from pipelines.modes import MODES, UNION
 from pipelines.parameters import MAX_SEED, Served
+from pipelines.preprocessors import load_detectors
 from pipelines.presets import preset_names
 from pipelines.request import GenerationRequest, GenerationResult
 from pipelines.schedulers import make_scheduler, scheduler_names
@@ -53,6 +57,7 @@ UNION_PIPELINES = {
     "img2img": StableDiffusionXLControlNetUnionImg2ImgPipeline,
     "inpaint": StableDiffusionXLControlNetUnionInpaintPipeline,
 }
+logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 ShouldStop = Callable[[], bool]
 
@@ -65,10 +70,20 @@ class Studio:
         speed = plan_acceleration(self.device, settings.speed, on_zero_gpu())
         self.base, self.model = load_base_pipeline(settings.model, self.device, self.dtype, offload=speed.offload)
         vae_note = use_fp16_fix_vae(self.base, speed, self.model.family, self.device, self.dtype)
-        self.notes = [*speed.notes, *([vae_note] if vae_note else [])]
+        log_line, device_note = device_report(self.device, self.model.family, torch.__version__, torch.version.cuda,
+                                              torch.cuda.is_available())
+        logger.info(log_line)
+        # Under offload only the running model holds GPU memory: the whole-model figures would be too strict there.
+        self.gpu_gib = None if speed.offload else gpu_gib(self.device)
+        self.limits, limits_note = fitting_limits(settings.limits, self.model.family, self.gpu_gib,
+                                                  self.model.resolution, self.size_multiple)
+        self.notes = [note for note in (*speed.notes, vae_note, device_note, limits_note) if note]
         if self.device == "cpu":
             set_cpu_threads(self.base.unet, settings.threads)
         self._scheduler_config = dict(self.base.scheduler.config)
+        # The detectors run where the models do: inside a GPU call a detector takes milliseconds of GPU time
+        # instead of seconds of CPU time.
+        self.detectors = replace(settings.detectors, device=self.device)
         registry = controlnet_registry(self.model.family, self.model.controlnets, settings.controlnets)
         self.controlnets = ControlNetCache(registry, "cpu" if speed.offload else self.device, self.dtype)
         self.loras = LoraManager(
@@ -82,11 +97,27 @@ class Studio:
             fuse=speed.fuse_loras,
         )
         self.accelerator = Accelerator(speed, self.device, self.base, self.model.resolution)
-        self.accelerator.compile(lora_active=lambda: bool(self.loras.active))  # after the LoRA slot is in place
+        self.accelerator.compile(  # after the LoRA slot is in place
+            lora_active=lambda: bool(self.loras.active),
+            default_scheduler=make_scheduler(self.model.default_scheduler, self._scheduler_config),
+        )
         # (what the mode edits, the ControlNets by mode) -> its pipeline, built from the base on first use
         self._pipes: dict[tuple[str, tuple[str, ...]], DiffusionPipeline] = {("", ()): self.base}
         # One generation at a time: LoRA weights and the scheduler live on the shared modules.
         self._lock = threading.Lock()
+        if on_zero_gpu():
+            self.load_before_the_fork()
+
+    def load_before_the_fork(self) -> None:
+        """Load every ControlNet the registry names, and the detectors whose weights are here, now. On ZeroGPU each
+        call runs in a forked worker that has only what the main process loaded: what a call loads itself, it loads
+        again in every new worker, on GPU time."""
+        for mode in self.controlnets.registry:
+            try:
+                self.controlnets.get(mode)
+            except StudioError as error:  # remembered, and said to whoever asks for that mode
+                logger.warning("not loaded before the fork: %s", error)
+        logger.info("detectors loaded before the fork: %s", ", ".join(load_detectors(self.detectors)) or "none")
 
     @property
     def fuses_grid_rows(self) -> bool:
@@ -110,7 +141,7 @@ class Studio:
     @property
     def served(self) -> Served:
         """The bounds and defaults requests are checked against: the settings' limits and this model's own."""
-        limits, model = self.settings.limits, self.model
+        limits, model = self.limits, self.model
         return Served(
             max_side=limits.side_for(model.resolution),
             size_multiple=self.size_multiple,
@@ -127,7 +158,7 @@ class Studio:
             family=model.family,
             presets=preset_names(model.family),
             modes=tuple(MODES),
-            detectors=self.settings.detectors,
+            detectors=self.detectors,
         )
 
     def pipeline_for(self, mode: str, controls: tuple[str, ...] | None = None) -> DiffusionPipeline:
@@ -184,11 +215,13 @@ class Studio:
         if not request.prompt:
             notes.append("The prompt was empty, so this image was generated unconditionally (no text guidance).")
         mode = MODES[request.mode]
-        max_pixels = self.settings.limits.max_input_pixels
-        controls = controls_of(request, max_pixels, self.settings.detectors)
+        batch_size = min(len(seeds), self.limits.max_images)
+        check_fits(self.model.family, self.gpu_gib, batch_size, request.width, request.height, self.model.resolution)
+        max_pixels = self.limits.max_input_pixels
+        controls = controls_of(request, max_pixels, self.detectors)
         edit = edit_inputs(request, max_pixels) if mode.starts_from_image else None
         notes += [note for control in controls for note in control.notes] + list(edit.notes if edit else ())
-        with self._lock:
+        with self._lock, out_of_memory_as_message(batch_size, request.width, request.height):
             controlnets, union_notes = self._controlnets_for(controls)
             notes += union_notes
             pipe = self.pipeline_for(request.mode, controlnets)
@@ -198,11 +231,10 @@ class Studio:
             notes += self._prompt_notes(request)
             pipe.scheduler = make_scheduler(request.scheduler, self._scheduler_config)
             on_step_end = with_step_hook(_step_callback(progress, should_stop, request.steps), pipe, on_step)
-            batch_size = min(len(seeds), self.settings.limits.max_images)
             self.accelerator.before_run(pipe, request.width, request.height, batch_size)
             images = [
                 image
-                for batch in _batches(seeds, self.settings.limits.max_images)
+                for batch in _batches(seeds, self.limits.max_images)
                 for image in self._run(pipe, request, controls, controlnets == (UNION,), edit, on_step_end, batch)
             ]
         if edit is not None and edit.mask is not None:

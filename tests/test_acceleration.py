@@ -71,6 +71,12 @@ def test_vae_tiles_and_slices_only_above_a_size_on_cuda(device, size, images, ex
     assert vae_savers(device, size, size, images, resolution=1024) == expected
 
 
+@pytest.mark.parametrize(("size", "tiling"), [(104, False), (128, False), (768, False), (776, True)])
+def test_a_small_models_vae_tiles_only_above_an_absolute_floor(size, tiling):
+    """The embedded model (native 64 px) on CUDA tiled above 96 px into its own 64 px tiles: seams, nothing saved."""
+    assert vae_savers("cuda", size, size, 1, resolution=64)[0] is tiling
+
+
 # ------------------------------------------------------------------ LoRAs in a compiled UNet's slot, and fusing
 
 
@@ -220,7 +226,7 @@ def test_the_accelerator_sets_the_vaes_tiling_and_slicing_per_request(tiny_sd_di
 
     pipe = fresh_pipe(tiny_sd_dir)
     accelerator = Accelerator(Acceleration(), "cuda", pipe, resolution=32)  # decisions as on a GPU; nothing runs
-    accelerator.before_run(pipe, 64, 64, 1)
+    accelerator.before_run(pipe, 800, 800, 1)  # above the floor of 768 px that every model decodes whole
     assert pipe.vae.use_tiling and not pipe.vae.use_slicing
     accelerator.before_run(pipe, 32, 32, 4)
     assert not pipe.vae.use_tiling and pipe.vae.use_slicing

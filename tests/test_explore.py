@@ -180,7 +180,7 @@ def test_previews_come_no_sooner_than_their_interval():
                           interval=0.5)
     for index in range(1, 21):
         now[0] += 0.1
-        previewer(DenoisingStep(index, 20, 0.0, torch.zeros(1, 4, 2, 2), None, pipe=None))
+        previewer(DenoisingStep(index, 20, 0.0, torch.zeros(1, 4, 2, 2), pipe=None))
     assert sent[0] == 5 and len(sent) == 3 and all(later - earlier >= 5 for earlier, later in zip(sent, sent[1:]))
 
 
@@ -196,6 +196,6 @@ def test_previews_take_at_most_their_share_of_the_time():
     previewer = Previewer("sd15", send, share=0.1, clock=lambda: now[0], interval=0.0)
     for index in range(1, 31):
         now[0] += 10.0
-        previewer(DenoisingStep(index, 30, 0.0, torch.zeros(1, 4, 2, 2), None, pipe=None))
+        previewer(DenoisingStep(index, 30, 0.0, torch.zeros(1, 4, 2, 2), pipe=None))
     assert 30 not in sent and 8 <= len(sent) <= 11, sent  # never the last step: the image itself comes next
     assert previewer.spent <= 0.1 * now[0]

@@ -2,11 +2,13 @@
 
 Nothing here reaches the Hub: the OpenPose and MiDaS files are generated under their Annotators names in a
 temporary folder (never commit them), Depth Anything is a tiny random model saved with save_pretrained.
+The device tests at the end stand in for a GPU with the meta device (see there).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -19,8 +21,8 @@ from skimage import data  # noqa: E402
 from pipelines.errors import StudioError  # noqa: E402
 from pipelines.modes import MODES  # noqa: E402
 from pipelines.parameters import PARAMETERS  # noqa: E402
-from pipelines.preprocessors import PREPROCESSORS, clear_detector_cache, make_control_map, pose  # noqa: E402
-from pipelines.preprocessors.weights import DetectorSources, import_controlnet_aux  # noqa: E402
+from pipelines.preprocessors import PREPROCESSORS, clear_detector_cache, depth, make_control_map, pose  # noqa: E402
+from pipelines.preprocessors.weights import DetectorSources, cached_detector, import_controlnet_aux  # noqa: E402
 
 PHOTOS = {"astronaut": data.astronaut, "coffee": data.coffee, "chelsea": data.chelsea}
 
@@ -273,7 +275,7 @@ def test_depth_anything_keeps_near_bright(tiny_depth_anything):
     chelsea = Image.fromarray(data.chelsea())
     sources = DetectorSources(depth_model=str(tiny_depth_anything))
     grey = as_array(depth_anything_map(chelsea, (451, 300), detect_resolution=140, sources=sources))
-    estimator = cached_detector("depth_anything", str(tiny_depth_anything), lambda: None)
+    estimator = cached_detector("depth_anything", str(tiny_depth_anything), "cpu", lambda: None)
     inputs = estimator.image_processor(images=chelsea, size={"height": 140, "width": 140}, return_tensors="pt")
     with torch.inference_mode():
         predicted = estimator.model(**inputs).predicted_depth
@@ -288,3 +290,127 @@ def test_missing_depth_anything_model_offline(astronaut, tmp_path, monkeypatch):
     with pytest.raises(StudioError, match="STUDIO_DEPTH_MODEL model could not be loaded.*model.safetensors") as refused:
         control_map("depth_anything", astronaut, (64, 64), sources)
     assert str(tmp_path) not in str(refused.value)
+
+
+# Devices. There is no GPU here, so two stand-ins play one. Weights on the "meta" device refuse CPU inputs as CUDA
+# weights do ("Tensor on device cpu is not on the expected device meta!"), and `run_as_on_accelerator` swaps a
+# model's (meta, dataless) results for AcceleratorTensors, which numpy refuses, as it refuses CUDA tensors, until
+# they are brought back with .cpu(). A detector that gives a map under both moved its inputs and its results.
+
+
+class AcceleratorTensor(torch.Tensor):
+    """Values that act as if they lived on an accelerator: numpy refuses them until `.cpu()` or `.to("cpu")`."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.Tensor.numpy, torch.Tensor.__array__):
+            raise TypeError("can't convert an accelerator tensor to numpy; use Tensor.cpu() to copy it first")
+        if func is torch.Tensor.cpu or (func is torch.Tensor.to and _names_the_cpu(args[1:], kwargs)):
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs).as_subclass(torch.Tensor)
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def _names_the_cpu(args: tuple, kwargs: dict) -> bool:
+    targets = [*args, kwargs.get("device")]
+    return any(torch.device(t).type == "cpu" for t in targets if isinstance(t, (str, torch.device)))
+
+
+def ramp(shape: torch.Size) -> torch.Tensor:
+    """Finite values spanning a range, so a depth map made of them is full-range."""
+    return torch.linspace(0.0, 1.0, shape.numel()).reshape(shape)
+
+
+def run_as_on_accelerator(model: torch.nn.Module, values: Callable[[torch.Size], torch.Tensor]) -> list[str]:
+    """Hook `model` so each tensor it returns becomes an AcceleratorTensor of `values(shape)`.
+
+    Returns the list that the devices of its tensor inputs are recorded in, call after call.
+    """
+    seen: list[str] = []
+
+    def record_inputs(_module, args, kwargs):
+        seen.extend(str(value.device) for value in [*args, *kwargs.values()] if isinstance(value, torch.Tensor))
+
+    def swap(result):
+        if isinstance(result, torch.Tensor):
+            return values(result.shape).as_subclass(AcceleratorTensor)
+        if isinstance(result, dict):  # a transformers ModelOutput
+            for key in list(result):
+                result[key] = swap(result[key])
+            return result
+        if isinstance(result, (list, tuple)):
+            return type(result)(swap(item) for item in result)
+        return result
+
+    model.register_forward_pre_hook(record_inputs, with_kwargs=True)
+    model.register_forward_hook(lambda _module, _args, result: swap(result))
+    return seen
+
+
+def devices_of(model: torch.nn.Module) -> set[str]:
+    return {str(parameter.device) for parameter in model.parameters()}
+
+
+def test_depth_anything_stays_off_an_accelerator_it_was_not_given(tiny_depth_anything, monkeypatch):
+    """The issue: given no device, a transformers 5 pipeline moves its model to cuda:0 whenever CUDA is there,
+    while the studio's inputs stay on the CPU. Here CUDA is reported present; the detector must stay on the
+    device its sources name (the CPU by default)."""
+    monkeypatch.setattr("transformers.pipelines.base.is_torch_cuda_available", lambda: True)
+    sources = DetectorSources(depth_model=str(tiny_depth_anything))
+    chelsea = Image.fromarray(data.chelsea())
+    grey = as_array(control_map("depth_anything", chelsea, (64, 48), sources, detect_resolution=56))
+    assert grey.shape == (48, 64, 3)
+    estimator = cached_detector("depth_anything", sources.depth_model, "cpu", lambda: None)
+    assert estimator.model.device == torch.device("cpu")
+
+
+def test_depth_anything_runs_on_the_sources_device(tiny_depth_anything):
+    sources = DetectorSources(depth_model=str(tiny_depth_anything), device="meta")
+    estimator = cached_detector(
+        "depth_anything", sources.depth_model, "meta", lambda: depth._load_depth_pipeline(sources.depth_model, "meta")
+    )
+    inputs_seen = run_as_on_accelerator(estimator.model, ramp)
+    chelsea = Image.fromarray(data.chelsea())
+    grey = as_array(control_map("depth_anything", chelsea, (64, 48), sources, detect_resolution=56))
+    assert devices_of(estimator.model) == {"meta"} and estimator.model.dtype == torch.float32
+    assert inputs_seen and set(inputs_seen) == {"meta"}
+    assert grey.shape == (48, 64, 3) and grey.min() == 0 and grey.max() == 255
+    assert_grey(grey)
+
+
+def test_openpose_parts_run_on_the_sources_device(astronaut, annotators):
+    sources = DetectorSources(annotators=str(annotators), device="meta")
+    parts = {name: pose._part(name, filename, class_name, sources) for name, filename, class_name in PARTS}
+    inputs_seen = {name: run_as_on_accelerator(part.model, torch.zeros) for name, part in parts.items()}
+    options = dict(include_hands=True, include_face=True, detect_resolution=64)
+    skeleton = as_array(control_map("openpose", astronaut, (96, 64), sources, **options))
+    assert skeleton.shape == (64, 96, 3)
+    # Zero heat maps hold no body, so no hand or face is looked for in the map: call those parts on a crop.
+    crop = np.asarray(astronaut)[:64, :64]
+    parts["hand"](crop)
+    parts["face"](crop)
+    for name, part in parts.items():
+        assert devices_of(part.model) == {"meta"}, name
+        assert inputs_seen[name] and set(inputs_seen[name]) == {"meta"}, name
+
+
+def test_midas_runs_on_the_sources_device(annotators):
+    sources = DetectorSources(annotators=str(annotators), device="meta")
+    detector = cached_detector("midas", sources.annotators_label, "meta", lambda: depth._load_midas(sources))
+    inputs_seen = run_as_on_accelerator(detector.model, ramp)
+    coffee = Image.fromarray(data.coffee())
+    grey = as_array(control_map("midas", coffee, (96, 64), sources, detect_resolution=64))
+    assert devices_of(detector.model) == {"meta"}
+    assert inputs_seen and set(inputs_seen) == {"meta"}
+    assert grey.shape == (64, 96, 3) and grey.max() > grey.min()
+    assert_grey(grey)
+
+
+def test_detectors_are_cached_per_device(annotators):
+    """A detector loaded for one device is never handed to a caller that runs on another."""
+    on_cpu, on_meta = (
+        pose._part("body", pose.BODY_FILE, "Body", DetectorSources(annotators=str(annotators), device=device))
+        for device in ("cpu", "meta")
+    )
+    assert devices_of(on_cpu.model) == {"cpu"} and devices_of(on_meta.model) == {"meta"}

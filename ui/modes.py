@@ -306,7 +306,7 @@ def mode_handler(studio: Studio, mode: Mode, params: list[Param]) -> Callable:
     """The endpoint: one keyword parameter per declared parameter, in the declared order."""
     names = [param.name for param in params]
 
-    @gpu_task(duration=lambda *args: gpu_seconds(dict(zip(names, args, strict=False))))
+    @gpu_task(duration=lambda *args: gpu_seconds(dict(zip(names, args, strict=False)), controlled=mode.is_controlled))
     def handler(*args):
         *values, request, progress = args
         generation = GenerationRequest(mode=mode.name, **dict(zip(names, values, strict=True)))

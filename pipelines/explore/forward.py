@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 from pipelines.images import prepare_user_image
 from pipelines.modes import FORWARD_NOISE
 from pipelines.parameters import PARAMETERS, bind
-from pipelines.previews import decode_latents
+from pipelines.vae import decode_latents, encode
 from pipelines.validation import clean
 
 # name -> the scheduler config that makes it; every schedule has the same number of training timesteps.
@@ -90,11 +90,10 @@ def forward_noise(studio, request: NoiseRequest) -> NoisedImages:
     generator = torch.Generator("cpu").manual_seed(request.seed)
     pipe = studio.base
     with torch.no_grad(), studio.lock:  # the VAE is shared with every run (and upcast in place on SDXL fp16)
-        latents = pipe.vae.encode(pixels.to(pipe.device, pipe.vae.dtype)).latent_dist.mean
-        latents = latents.float().cpu() * pipe.vae.config.scaling_factor
+        latents = encode(pipe, pixels)
         noised_latents = schedule.add_noise(latents, torch.randn(latents.shape, generator=generator), timestep)
         noised_pixels = schedule.add_noise(pixels, torch.randn(pixels.shape, generator=generator), timestep)
-        [latent_view] = decode_latents(pipe, noised_latents.to(pipe.device))
+        [latent_view] = decode_latents(pipe, noised_latents)
     pixel_view = Image.fromarray(((noised_pixels[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
     return NoisedImages(
         latent_view,

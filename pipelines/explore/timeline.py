@@ -16,9 +16,9 @@ from PIL import Image
 from pipelines.errors import StudioError
 from pipelines.lora.grid import GridCell, compose_grid
 from pipelines.parameters import PARAMETERS, bind
-from pipelines.previews import decode_latents
 from pipelines.request import GenerationRequest, GenerationResult
 from pipelines.steps import DenoisingStep
+from pipelines.vae import decode_latents
 from pipelines.validation import clean, validate_request
 
 FRAME_MS = 250  # each frame of the animation; the last one stays four times as long
@@ -82,8 +82,9 @@ def run_timeline(
 
 
 def _frame(step: DenoisingStep) -> TimelineFrame:
-    [latent] = decode_latents(step.pipe, step.latents[:1])
-    predicted = decode_latents(step.pipe, step.predicted_x0[:1])[0] if step.predicted_x0 is not None else None
+    [latent] = decode_latents(step.pipe, step.latents[:1], mid_run=True)
+    x0 = step.predicted_x0
+    predicted = decode_latents(step.pipe, x0[:1], mid_run=True)[0] if x0 is not None else None
     return TimelineFrame(step.index, step.total, step.timestep, latent, predicted)
 
 

@@ -186,7 +186,7 @@ class LoraManager:
             names = {name for name, _ in self._active}
             for module in self._lora_layers():
                 if names & set(module.lora_A) and module not in self._pristine:
-                    self._pristine[module] = module.get_base_layer().weight.detach().clone()
+                    self._pristine[module] = host_copy(module.get_base_layer().weight)
             self.pipe.fuse_lora(components=list(self._components()), adapter_names=list(names))
             self._fused_set = self._last_set
 
@@ -372,3 +372,10 @@ def _file_key(path: Path) -> tuple[str, int, int]:
 def _meta_tensors(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     """Shapes without storage for the layer check; scalars (alphas) must be real, the conversion reads them."""
     return {key: torch.empty(shape, device="meta") if shape else torch.tensor(1.0) for key, shape in shapes.items()}
+
+
+def host_copy(weight: torch.Tensor) -> torch.Tensor:
+    """A copy of `weight` in CPU memory: the touched weights of a fused SDXL set reach 4 GiB, GPU memory that the
+    images need. Pinned when it comes from a GPU, so the copy back when the set changes runs at full bus speed."""
+    copy = weight.detach().to("cpu", copy=True)
+    return copy.pin_memory() if weight.device.type == "cuda" else copy

@@ -8,16 +8,20 @@ is independent of the output size.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from PIL import Image
 
-from .depth import MIDAS_FILE, depth_anything_map, midas_map
+from ..errors import StudioError
+from .depth import MIDAS_FILE, depth_anything, depth_anything_map, midas, midas_map
 from .edge import canny_map
-from .pose import BODY_FILE, openpose_map
+from .pose import BODY_FILE, openpose_body, openpose_map
 from .resize import crop_to_aspect
 from .weights import DetectorSources, annotators_present, clear_detector_cache, model_present
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "PREPROCESSORS",
@@ -25,6 +29,7 @@ __all__ = [
     "Preprocessor",
     "available_preprocessors",
     "clear_detector_cache",
+    "load_detectors",
     "make_control_map",
 ]
 
@@ -37,6 +42,7 @@ class Preprocessor:
     # Whether its weights are on this machine; None: it needs none. A detector with weights also takes
     # `sources=` (where to find them) in `run`.
     present: Callable[[DetectorSources], bool] | None = None
+    load: Callable[[DetectorSources], object] | None = None  # loads (and caches) the weights every run needs
 
     def available(self, sources: DetectorSources) -> bool:
         return self.present is None or self.present(sources)
@@ -49,14 +55,14 @@ PREPROCESSORS: Mapping[str, Preprocessor] = {
         Preprocessor("canny", ("detect_resolution", "low_threshold", "high_threshold"), canny_map),
         Preprocessor(
             "openpose", ("detect_resolution", "include_hands", "include_face"), openpose_map,
-            lambda sources: annotators_present(sources, BODY_FILE),
+            lambda sources: annotators_present(sources, BODY_FILE), openpose_body,
         ),
         Preprocessor(
             "depth_anything", ("detect_resolution",), depth_anything_map,
-            lambda sources: model_present(sources.depth_model),
+            lambda sources: model_present(sources.depth_model), depth_anything,
         ),
         Preprocessor(
-            "midas", ("detect_resolution",), midas_map, lambda sources: annotators_present(sources, MIDAS_FILE)
+            "midas", ("detect_resolution",), midas_map, lambda sources: annotators_present(sources, MIDAS_FILE), midas
         ),
     )
 }
@@ -88,3 +94,18 @@ def make_control_map(
 def available_preprocessors(names: tuple[str, ...], sources: DetectorSources) -> tuple[str, ...]:
     """`names` whose weights are on this machine, in their order."""
     return tuple(name for name in names if PREPROCESSORS[name].available(sources))
+
+
+def load_detectors(sources: DetectorSources) -> list[str]:
+    """Load every detector whose weights are on this machine (ZeroGPU: before the fork, so no call loads one);
+    returns the names loaded."""
+    loaded = []
+    for preprocessor in PREPROCESSORS.values():
+        if preprocessor.load is not None and preprocessor.available(sources):
+            try:
+                preprocessor.load(sources)
+            except StudioError as error:  # a damaged file: said again to whoever asks for that detector
+                logger.warning("the %s detector did not load: %s", preprocessor.name, error)
+                continue
+            loaded.append(preprocessor.name)
+    return loaded

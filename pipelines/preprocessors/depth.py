@@ -2,6 +2,7 @@
 
 Both models predict relative inverse depth, so after scaling to 0..255 near is bright and far is dark,
 which is what ControlNet depth models were trained on. The map is greyscale repeated over 3 channels.
+Both run in fp32 on `DetectorSources.device`.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def depth_anything_map(
     image: Image.Image, size: tuple[int, int], *, detect_resolution: int, sources: DetectorSources
 ) -> Image.Image:
     """Depth estimated with the short side near `detect_resolution`, as a 3-channel grey map of `size`."""
-    source = sources.depth_model
-    estimator = cached_detector("depth_anything", source, lambda: _load_depth_pipeline(source))
+    estimator = depth_anything(sources)
+    model = estimator.model
     # The processor's own size (518) would ignore the detection resolution; it keeps the aspect ratio
     # and rounds to the model's patch multiple.
     inputs = estimator.image_processor(
@@ -38,20 +39,21 @@ def depth_anything_map(
         size={"height": detect_resolution, "width": detect_resolution},
         return_tensors="pt",
     )
+    # The model is called directly (the pipeline's __call__ has no detection size), so moving tensors is ours
+    # to do: inputs to the model's device, the result back to the CPU, the only memory numpy reads.
     with torch.inference_mode():
-        predicted = estimator.model(**inputs.to(estimator.model.dtype)).predicted_depth
-    upsampled = torch.nn.functional.interpolate(
-        predicted[:, None].float(), size=(size[1], size[0]), mode="bicubic", align_corners=False
-    )
-    return _grey_rgb(upsampled[0, 0].numpy())
+        predicted = model(**inputs.to(device=model.device, dtype=model.dtype)).predicted_depth
+        upsampled = torch.nn.functional.interpolate(
+            predicted[:, None].float(), size=(size[1], size[0]), mode="bicubic", align_corners=False
+        )
+    return _grey_rgb(upsampled[0, 0].cpu().numpy())
 
 
 def midas_map(
     image: Image.Image, size: tuple[int, int], *, detect_resolution: int, sources: DetectorSources
 ) -> Image.Image:
     """MiDaS DPT-Hybrid depth found at `detect_resolution` (short side), as a 3-channel grey map of `size`."""
-    detector = cached_detector("midas", sources.annotators_label, lambda: _load_midas(sources))
-    depth = detector(
+    depth = midas(sources)(
         np.asarray(image.convert("RGB")),
         detect_resolution=detect_resolution,
         image_resolution=detect_resolution,
@@ -60,11 +62,24 @@ def midas_map(
     return resize_map(depth, size)
 
 
-def _load_depth_pipeline(source: str):
+def depth_anything(sources: DetectorSources):
+    """The Depth Anything pipeline on `sources.device`, loaded once."""
+    source, device = sources.depth_model, sources.device
+    return cached_detector("depth_anything", source, device, lambda: _load_depth_pipeline(source, device))
+
+
+def midas(sources: DetectorSources):
+    """controlnet-aux's MiDaS detector on `sources.device`, loaded once."""
+    return cached_detector("midas", sources.annotators_label, sources.device, lambda: _load_midas(sources))
+
+
+def _load_depth_pipeline(source: str, device: str):
     from transformers import pipeline
 
     try:
-        return pipeline("depth-estimation", model=source)
+        # An explicit device: given none, transformers 5 moves the model to the first accelerator it finds.
+        # An explicit dtype: "auto" would keep whatever precision the checkpoint was saved in.
+        return pipeline("depth-estimation", model=source, device=device, dtype=torch.float32)
     except (OSError, ValueError) as error:
         # Offline and uncached, transformers raises OSError; a folder without a usable config, ValueError.
         files = "config.json, preprocessor_config.json and model.safetensors"
@@ -76,11 +91,13 @@ def _load_depth_pipeline(source: str):
 
 def _load_midas(sources: DetectorSources):
     path = annotator_file(MIDAS_FILE, what="MiDaS", mode="depth", sources=sources)
-    midas = import_controlnet_aux("midas")
+    detectors = import_controlnet_aux("midas")
     inference = load_annotator(
         path, lambda weights: import_controlnet_aux("midas.api").MiDaSInference("dpt_hybrid", weights), what="MiDaS"
     )
-    return midas.MidasDetector(inference)
+    # Moved after loading, so a device error is not reported as a damaged file. MidasDetector itself moves each
+    # input to its weights' device and the depth back to the CPU.
+    return detectors.MidasDetector(inference.to(sources.device))
 
 
 def _grey_rgb(depth: np.ndarray) -> Image.Image:

@@ -1,4 +1,5 @@
-"""Where detector weights come from, the once-per-process detector cache, and plain messages for missing weights.
+"""Where detector weights come from and where they run, the once-per-process detector cache, and plain messages for
+missing weights.
 
 Annotator weights (OpenPose, MiDaS) are the files of the hub repo `lllyasviel/Annotators`, or of a local
 folder holding the same file names (the setting STUDIO_ANNOTATORS). Nothing here ever unpickles a
@@ -26,26 +27,34 @@ DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 
 T = TypeVar("T")
 
-_detectors: dict[tuple[str, str], object] = {}
+_detectors: dict[tuple[str, str, str], object] = {}
 _detectors_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
 class DetectorSources:
-    """Where detector weights come from (settings STUDIO_ANNOTATORS and STUDIO_DEPTH_MODEL)."""
+    """Where detector weights come from (settings STUDIO_ANNOTATORS and STUDIO_DEPTH_MODEL) and where they run."""
 
     annotators: str | None = None  # a local folder of lllyasviel/Annotators' files; None: the hub repo
     depth_model: str = DEFAULT_DEPTH_MODEL  # hub id or local folder of a transformers depth model
+    # The torch device the detectors run on, in fp32. Chosen on purpose, never left to the libraries: a transformers
+    # pipeline given no device takes the first accelerator it sees. The studio passes its own device, so on a GPU
+    # (ZeroGPU included) a detector costs milliseconds of GPU time instead of seconds of CPU time.
+    device: str = "cpu"
 
     @property
     def annotators_label(self) -> str:
         return self.annotators or ANNOTATORS_REPO
 
 
-def cached_detector(kind: str, source: str, load: Callable[[], T]) -> T:
-    """Load a detector once per process and source; concurrent requests wait for the first load."""
+def cached_detector(kind: str, source: str, device: str, load: Callable[[], T]) -> T:
+    """Load a detector once per process, source and device; concurrent requests wait for the first load.
+
+    `load` must put the detector on `device`: the device is part of the key, so a detector loaded for the CPU is
+    never handed to a caller that runs on the GPU, or the other way round.
+    """
     with _detectors_lock:
-        key = (kind, source)
+        key = (kind, source, device)
         if key not in _detectors:
             _detectors[key] = load()
         return _detectors[key]

@@ -133,7 +133,7 @@ def load_fp16_fix_vae(source: str, device: str, dtype: torch.dtype) -> tuple[Aut
             f"reached, or the id is wrong), so images decode with the model's own VAE in fp32: the same images, "
             f"slower and in more GPU memory. Set STUDIO_SDXL_VAE to a local copy to use it."
         )
-    return vae.to(device), None
+    return vae.requires_grad_(False).to(device), None  # frozen as the loader freezes every served model
 
 
 def use_fp16_fix_vae(pipe: DiffusionPipeline, plan: Acceleration, family: str, device: str, dtype: torch.dtype) -> str:

@@ -146,6 +146,16 @@ def test_decoding_during_a_run_leaves_the_unet_on_the_gpu_under_offload(pipe):
     assert unet_hook.offloads == 1
 
 
+def test_a_timeline_moves_the_unet_off_the_gpu_only_for_the_pipelines_own_last_decode(tiny_studio):
+    from pipelines.explore.timeline import TimelineRequest, run_timeline
+
+    studio = Studio(tiny_studio.settings)
+    hook = studio.base.vae._hf_hook = OffloadHook()
+    request = GenerationRequest(mode="text", prompt="a red circle", steps=4, seed=2)
+    frames = run_timeline(studio, TimelineRequest(request, keep_every=1)).frames
+    assert len(frames) == 4 and hook.prev_module_hook.offloads == 1  # 8 frame decodes, and the run's own
+
+
 # ------------------------------------------------------------------ 10: no device sync on steps nobody looks at
 
 

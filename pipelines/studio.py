@@ -232,11 +232,11 @@ class Studio:
             pipe.scheduler = make_scheduler(request.scheduler, self._scheduler_config)
             on_step_end = with_step_hook(_step_callback(progress, should_stop, request.steps), pipe, on_step)
             self.accelerator.before_run(pipe, request.width, request.height, batch_size)
-            images = [
-                image
-                for batch in _batches(seeds, self.limits.max_images)
-                for image in self._run(pipe, request, controls, controlnets == (UNION,), edit, on_step_end, batch)
-            ]
+            images = []
+            for batch in _batches(seeds, self.limits.max_images):
+                if should_stop is not None and should_stop():
+                    break  # a new batch would clear the stop and run a step and a decode first
+                images += self._run(pipe, request, controls, controlnets == (UNION,), edit, on_step_end, batch)
         if edit is not None and edit.mask is not None:
             images = [keep_unmasked(pipe, edit, image) for image in images]
         if should_stop is not None and should_stop():

@@ -7,6 +7,7 @@ gets them. Step counts are the smallest each truth allows, so the file runs in w
 from __future__ import annotations
 
 import cv2
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -166,7 +167,10 @@ def test_previews_never_change_the_final_image(studio, scheduler):
 def test_the_text_tab_shows_a_preview_before_the_image(studio):
     """A run long enough to watch (about 1.5 s here); shorter ones end before the first preview is due."""
     outputs = list(run_request(studio, GenerationRequest(prompt=SHAPE_PROMPTS[2], seed=2, steps=90)))
-    *previews, final = outputs
+    *running, final = outputs
+    # Between previews a run yields nothing new (skips), so that a cancel reaches it (ui/live.py).
+    previews = [output for output in running if output[0].get("label")]
+    assert all(output == (gr.skip(),) * 4 for output in running if output not in previews)
     assert previews and all(output[0]["label"].startswith("Preview, step") for output in previews)
     assert all(len(output[0]["value"]) == 1 for output in previews)  # one preview per image
     assert [caption for _, caption in final[0]] == ["seed 2"]  # the last output is the result

@@ -7,7 +7,8 @@
 - Sweeps (`/sweep`): one prompt and seed across guidance scales, step counts or samplers, a figure per column.
 
 Parameters and endpoints are declared in `pipelines/modes.py` and `pipelines/parameters.py`; the teaching logic
-lives in `pipelines/explore/`.
+lives in `pipelines/explore/`. The timeline and the sweeps stream through `ui/live.py`, so a Stop ends them at their
+next denoising step. Forward noising has no Stop: it is one VAE encode and decode, with no step to stop at.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from gradio import processing_utils
 from gradio import utils as gradio_utils
 
 from pipelines.explore.forward import SCHEDULES, NoiseRequest, alpha_bar, forward_noise, log10_snr, validate_noise
-from pipelines.explore.sweeps import REFERENCE_STEPS, SweepRequest, run_sweep
+from pipelines.explore.sweeps import REFERENCE_STEPS, SweepRequest, SweepResult, run_sweep
 from pipelines.explore.timeline import TimelineFrame, TimelineRequest, animation, run_timeline
 from pipelines.gpu import gpu_seconds, gpu_task
 from pipelines.modes import DENOISE_TIMELINE, FORWARD_NOISE, SWEEP, Mode
@@ -33,6 +34,7 @@ from ui.examples import example_columns, example_set, mode_examples
 from ui.fields import component_for, with_signature
 from ui.live import Done, Progress, live
 from ui.modes import GPU_QUEUE
+from ui.stop import request_stop, session_flag
 
 TAB_ID = "explore"
 VIEW_HEIGHT = 300
@@ -88,6 +90,16 @@ def _prompt_examples(studio: Studio, fields: dict[str, gr.components.Component])
         gr.Examples(examples, inputs=[fields[name] for name in example_columns("text")], label="Prompts to try")
 
 
+def _run_and_stop(label: str) -> tuple[gr.Button, gr.Button]:
+    with gr.Row():
+        return gr.Button(label, variant="primary", scale=3), gr.Button("Stop", variant="stop", scale=1)
+
+
+def _stops(stop: gr.Button, running) -> None:
+    """Stop cancels a waiting run; a running one ends at its next denoising step (`ui/stop.py`)."""
+    stop.click(request_stop, None, None, cancels=[running], api_visibility="private")
+
+
 # Denoising timeline
 
 
@@ -101,7 +113,7 @@ def _timeline_panel(studio: Studio) -> None:
                 fields = _fields(params, ("prompt", "negative_prompt", "keep_every"), prompt=dict(lines=2))
                 with gr.Accordion("Generation settings", open=False):
                     fields |= _fields(params, [name for name in names if name not in fields])
-                run = gr.Button("Run the timeline", variant="primary")
+                run, stop = _run_and_stop("Run the timeline")
                 _prompt_examples(studio, fields)
             with gr.Column(scale=2):
                 with gr.Row(equal_height=True):
@@ -113,7 +125,7 @@ def _timeline_panel(studio: Studio) -> None:
                                     elem_classes=["pixelated", "labelled-grid"], height=VIEW_HEIGHT,
                                     buttons=["download"])
                 info = gr.Markdown(label="Details")
-        run.click(
+        running = run.click(
             timeline_handler(studio, params),
             inputs=_inputs(params, fields),
             outputs=[samples, predicted, animated, info],
@@ -121,7 +133,9 @@ def _timeline_panel(studio: Studio) -> None:
             api_description=DENOISE_TIMELINE.hint,
             concurrency_id=GPU_QUEUE,
             show_progress_on=info,  # over the strips it would hide the frames as they come
-        ).then(_slider_for, samples, frame, api_visibility="private", queue=False)
+        )
+        running.then(_slider_for, samples, frame, api_visibility="private", queue=False)
+        _stops(stop, running)
         private = dict(api_visibility="private", queue=False)
         frame.change(_select, frame, [samples, predicted], **private)
         for strip in (samples, predicted):
@@ -138,26 +152,29 @@ def timeline_handler(studio: Studio, params: list[Param]) -> Callable:
 
     @gpu_task(duration=lambda *args: gpu_seconds(dict(zip(names, args, strict=False))))
     def handler(*args):
-        *values, _request, progress = args
+        *values, request, progress = args
         given = dict(zip(names, values, strict=True))
         keep_every = given.pop("keep_every")
         timeline = TimelineRequest(GenerationRequest(mode="text", **given), keep_every)
-        yield from stream_timeline(studio, timeline, progress)
+        yield from stream_timeline(studio, timeline, progress, session_flag(request).is_set)
 
     return with_signature(handler, params, DENOISE_TIMELINE.endpoint)
 
 
-def stream_timeline(studio: Studio, timeline: TimelineRequest, progress=None) -> Iterator[tuple]:
-    """The strips grow while the run goes on; the last yield adds the animation and the run's details."""
+def stream_timeline(
+    studio: Studio, timeline: TimelineRequest, progress=None, should_stop: Callable[[], bool] | None = None
+) -> Iterator[tuple]:
+    """The strips grow while the run goes on (with yields of nothing new between frames, `ui/live.py`); the last
+    yield adds the animation and the run's details."""
 
     def work(send: Callable, stop: Callable[[], bool]):
         return run_timeline(studio, timeline, lambda done, total: send(Progress(done, total)), stop, on_frame=send)
 
     frames: list[TimelineFrame] = []
     with shown_to_person():
-        for item in live(work):
+        for item in live(work, should_stop, progress):
             if isinstance(item, Progress):
-                item.show(progress)
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip()  # nothing new, but a cancel reaches the run here
             elif isinstance(item, TimelineFrame):
                 frames.append(item)
                 yield *_strips(frames), gr.skip(), gr.skip()
@@ -320,7 +337,7 @@ def _sweep_panel(studio: Studio) -> None:
                                  prompt=dict(lines=2))
                 with gr.Accordion("Generation settings", open=False):
                     fields |= _fields(params, [name for name in names if name not in fields])
-                run = gr.Button("Run the sweep", variant="primary")
+                run, stop = _run_and_stop("Run the sweep")
                 _prompt_examples(studio, fields)
             with gr.Column(scale=2):
                 grid = gr.Image(label="Sweep", type="pil", format="png", interactive=False,
@@ -328,8 +345,10 @@ def _sweep_panel(studio: Studio) -> None:
                 table = gr.Dataframe(headers=["row", "column", "figure", "value"], interactive=False,
                                      label="Measured figures")
                 notes = gr.Markdown(label="Findings")
-        run.click(sweep_handler(studio, params), inputs=_inputs(params, fields), outputs=[grid, table, notes],
-                  api_name=SWEEP.endpoint, api_description=SWEEP.hint, concurrency_id=GPU_QUEUE)
+        running = run.click(sweep_handler(studio, params), inputs=_inputs(params, fields),
+                            outputs=[grid, table, notes], api_name=SWEEP.endpoint, api_description=SWEEP.hint,
+                            concurrency_id=GPU_QUEUE)
+        _stops(stop, running)
 
 
 def sweep_handler(studio: Studio, params: list[Param]) -> Callable:
@@ -338,20 +357,32 @@ def sweep_handler(studio: Studio, params: list[Param]) -> Callable:
 
     @gpu_task(duration=lambda *args: sweep_gpu_seconds(dict(zip(names, args, strict=False))))
     def handler(*args):
-        *values, _request, progress = args
+        *values, request, progress = args
         given = dict(zip(names, values, strict=True))
         base = GenerationRequest(mode="text", **{name: given[name] for name in names if name not in sweep_fields})
         sweep = SweepRequest(base, **{name: given[name] for name in sweep_fields})
-        report = None if progress is None else (
-            lambda done, total: Progress(done, total, "Image").show(progress)
-        )
-        with shown_to_person():
-            result = run_sweep(studio, sweep, on_cell=report)
-        rows = [[cell["row"], cell["column"], name, round(value, 3)]
-                for cell in result.figures for name, value in cell.items() if name not in ("row", "column")]
-        return result.image, rows, "\n\n".join(result.notes)
+        yield from stream_sweep(studio, sweep, progress, session_flag(request).is_set)
 
     return with_signature(handler, params, SWEEP.endpoint)
+
+
+def stream_sweep(
+    studio: Studio, sweep: SweepRequest, progress=None, should_stop: Callable[[], bool] | None = None
+) -> Iterator[tuple]:
+    """Nothing new every few denoising steps (`ui/live.py`), then the grid, the measured figures and the findings."""
+
+    def work(send: Callable, stop: Callable[[], bool]) -> SweepResult:
+        return run_sweep(studio, sweep, lambda done, total: send(Progress(done, total)), stop)
+
+    with shown_to_person():
+        for item in live(work, should_stop, progress):
+            if isinstance(item, Progress):
+                yield gr.skip(), gr.skip(), gr.skip()  # nothing new, but a cancel reaches the run here
+            elif isinstance(item, Done):
+                result = item.result
+                rows = [[cell["row"], cell["column"], name, round(value, 3)]
+                        for cell in result.figures for name, value in cell.items() if name not in ("row", "column")]
+                yield result.image, rows, "\n\n".join(result.notes)
 
 
 def sweep_gpu_seconds(given: dict) -> int:

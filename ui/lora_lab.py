@@ -3,21 +3,22 @@ compare them in a labelled grid against the "no LoRA" baseline.
 
 API endpoints: `/loras` (what the LoRA folder holds) and `/lora_grid` (render a grid; its parameters are
 declared in `pipelines/parameters.py` like every mode's). Uploads live in a `gr.State`, so each visitor only
-ever sees and uses their own. The handlers are plain functions of the studio and one typed request.
+ever sees and uses their own. The handlers are plain functions of the studio and one typed request; the grid's
+streams its rows as they are made, and a Stop ends it at its next denoising step (`ui/live.py`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import gradio as gr
-from PIL import Image
 
 from pipelines.errors import StudioError
 from pipelines.gpu import gpu_seconds, gpu_task
-from pipelines.lora.grid import MAX_CELLS, render_grid
+from pipelines.lora.grid import MAX_CELLS, GridResult, render_grid
 from pipelines.lora.sources import HUB_PREFIX, LoraEntry
 from pipelines.modes import LORA_GRID
 from pipelines.parameters import PARAMETERS, Param, bind
@@ -25,6 +26,8 @@ from pipelines.request import GenerationRequest, GridRequest
 from pipelines.studio import Studio
 from ui.errors import shown_to_person
 from ui.fields import component_for, with_signature
+from ui.live import Done, Progress, Send, ShouldStop, live
+from ui.stop import request_stop, session_flag
 
 LIBRARY_HEADERS = ["name", "size", "family", "trigger words", "title"]
 # Two grids may interleave row by row: each row is one studio.generate call under the studio's lock.
@@ -66,7 +69,9 @@ def build_lora_lab(studio: Studio) -> None:
         with gr.Row():
             fields["mode"] = component_for(params_by_name(params)["mode"])
             fields["image"] = component_for(params_by_name(params)["image"], label="Control map (pose, edge, depth)")
-        render = gr.Button("Render the grid", variant="primary")
+        with gr.Row():
+            render = gr.Button("Render the grid", variant="primary", scale=3)
+            stop = gr.Button("Stop", variant="stop", scale=1)
         # The download button saves the PNG with every cell's parameters; Gradio's cache holds it, and clears it.
         grid_image = gr.Image(
             label="Grid", type="pil", format="png", interactive=False, buttons=["download", "fullscreen"]
@@ -80,13 +85,18 @@ def build_lora_lab(studio: Studio) -> None:
         add_hub.click(partial(on_hub, studio), [hub_id, chosen, uploads], [chosen, details], **private)
         chosen.change(partial(on_choose, studio), [chosen, uploads, fields["together"]], [details, fields["together"]],
                       **private)
-        render.click(
+        rendering = render.click(
             grid_handler(studio, params),
             inputs=[*(fields[param.name] for param in params), uploads],
             outputs=[grid_image, notes],
             api_name=LORA_GRID.endpoint,
             api_description=LORA_GRID.hint,
             concurrency_limit=GRID_CONCURRENCY,
+            show_progress_on=notes,  # over the grid it would hide the rows as they come
+        )
+        # A stopped grid makes no image: the rows shown so far go too (they carry no parameters).
+        stop.click(request_stop, None, None, cancels=[rendering], **private).then(
+            lambda: None, None, grid_image, queue=False, **private
         )
 
         def loras() -> list[dict]:
@@ -129,7 +139,7 @@ def grid_handler(studio: Studio, params: list[Param]):
             given["add_together"],
             given["add_triggers"],
         )
-        return render(studio, grid, kept, progress)
+        yield from render(studio, grid, kept, progress, should_stop=session_flag(request).is_set)
 
     return with_signature(handler, params, LORA_GRID.endpoint, hidden=("uploads",))
 
@@ -144,16 +154,28 @@ def grid_gpu_seconds(given: dict) -> int:
     return gpu_seconds(given, images=cells)
 
 
-def render(studio: Studio, grid: GridRequest, kept: list[str] | None, progress=None) -> tuple[Image.Image, str]:
+def render(
+    studio: Studio, grid: GridRequest, kept: list[str] | None, progress=None, should_stop: ShouldStop | None = None
+) -> Iterator[tuple]:
+    """Yields the grid so far after each row, nothing new every few denoising steps (`ui/live.py`), then the grid and
+    its notes."""
+
+    def work(send: Send, stop: ShouldStop) -> GridResult:
+        return render_grid(
+            studio, grid, progress=lambda done, total: send(Progress(done, total)), should_stop=stop, on_row=send
+        )
+
     with shown_to_person():
         _check_session(grid.lora_names, kept or [])
-        result = render_grid(
-            studio,
-            grid,
-            on_cell=lambda done, total: progress and progress((done, total), desc="Rendering the grid", unit="images"),
-        )
-    summary = f"Rendered {len(result.cells)} images in {result.seconds:.1f} s."
-    return result.image, "\n\n".join([summary, *result.notes])
+        for item in live(work, should_stop, progress):
+            if isinstance(item, Progress):
+                yield gr.skip(), gr.skip()  # nothing new, but a cancel reaches the run here
+            elif isinstance(item, Done):
+                result = item.result
+                summary = f"Rendered {len(result.cells)} images in {result.seconds:.1f} s."
+                yield result.image, "\n\n".join([summary, *result.notes])
+            else:
+                yield item, gr.skip()  # the rows made so far
 
 
 def refresh_library(studio: Studio, current: list[str] | None, kept: list[str]):

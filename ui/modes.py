@@ -109,7 +109,8 @@ def build_mode_tab(studio: Studio, mode: Mode) -> dict[str, gr.components.Compon
         # (which also clears a stopped run's previews), gives it back its own label.
         generating.then(lambda: gr.update(label=RESULTS_LABEL), None, gallery, **private)
         generating.success(lambda shown: gr.update(visible=shown is not None), control_map, control_map, **private)
-        generating.success(lambda: gr.update(visible=True), None, seed_used, **private)
+        # A run the Stop flag ended before Gradio's cancel did ends without a result: no seed to show then.
+        generating.success(lambda seed: gr.update(visible=seed is not None), seed_used, seed_used, **private)
         # Queued, so that its message reaches the page (Gradio sends messages over the queue's stream).
         stop.click(request_stop, None, None, cancels=[generating], api_visibility="private").then(
             lambda: gr.update(value=None, label=RESULTS_LABEL), None, gallery, **private
@@ -327,9 +328,9 @@ def run_request(studio: Studio, request: GenerationRequest, progress=None, shoul
         )
 
     with shown_to_person():
-        for item in live(work, should_stop):
+        for item in live(work, should_stop, progress):
             if isinstance(item, Progress):
-                item.show(progress)
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip()  # nothing new, but a cancel reaches the run here
             elif isinstance(item, Preview):
                 # An update, not a component: on ZeroGPU every yield is pickled back from the GPU worker.
                 yield gr.update(value=item.images, label=item.caption), gr.skip(), gr.skip(), gr.skip()

@@ -4,12 +4,11 @@ Every cell is one `Studio.generate` call (text mode), so it is the image the Tex
 Under every column goes a figure that means something on the model served: for guidance, saturation (the share of
 pixel values clipped at 0 or 255) on any model and, on the embedded model (whose world has named colours), how far
 the object's colour is from the one the prompt names; for step counts, the distance to the 50-step image of the
-same sampler.
+same sampler. A stop (`should_stop`) ends the sweep at its next denoising step, or between images.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -17,7 +16,15 @@ from PIL import Image
 
 from pipelines.errors import StudioError
 from pipelines.explore import figures
-from pipelines.lora.grid import GridCell, compose_grid, grid_text_entries
+from pipelines.lora.grid import (
+    GridCell,
+    Progress,
+    ShouldStop,
+    compose_grid,
+    grid_text_entries,
+    steps_after,
+    stop_if_asked,
+)
 from pipelines.parameters import PARAMETERS, bind
 from pipelines.request import GenerationRequest
 from pipelines.validation import clean, validate_request
@@ -68,19 +75,26 @@ def validate_sweep(sweep: SweepRequest, served) -> tuple[SweepRequest, list[str]
     return SweepRequest(base, **values), notes
 
 
-def run_sweep(studio, sweep: SweepRequest, on_cell: Callable[[int, int], None] | None = None) -> SweepResult:
-    """Render the sweep's grid; a request that appears twice (a 50-step cell and its reference) is made once."""
+def run_sweep(
+    studio, sweep: SweepRequest, progress: Progress | None = None, should_stop: ShouldStop | None = None
+) -> SweepResult:
+    """Render the sweep's grid; a request that appears twice (a 50-step cell and its reference) is made once.
+
+    `progress` counts the denoising steps of the whole sweep; `should_stop`, polled at every step, ends it
+    (StudioError)."""
     sweep, notes = validate_sweep(sweep, studio.served)
     plan = _plan(sweep)
     references = _reference_requests(studio, sweep, plan)
     wanted = list(dict.fromkeys([*references.values(), *(request for row in plan.rows for request in row)]))
+    total_steps = sum(request.steps for request in wanted)
     made: dict[GenerationRequest, tuple[Image.Image, str]] = {}
+    done_steps = 0
     for request in wanted:
-        result = studio.generate(request)
+        stop_if_asked(should_stop)
+        result = studio.generate(request, steps_after(progress, done_steps, total_steps), should_stop)
+        done_steps += request.steps
         notes += [note for note in result.notes if note not in notes]
         made[request] = (result.images[0], result.parameters[0])
-        if on_cell:
-            on_cell(len(made), len(wanted))
     reference_pixels = {name: np.asarray(made[request][0]) for name, request in references.items()}
     cells, measured = [], []
     for row, requests in enumerate(plan.rows):

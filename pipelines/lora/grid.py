@@ -8,6 +8,7 @@ words (when asked), the baseline's none, so the baseline is the base.
 The grid image carries, for the PNG it is saved as, each cell's A1111 parameters in its own text entry
 ("parameters r<row> c<col>"), the baseline's in "parameters" (which other tools read) and the layout in
 "grid" (JSON). Nothing is written to disk here: the page saves the PNG into Gradio's cache, which it clears.
+A stop (`should_stop`) ends the grid at its next denoising step, or between rows.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from pipelines.errors import StudioError
 from pipelines.lora.triggers import add_trigger_words
 from pipelines.request import GridRequest, LoraChoice
 from pipelines.validation import validate_grid
+
+Progress = Callable[[int, int], None]  # (steps done, steps in all)
+ShouldStop = Callable[[], bool]
 
 MAX_CELLS = 48
 BASELINE_LABEL = "no LoRA"
@@ -63,8 +67,19 @@ def grid_rows(
     return rows
 
 
-def render_grid(studio, grid: GridRequest, *, on_cell: Callable[[int, int], None] | None = None) -> GridResult:
-    """Render `grid` with `studio.generate` (any mode): every cell is `grid.base` with its row's LoRAs and seed."""
+def render_grid(
+    studio,
+    grid: GridRequest,
+    *,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+    on_row: Callable[[Image.Image], None] | None = None,
+) -> GridResult:
+    """Render `grid` with `studio.generate` (any mode): every cell is `grid.base` with its row's LoRAs and seed.
+
+    `progress` counts the denoising steps of the whole grid; `on_row` sees the grid so far after each row but the
+    last (the rows still to come left blank); `should_stop`, polled at every step, ends the grid (StudioError).
+    """
     grid, notes = validate_grid(grid, studio.served)
     rows = grid_rows(grid.lora_names, grid.weights, grid.together)
     total = len(rows) * len(grid.seeds)
@@ -74,20 +89,37 @@ def render_grid(studio, grid: GridRequest, *, on_cell: Callable[[int, int], None
         )
     for name in dict.fromkeys([*grid.lora_names, *(choice.name for choice in grid.together)]):
         studio.loras.check(name)  # refuse a bad file before rendering anything
+    row_labels, column_labels = [label for label, _ in rows], [f"seed {seed}" for seed in grid.seeds]
+    steps = grid.base.steps
     started = time.perf_counter()
     cells = []
     for row, (row_label, choices) in enumerate(rows):
+        stop_if_asked(should_stop)
         prompt = _with_triggers(studio, grid.base.prompt, choices) if grid.add_triggers else grid.base.prompt
         request = replace(grid.base, prompt=prompt, loras=choices, num_images=1)
-        result = studio.generate(request, seeds=grid.seeds, fuse_loras=studio.fuses_grid_rows)
+        result = studio.generate(
+            request, steps_after(progress, row * steps, len(rows) * steps), should_stop,
+            seeds=grid.seeds, fuse_loras=studio.fuses_grid_rows,
+        )
         notes += [note for note in result.notes if note not in notes]
         for column, (seed, image, parameters) in enumerate(zip(result.seeds, result.images, result.parameters)):
             cells.append(GridCell(row, column, row_label, f"seed {seed}", image, parameters))
-        if on_cell:
-            on_cell(len(cells), total)
-    image = compose_grid(cells, [label for label, _ in rows], [f"seed {seed}" for seed in grid.seeds])
+        if on_row is not None and row + 1 < len(rows):
+            on_row(compose_grid(cells, row_labels, column_labels))
+    image = compose_grid(cells, row_labels, column_labels)
     image.info.update(grid_text_entries(cells))
     return GridResult(image, cells, notes, time.perf_counter() - started)
+
+
+def steps_after(progress: Progress | None, done: int, total: int) -> Progress | None:
+    """`progress` for one run of several: its steps count on from the `done` steps of the runs before it."""
+    return None if progress is None else lambda step, _steps: progress(done + step, total)
+
+
+def stop_if_asked(should_stop: ShouldStop | None) -> None:
+    """Between the runs of a grid or sweep: a stop asked for since the last step ends the whole job."""
+    if should_stop is not None and should_stop():
+        raise StudioError("Stopped before the last image; the rest was not made.")
 
 
 def _with_triggers(studio, prompt: str, choices: Sequence[LoraChoice]) -> str:

@@ -67,7 +67,7 @@ def device_report(device: str, family: str, torch_version: str, cuda_build: str 
     Stable Diffusion on the CPU takes minutes an image, and a CUDA wheel newer than the machine's driver (a CUDA 13
     build on an older driver) sees no GPU and falls back to the CPU in fp32 without a word."""
     line = f"torch {torch_version} ({f'CUDA {cuda_build} build' if cuda_build else 'CPU-only build'}); " \
-           f"CUDA usable: {'yes' if cuda_seen else 'no'}; serving a {family} model on {device}"
+           f"CUDA usable: {'yes' if cuda_seen else 'no'}; serving the model (family {family}) on {device}"
     if family not in ("sd15", "sd2", "sdxl") or not device.startswith("cpu"):
         return line, ""
     if cuda_build and not cuda_seen:

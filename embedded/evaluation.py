@@ -7,8 +7,10 @@ every figure) and by the tests (assert the floors).
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -462,3 +464,69 @@ def two_controls_scores(studio: Studio, pairs: list[TwoControls]) -> dict:
     """The studio's images with both ControlNets, and with each alone (same prompt and seed)."""
     return {units: score_two_controls(generate(studio, [two_controls_request(p, units) for p in pairs]), pairs)
             for units in ("both", "edge", "depth")}
+
+
+# ------------------------------------------------------------------ the page's examples
+
+
+def shows_its_prompt(image: np.ndarray, prompt: str) -> list[str]:
+    """What an image of the embedded model's world fails to show of its caption-like `prompt` (empty: it shows it
+    all): the background's colour, the object's colour and shape or the shirt's colour, and a style by its own
+    measure. A style changes what the rest can read: greyscale takes the colours away, stripes cut the object's
+    outline and colour into bands, so a styled object is judged by its colour's share of the picture instead."""
+    scene = _parse_caption(prompt)
+    problems = []
+    if scene["style"] is not None:
+        name, measure, sign = measures.STYLE_MEASURES[scene["style"]]
+        threshold = style_threshold(scene["style"])
+        if sign * (measure(image) - threshold) <= 0:
+            problems.append(f"{name} {measure(image):.3f} is not past {threshold:.3f}")
+    if scene["style"] == "mono":
+        return problems
+    background = measures.nearest_colour(measures.background_colour(image))
+    if background != scene["background"]:
+        problems.append(f"the background is {background}, not {scene['background']}")
+    if scene["shape"] is None or scene["style"] is not None:
+        if measures.colour_share(image, scene["colour"]) < MIN_COLOUR_SHARE:
+            problems.append(f"almost nothing is {scene['colour']}")
+        return problems
+    mask = measures.object_mask(image)
+    colour, shape = measures.object_colour(image, mask), measures.shape_of(mask)
+    if colour != scene["colour"]:
+        problems.append(f"the object is {colour}, not {scene['colour']}")
+    if shape != scene["shape"]:
+        problems.append(f"the object is a {shape}, not a {scene['shape']}")
+    return problems
+
+
+@cache
+def style_threshold(style: str, count: int = 48) -> float:
+    """Halfway between the most style-like tenth of the world's plain object pictures and the least style-like tenth
+    of the same pictures styled (a plain picture's measure varies with its shape and colours: a black square on
+    white has no chroma at all)."""
+    _, measure, sign = measures.STYLE_MEASURES[style]
+    seeds = range(world.EVALUATION_SEED_OFFSET, world.EVALUATION_SEED_OFFSET + count)
+    plain = [sign * measure(world.make_scene(seed, "object").image) for seed in seeds]
+    styled = [sign * measure(world.make_scene(seed, "object", style=style).image) for seed in seeds]
+    return float(sign * (np.percentile(plain, 90) + np.percentile(styled, 10)) / 2)
+
+
+# A shirt is about a twentieth of the picture in the world's person scenes, a striped object's own colour about a
+# tenth; a picture drawn in other colours has next to none of it.
+MIN_COLOUR_SHARE = 0.01
+
+
+def _parse_caption(prompt: str) -> dict:
+    """The world's caption grammar (`world.caption_for`), read back."""
+    triggers = {trigger: style for style, trigger in world.STYLES.items()}
+    head, _, rest = prompt.partition(", ")
+    style = triggers.get(head) if rest else None
+    text = rest if style else prompt
+    colours = "|".join(measures.PALETTE_NAMES)
+    found = re.fullmatch(rf"an? ({colours}) (circle|square|triangle) on an? ({colours}) background", text) or \
+        re.fullmatch(rf"a person in an? ({colours}) shirt with .+ on an? ({colours}) background", text)
+    if found is None:
+        raise ValueError(f"not a caption of the embedded model's world: {prompt!r}")
+    groups = found.groups()
+    shape = groups[1] if len(groups) == 3 else None
+    return {"style": style, "colour": groups[0], "shape": shape, "background": groups[-1]}

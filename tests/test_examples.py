@@ -13,10 +13,11 @@ def test_every_example_row_fits_its_tab_and_its_files_exist(family, mode):
     assert rows, f"no {mode} examples for {family}"
     for row in rows:
         assert len(row) == len(example_columns(mode))
+        values = dict(zip(example_columns(mode), row, strict=True))
+        assert isinstance(values["seed"], int) and values["randomize_seed"] is False  # the page shows that seed
         if mode != "text":
-            _, image, preprocessor, _ = row
-            assert Path(image).is_file()
-            assert preprocessor in MODES[mode].preprocessors
+            assert Path(values["image"]).is_file()
+            assert values["preprocessor"] in MODES[mode].preprocessors
 
 
 def test_examples_that_need_missing_detector_weights_are_hidden():

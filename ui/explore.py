@@ -86,8 +86,11 @@ def _inputs(params: list[Param], fields: dict) -> list[gr.components.Component]:
 def _prompt_examples(studio: Studio, fields: dict[str, gr.components.Component]) -> None:
     """The Text tab's examples, which suit the model served."""
     examples = mode_examples(studio.model.family, "text")
+    # A panel without a seed of its own (a sweep fixes it per cell) takes the columns it has.
+    kept = [index for index, name in enumerate(example_columns("text")) if name in fields]
     if examples:
-        gr.Examples(examples, inputs=[fields[name] for name in example_columns("text")], label="Prompts to try")
+        gr.Examples([[row[index] for index in kept] for row in examples],
+                    inputs=[fields[example_columns("text")[index]] for index in kept], label="Prompts to try")
 
 
 def _run_and_stop(label: str) -> tuple[gr.Button, gr.Button]:
@@ -143,8 +146,9 @@ def _timeline_panel(studio: Studio) -> None:
 
 
 def _strip(label: str) -> gr.Gallery:
+    # Not interactive: the strips are outputs (Gradio would offer "Drop Media Here" on a gallery an event reads).
     return gr.Gallery(label=label, format="png", preview=True, object_fit="contain", height=VIEW_HEIGHT,
-                      elem_classes="pixelated", allow_preview=True, scale=1)
+                      elem_classes="pixelated", allow_preview=True, scale=1, interactive=False)
 
 
 def timeline_handler(studio: Studio, params: list[Param]) -> Callable:

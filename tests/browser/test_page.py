@@ -58,6 +58,7 @@ def test_a_person_gets_a_new_seed_each_run(page, studio_url, tab):
     used before a run (an empty number box would read 0)."""
     panel = open_tab(page, studio_url, tab)
     expect(panel.get_by_label("Seed used", exact=True)).to_be_hidden()
+    expect(panel.get_by_text("Drop Media Here")).to_have_count(0)  # the results gallery is no upload box
     panel.get_by_text("Generation settings", exact=True).click()
     expect(panel.get_by_label("Randomize seed", exact=True)).to_be_checked()
 
@@ -286,6 +287,7 @@ def test_explore_tab_shows_a_timeline_forward_noising_and_a_sweep(page, studio_u
     page.goto(studio_url)
     page.get_by_role("tab", name="Explore", exact=True).click()
     panel = explore_panel(page, "Denoising timeline")
+    expect(panel.get_by_text("Drop Media Here")).to_have_count(0)  # the strips are outputs, not upload boxes
     panel.get_by_label("Prompt", exact=True).fill("a yellow square on a purple background")
     panel.get_by_role("button", name="Run the timeline", exact=True).click()
     animation = block_labelled(panel, "Animation (GIF)").locator("img")

@@ -33,6 +33,12 @@ from pipelines.presets import NO_PRESET, apply_preset, preset_named
 from pipelines.request import ControlUnit, GenerationRequest, GridRequest, LoraChoice
 
 MAX_GRID_VALUES = 8  # weights or seeds in one grid
+# Lists written as text are bounded before they are split: parsing a megabyte of "stripes:1," held the server's
+# GIL for 1.4 s. 2000 characters hold far more than the counts below allow.
+MAX_LIST_CHARS = 2000
+MAX_LORAS = 8  # LoRAs in one request (each loads and runs beside the model)
+MAX_NAMES = 64  # LoRA names listed for a grid
+MAX_NAME_CHARS = 255  # a file name's limit on common file systems
 
 
 def validate_request(request: GenerationRequest, served: Served) -> tuple[GenerationRequest, list[str]]:
@@ -131,9 +137,9 @@ def field_name(param: Param) -> str:
 def _text(param: Param, value: object, notes: list[str]) -> str:
     if not isinstance(value, str):
         raise StudioError(f"{field_name(param)} must be text, not {_show(value)}.")
-    _check_characters(field_name(param), value)
     if param.high is not None and len(value) > param.high:
         raise StudioError(f"{field_name(param)} has {len(value)} characters; the limit is {number_text(param.high)}.")
+    _check_characters(field_name(param), value)
     return value
 
 
@@ -173,12 +179,15 @@ def _image(param: Param, value: object, notes: list[str]) -> object:
 def _loras(param: Param, value: object, notes: list[str]) -> tuple[LoraChoice, ...]:
     """'name:weight, ...' text (or LoRA choices); a LoRA named twice is one entry with the weights added."""
     if isinstance(value, str):
+        _check_list_length(param, value)
         _check_characters(field_name(param), value)
         choices = [_parse_lora(param, item) for item in filter(None, (part.strip() for part in value.split(",")))]
     elif isinstance(value, (tuple, list)) and all(isinstance(choice, LoraChoice) for choice in value):
         choices = list(value)
     else:
         raise StudioError(f"{field_name(param)} must be text like 'stripes:0.8, mono:1', not {_show(value)}.")
+    if len(choices) > MAX_LORAS:
+        raise StudioError(f"{field_name(param)}: at most {MAX_LORAS} LoRAs run at once; got {len(choices)}.")
     merged: dict[str, float] = {}
     for choice in choices:
         _check_characters(f"The LoRA name {choice.name[:40]!r}", choice.name)
@@ -215,7 +224,11 @@ def _lora_weight(param: Param, choice: LoraChoice) -> float:
 def _names(param: Param, value: object, notes: list[str]) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise StudioError(f"{field_name(param)} must be a list of LoRA names, not {_show(value)}.")
+    if len(value) > MAX_NAMES:
+        raise StudioError(f"{field_name(param)}: at most {MAX_NAMES} names; got {len(value)}.")
     for name in value:
+        if len(name) > MAX_NAME_CHARS:
+            raise StudioError(f"{field_name(param)}: a name has {len(name)} characters; the limit is {MAX_NAME_CHARS}.")
         _check_characters(field_name(param), name)
     return tuple(dict.fromkeys(name.strip() for name in value if name.strip()))
 
@@ -231,6 +244,7 @@ def _wholes(param: Param, value: object, notes: list[str]) -> tuple[int, ...]:
 def _listed_numbers(param: Param, value: object, whole: bool) -> list[float]:
     """'0.5, 1' text or a list of numbers, each within the declared range."""
     if isinstance(value, str):
+        _check_list_length(param, value)
         _check_characters(field_name(param), value)
         items = [item.strip() for item in value.replace(";", ",").split(",") if item.strip()]
         numbers = [_parse_number(param, item) for item in items]
@@ -241,6 +255,11 @@ def _listed_numbers(param: Param, value: object, whole: bool) -> list[float]:
     if len(numbers) > MAX_GRID_VALUES:
         raise StudioError(f"{field_name(param)}: at most {MAX_GRID_VALUES} values fit in one grid; got {len(numbers)}.")
     return [_number_in_range(param, number, whole) for number in numbers]
+
+
+def _check_list_length(param: Param, text: str) -> None:
+    if len(text) > MAX_LIST_CHARS:
+        raise StudioError(f"{field_name(param)} has {len(text)} characters; the limit is {MAX_LIST_CHARS}.")
 
 
 def _parse_number(param: Param, item: str) -> float:

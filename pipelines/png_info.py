@@ -1,10 +1,16 @@
-"""How a PNG made here or by AUTOMATIC1111 was made, as the studio's own parameters for one mode.
+"""How an image made here or by another tool was made, as the studio's own parameters for one mode.
 
-The `parameters` text chunk is someone else's text. It is read without decoding a pixel; every value is
-converted with the kind its parameter declares (`pipelines/parameters.py`); whatever has no place in the studio
-is named in the notes, never dropped silently. A value outside the served range is kept, with a note: the studio
-checks every request (`pipelines/validation.py`), so Generate refuses it with the same message as a value typed
-by hand, and the person sees what the file asked for.
+Where each tool keeps its settings: the studio, AUTOMATIC1111 and Forge in a PNG's `parameters` text chunk, and
+A1111 and Forge in a JPEG's or WEBP's EXIF UserComment; ComfyUI in a PNG's `prompt` chunk (its API-format graph);
+InvokeAI in `invokeai_metadata` (3.0 and later) or `sd-metadata` (2.x). Only the file's header is read: Pillow
+reads a PNG's text chunks before the pixel data and a JPEG's or WEBP's EXIF without decoding a pixel, and a
+declared size past its decompression-bomb limit is refused unopened.
+
+The text is someone else's: its length is checked against a stated limit before it is parsed
+(`pipelines/metadata.py`), every value is converted with the kind its parameter declares
+(`pipelines/parameters.py`), and whatever has no place in the studio is named in the notes, never dropped
+silently. A value outside what the studio serves becomes the nearest value it serves, with a note saying so (a
+seed of -1 turns Randomize seed on), so "Send" never fills a tab with a value Generate would refuse.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import struct
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -20,14 +27,42 @@ from pathlib import Path
 from PIL import Image
 
 from pipelines.errors import StudioError
-from pipelines.metadata import parse_parameters, parse_settings_line
+from pipelines.metadata import (
+    A1111,
+    MAX_JSON_CHARS,
+    MAX_PARAMETERS_CHARS,
+    check_length,
+    decode_user_comment,
+    parse_generation_text,
+    parse_settings_line,
+)
 from pipelines.modes import MODES, Mode
-from pipelines.parameters import MAX_LORA_WEIGHT, PARAMETERS, Param, Served, bind, number_text
+from pipelines.parameters import (
+    MAX_CONTROL_UNITS,
+    MAX_LORA_WEIGHT,
+    MAX_SEED,
+    PARAMETERS,
+    Param,
+    Served,
+    bind,
+    number_text,
+)
 from pipelines.preprocessors import PREPROCESSORS
 
-CHUNK = "parameters"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PROMPT_PARTS = ("prompt", "negative_prompt", "loras", "partly_read_lora_tags")  # the rest of parse_parameters
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+# PNG text chunks that hold a tool's settings, in the order tried, with the most of each that is read
+TEXT_CHUNKS = (
+    ("parameters", MAX_PARAMETERS_CHARS),  # the studio, AUTOMATIC1111, Forge
+    ("invokeai_metadata", MAX_JSON_CHARS),  # InvokeAI 3.0 and later
+    ("sd-metadata", MAX_JSON_CHARS),  # InvokeAI 2.x
+    ("prompt", MAX_JSON_CHARS),  # ComfyUI's API graph (its `workflow` chunk is the editor's layout)
+)
+EXIF_IFD = 0x8769  # the Exif sub-IFD, where UserComment lives
+USER_COMMENT = 0x9286
+# An EXIF block big enough for a UserComment at the text limit (UTF-16: two bytes a character) and a camera's
+# usual tags; Pillow parses EXIF in Python, so its size is checked before.
+MAX_EXIF_BYTES = 4 * MAX_PARAMETERS_CHARS
+SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # PNG, JPEG; WEBP is "RIFF", a size, then "WEBP"
 TEXT_MODE = "text"
 # A1111's ControlNet module names for what the studio's preprocessors do; A1111 draws openpose's hands and face
 # with separate modules where the studio has two switches.
@@ -45,10 +80,12 @@ MODULES: Mapping[str, tuple[str, dict[str, bool]]] = {
 }
 # Which mode a ControlNet unit belongs to, by a word in its module (or, for module "none", its model) name.
 MODE_WORDS = (("canny", "edge"), ("openpose", "pose"), ("depth", "depth"))
-SETTINGS = (("Steps", "steps"), ("CFG scale", "guidance_scale"), ("Seed", "seed"))
+SETTINGS = (("Steps", "steps"), ("CFG scale", "guidance_scale"))
 # img2img and inpainting, as AUTOMATIC1111 writes them ("Masked content" is the studio's own)
 EDIT_SETTINGS = (("Denoising strength", "strength"), ("Mask blur", "mask_blur"), ("Masked content", "masked_content"))
 UNIT_SETTINGS = (("Weight", "controlnet_scale"), ("Guidance Start", "control_start"), ("Guidance End", "control_end"))
+EXTRA_UNIT_SETTINGS = (("Weight", "scale", "controlnet_scale"), ("Guidance Start", "start", "control_start"),
+                       ("Guidance End", "end", "control_end"))
 PREPROCESSOR_SETTINGS = (
     ("Processor Res", "detect_resolution"), ("Threshold A", "low_threshold"), ("Threshold B", "high_threshold"),
 )
@@ -56,56 +93,63 @@ PREPROCESSOR_SETTINGS = (
 _OLD_UNIT_KEY = re.compile(r"ControlNet(?:-0)? ([A-Za-z][A-Za-z ]*)")
 _EXTRA_UNIT_KEY = re.compile(r"ControlNet [1-9]")
 _SIZE = re.compile(r"\s*(\d+)\s*x\s*(\d+)\s*")
+# What validation refuses in any text (pipelines/validation.py): NUL, and halves of surrogate pairs from JSON.
+_NOT_TEXT = re.compile(r"[\x00\ud800-\udfff]")
 _SHOWN_CHARS = 60
 _SHOWN_CHUNKS = 5
+_SHOWN_UNUSED = 40
+_SHOWN_NOTES = 40
 
 
 @dataclass(frozen=True)
 class PngSettings:
-    """What a PNG's parameters mean here: the mode tab they belong to, its values by parameter name, and notes."""
+    """What an image's parameters mean here: the mode tab they belong to, its values by parameter name, and notes."""
 
     mode: str
     values: dict[str, object]
     notes: tuple[str, ...]
+    source: str = A1111  # the tool whose layout was read
 
     def as_json(self) -> dict[str, object]:
-        return {"mode": self.mode, "values": dict(self.values), "notes": list(self.notes)}
+        return {"mode": self.mode, "values": dict(self.values), "notes": list(self.notes), "source": self.source}
 
 
-def read_parameters_chunk(path: str | os.PathLike | None) -> str:
-    """The `parameters` text chunk of the PNG file at `path`; only the chunks before the pixel data are read."""
+def read_parameters_text(path: str | os.PathLike | None) -> str:
+    """The generation settings text in the image at `path` (see the module's docstring for where each tool keeps
+    it); only the file's header is read."""
     if path is None or not os.fspath(path).strip():
-        raise StudioError("No image was given: upload a PNG first.")
+        raise StudioError("No image was given: upload a PNG, JPEG or WEBP first.")
     name = Path(path).name
     if not os.path.isfile(path):
         raise StudioError(f"The file {name!r} does not exist.")
-    # Pillow warns about large images when they are opened; the pixels are never decoded here.
-    with warnings.catch_warnings(action="ignore", category=Image.DecompressionBombWarning):
-        try:
-            with Image.open(path, formats=["PNG"]) as opened:
-                chunks = {key: value for key, value in opened.info.items() if isinstance(value, str)}
-        except Image.DecompressionBombError:
-            raise StudioError(f"{name!r} declares a size too large to open safely.") from None
-        except (OSError, ValueError, SyntaxError, EOFError):  # UnidentifiedImageError is an OSError
-            if not _has_png_signature(path):
-                raise StudioError(f"{name!r} is not a PNG image; only a PNG's text chunks are read.") from None
-            raise StudioError(f"{name!r} is a damaged PNG: its text chunks cannot be read.") from None
-    text = chunks.get(CHUNK, "")
-    if not text.strip():
-        raise StudioError(f"{name!r} carries no generation parameters (no {CHUNK!r} text chunk{_listed(chunks)}).")
-    return text
+    chunks, comment = _header_text(path, name)
+    for key, limit in TEXT_CHUNKS:
+        text = chunks.get(key, "")
+        if text.strip() and (key != "prompt" or text.lstrip().startswith("{")):
+            return _checked(name, f"{key!r} text chunk", text, limit)
+    if comment.strip():
+        return _checked(name, "EXIF UserComment", comment, MAX_PARAMETERS_CHARS)
+    if "workflow" in chunks:
+        raise StudioError(
+            f"{name!r} holds a ComfyUI 'workflow' chunk but not the API-format 'prompt' chunk the settings are read "
+            "from; save the image again with ComfyUI's SaveImage node."
+        )
+    raise StudioError(
+        f"{name!r} carries no generation parameters (no 'parameters' text chunk, no EXIF UserComment, no ComfyUI "
+        f"or InvokeAI metadata{_listed(chunks)})."
+    )
 
 
 def settings_from_parameters(text: str, served: Served) -> PngSettings:
-    """The studio parameters in `text` (A1111's `parameters` layout), for the mode they were made in."""
-    parsed = parse_parameters(text)
-    settings = {key: value for key, value in parsed.items() if key not in PROMPT_PARTS}
+    """The studio parameters in `text` (any layout `read_parameters_text` returns), for the mode they were made in."""
+    parsed = parse_generation_text(text)
+    settings = dict(parsed.settings)
     unit = _controlnet_unit(settings)
     mode, notes = _mode(settings.pop("Mode", None) or _edit_mode(settings), unit)
-    reading = _Reading(_bound_parameters(mode, served), notes=notes)
-    reading.put("prompt", parsed["prompt"], "Prompt")
-    reading.put("negative_prompt", parsed["negative_prompt"], "Negative prompt")
-    _read_loras(reading, parsed["loras"], parsed["partly_read_lora_tags"])
+    reading = _Reading(_bound_parameters(mode, served), notes=notes + parsed.notes)
+    reading.put("prompt", parsed.prompt, "Prompt")
+    reading.put("negative_prompt", parsed.negative_prompt, "Negative prompt")
+    _read_loras(reading, parsed.loras, parsed.partly_read_lora_tags)
     _read_sampling(reading, settings)
     for key, name in EDIT_SETTINGS:
         if key in settings and name in reading.params:
@@ -117,7 +161,7 @@ def settings_from_parameters(text: str, served: Served) -> PngSettings:
     if extra:
         _read_extra_units(reading, extra, first=int(mode.is_controlled))
     reading.unused += settings.items()
-    return reading.result(mode)
+    return reading.result(mode, parsed.source)
 
 
 @dataclass
@@ -128,25 +172,80 @@ class _Reading:
     unused: list[tuple[str, str]] = field(default_factory=list)  # the file's settings with no place here
 
     def put(self, name: str, raw: object, source: str) -> None:
-        """`raw` (the file's setting `source`) as parameter `name`, converted with its declared kind."""
+        """`raw` (the file's setting `source`) as parameter `name`: converted with its declared kind, then fitted
+        into what is served."""
         param = self.params[name]
         try:
             value = _convert(param, raw)
         except ValueError as reason:
             self.notes.append(f"{source} {_short(raw)!r} was not used: {reason}.")
             return
+        value, note = _fitted(param, value)
+        if note:
+            self.notes.append(note)
         self.values[name] = value
-        problem = _outside_range(param, value)
-        if problem:
-            self.notes.append(f"{param.label} {problem}: Generate will refuse it until it is changed.")
 
-    def result(self, mode: Mode) -> PngSettings:
+    def result(self, mode: Mode, source: str) -> PngSettings:
         values = {name: self.values[name] for name in mode.parameters if name in self.values}
-        notes = list(self.notes)
+        notes = self.notes[:_SHOWN_NOTES]
+        if len(self.notes) > _SHOWN_NOTES:
+            notes.append(f"And {len(self.notes) - _SHOWN_NOTES} more notes like these.")
         if self.unused:
-            listed = "; ".join(f"{key}: {_short(value)}" for key, value in self.unused)
-            notes.append(f"Not used: {listed}.")
-        return PngSettings(mode.name, values, tuple(notes))
+            listed = "; ".join(f"{_short(key)}: {_short(value)}" for key, value in self.unused[:_SHOWN_UNUSED])
+            more = f"; and {len(self.unused) - _SHOWN_UNUSED} more" if len(self.unused) > _SHOWN_UNUSED else ""
+            notes.append(f"Not used: {listed}{more}.")
+        return PngSettings(mode.name, values, tuple(notes), source)
+
+
+# Reading the file
+
+
+def _header_text(path: str | os.PathLike, name: str) -> tuple[dict[str, str], str]:
+    """The text chunks and the EXIF UserComment ('' if none), read from the header without decoding pixels."""
+    # Pillow warns about large images when they are opened; the pixels are never decoded here.
+    with warnings.catch_warnings(action="ignore", category=Image.DecompressionBombWarning):
+        try:
+            with Image.open(path, formats=IMAGE_FORMATS) as opened:
+                chunks = {key: value for key, value in opened.info.items() if isinstance(value, str)}
+                return chunks, _user_comment(opened, name)
+        except Image.DecompressionBombError:
+            raise StudioError(f"{name!r} declares a size too large to open safely.") from None
+        except (OSError, ValueError, SyntaxError, EOFError):  # UnidentifiedImageError is an OSError
+            if not _has_image_signature(path):
+                raise StudioError(f"{name!r} is not a PNG, JPEG or WEBP image; only their metadata is read.") from None
+            raise StudioError(f"{name!r} is a damaged image: its metadata cannot be read.") from None
+
+
+def _user_comment(opened: Image.Image, name: str) -> str:
+    """EXIF UserComment, where A1111 and Forge write a JPEG's or WEBP's parameters (modules/images.py save_image)."""
+    # Only EXIF found in the header: Pillow's PNG `getexif` decodes the whole image to look for a later eXIf chunk.
+    raw = opened.info.get("exif")
+    if not isinstance(raw, bytes):
+        return ""
+    if len(raw) > MAX_EXIF_BYTES:
+        raise StudioError(f"{name!r} has {len(raw):,} bytes of EXIF data; the studio reads at most {MAX_EXIF_BYTES:,}.")
+    try:
+        comment = opened.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
+    except (OSError, ValueError, SyntaxError, EOFError, KeyError, IndexError, TypeError, struct.error):
+        raise StudioError(f"{name!r} has damaged EXIF data: its UserComment cannot be read.") from None
+    return decode_user_comment(comment) if isinstance(comment, (bytes, str)) else ""
+
+
+def _checked(name: str, where: str, text: str, limit: int) -> str:
+    try:
+        check_length(text, limit)
+    except StudioError as refused:
+        raise StudioError(f"{name!r}, {where}: {refused}") from None
+    return text
+
+
+def _has_image_signature(path: str | os.PathLike) -> bool:
+    with open(path, "rb") as file:
+        start = file.read(12)
+    return start.startswith(SIGNATURES) or (start[:4] == b"RIFF" and start[8:12] == b"WEBP")
+
+
+# The mode and its ControlNet unit
 
 
 def _bound_parameters(mode: Mode, served: Served) -> dict[str, Param]:
@@ -176,29 +275,6 @@ def _unit_mode(unit: Mapping[str, str]) -> str | None:
     return next((mode for word, mode in MODE_WORDS if word in clue), None)
 
 
-def _read_extra_units(reading: _Reading, units: list[dict[str, str]], first: int) -> None:
-    """Units beyond the mode's own, as `control_units` without their maps (a PNG holds none)."""
-    read = []
-    for number, unit in enumerate(units, start=first):
-        mode = _unit_mode(unit)
-        if mode is None:  # no ControlNet here for its module
-            reading.unused += [(f"ControlNet {number} {key}", value) for key, value in unit.items()]
-            continue
-        preprocessor = MODULES.get(unit.get("Module", "none").lower(), ("none", {}))[0]
-        try:
-            settings = {name: _float(unit.get(key, str(default)), "not a number")
-                        for key, name, default in (("Weight", "scale", 1), ("Guidance Start", "start", 0),
-                                                   ("Guidance End", "end", 1))}
-        except ValueError as reason:
-            reading.notes.append(f"ControlNet {number} was not used: {reason}.")
-            continue
-        preprocessor = preprocessor if preprocessor in MODES[mode].preprocessors else "none"
-        read.append({"mode": mode, "preprocessor": preprocessor, **settings})
-        reading.notes.append(f"ControlNet {number} ({mode}): a PNG holds no control map; give its unit an image.")
-    if read:
-        reading.values["control_units"] = read
-
-
 def _mode(declared: str | None, unit: dict[str, str] | None) -> tuple[Mode, list[str]]:
     """The studio writes `Mode`; for A1111's files the ControlNet unit tells."""
     notes = []
@@ -219,68 +295,19 @@ def _mode(declared: str | None, unit: dict[str, str] | None) -> tuple[Mode, list
     return MODES[mode], notes
 
 
-def _read_loras(reading: _Reading, loras: list[tuple[str, float]], partly_read: list[str]) -> None:
-    """The prompt's LoRA tags as the LoRA box's 'name:weight, ...' text."""
-    items = []
-    for name, weight in loras:
-        if not name or "," in name:
-            reading.notes.append(f"The LoRA {_short(name)!r} was not used: the LoRA box takes no name with a comma.")
-            continue
-        if not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:  # NaN fails too
-            reading.notes.append(
-                f"The LoRA {_short(name)!r} has weight {weight:g}, outside {-MAX_LORA_WEIGHT:g} to "
-                f"{MAX_LORA_WEIGHT:g}: Generate will refuse it until it is changed."
-            )
-        items.append(f"{name}:{weight:g}")
-    reading.values["loras"] = ", ".join(items)
-    reading.notes += [
-        f"Only the first weight of {_short(tag)} was read: the studio gives a LoRA one weight." for tag in partly_read
-    ]
-
-
-def _read_sampling(reading: _Reading, settings: dict[str, str]) -> None:
-    for key, name in SETTINGS:
-        if key in settings:
-            reading.put(name, settings.pop(key), key)
-    if "seed" in reading.values:
-        # The file's seed is the point; a tab that draws a new one would not make the same image.
-        reading.values["randomize_seed"] = False
-    if "Size" in settings:
-        _read_size(reading, settings.pop("Size"))
-    if "Sampler" in settings:
-        _read_sampler(reading, settings.pop("Sampler"), settings.pop("Schedule type", None))
-
-
-def _read_size(reading: _Reading, size: str) -> None:
-    match = _SIZE.fullmatch(size)
-    if not match:
-        reading.notes.append(f"Size {_short(size)!r} was not used: it is not WIDTHxHEIGHT.")
-        return
-    reading.put("width", match[1], "Size")
-    reading.put("height", match[2], "Size")
-
-
-def _read_sampler(reading: _Reading, sampler: str, schedule: str | None) -> None:
-    """A1111 names the noise schedule apart since version 1.9: "DPM++ 2M" + "Schedule type: Karras"."""
-    name = sampler
-    if schedule == "Karras" and f"{sampler} Karras" in reading.params["scheduler"].choices:
-        name = f"{sampler} Karras"
-    elif schedule not in (None, "Automatic"):
-        reading.unused.append(("Schedule type", schedule))
-    reading.put("scheduler", name, "Sampler")
-
-
 def _read_unit(reading: _Reading, unit: dict[str, str]) -> None:
     unit = dict(unit)
     for key, name in UNIT_SETTINGS:
         if key in unit:
             reading.put(name, unit.pop(key), f"ControlNet 0 {key}")
+    _keep_start_below_end(reading.values, reading.notes, "control_start", "control_end", "ControlNet 0")
     preprocessor = _read_module(reading, unit.pop("Module")) if "Module" in unit else None
     options = PREPROCESSORS[preprocessor].options if preprocessor else ()
     for key, name in PREPROCESSOR_SETTINGS:
         # A1111 writes -1 where the module has no such setting.
         if name in options and key in unit and not _is_unset(unit[key]):
             reading.put(name, unit.pop(key), f"ControlNet 0 {key}")
+    _keep_thresholds_in_order(reading)
     reading.unused += [(f"ControlNet 0 {key}", value) for key, value in unit.items()]
 
 
@@ -298,6 +325,194 @@ def _read_module(reading: _Reading, module: str) -> str | None:
     return preprocessor
 
 
+def _read_extra_units(reading: _Reading, units: list[dict[str, str]], first: int) -> None:
+    """Units beyond the mode's own, as `control_units` without their maps (a PNG holds none)."""
+    room = MAX_CONTROL_UNITS - first  # the mode's own unit counts
+    read = []
+    for number, unit in enumerate(units, start=first):
+        mode = _unit_mode(unit)
+        if mode is None or len(read) == room:  # no ControlNet here for its module, or no room for it
+            if mode is not None:
+                reading.notes.append(f"ControlNet {number} was not used: at most {MAX_CONTROL_UNITS} ControlNets "
+                                     "run at once.")
+            reading.unused += [(f"ControlNet {number} {key}", value) for key, value in unit.items()]
+            continue
+        unit = dict(unit)
+        preprocessor = MODULES.get(unit.pop("Module", "none").lower(), ("none", {}))[0]
+        if preprocessor not in MODES[mode].preprocessors:
+            preprocessor = "none"
+        read_unit = {"mode": mode, "preprocessor": preprocessor}
+        for key, name, param_name in EXTRA_UNIT_SETTINGS:
+            _read_unit_setting(reading, read_unit, name, PARAMETERS[param_name], unit.pop(key, None),
+                               f"ControlNet {number} {key}")
+        _keep_start_below_end(read_unit, reading.notes, "start", "end", f"ControlNet {number}")
+        read.append(read_unit)
+        reading.unused += [(f"ControlNet {number} {key}", value) for key, value in unit.items()]
+        reading.notes.append(f"ControlNet {number} ({mode}): a PNG holds no control map; give its unit an image.")
+    if read:
+        reading.values["control_units"] = read
+
+
+def _read_unit_setting(reading: _Reading, unit: dict, name: str, param: Param, raw: str | None, source: str) -> None:
+    """One of an extra unit's numbers, fitted like the mode's own; the parameter's default when absent or unusable."""
+    value = param.default
+    if raw is not None:
+        try:
+            value, note = _fitted(param, _convert(param, raw))
+        except ValueError as reason:
+            note = f"{source} {_short(raw)!r} was not used: {reason}; {number_text(param.default)} is sent."
+        if note:
+            reading.notes.append(note)
+    unit[name] = value
+
+
+def _keep_start_below_end(values: dict, notes: list[str], start: str, end: str, unit: str) -> None:
+    """Validation refuses a control start at or past its end: send the defaults, 0 to 1, instead."""
+    low, high = values.get(start, 0.0), values.get(end, 1.0)
+    if low >= high:
+        notes.append(f"{unit}: the guidance start {low:g} is not below its end {high:g}; 0 to 1 is sent instead.")
+        values[start], values[end] = 0.0, 1.0
+
+
+def _keep_thresholds_in_order(reading: _Reading) -> None:
+    """Validation refuses a Canny low threshold above the high one: the file's two values swap places."""
+    low, high = reading.values.get("low_threshold"), reading.values.get("high_threshold")
+    if low is not None and high is not None and low > high:
+        reading.notes.append(f"ControlNet 0 Threshold A {low} is above Threshold B {high}; they are sent swapped.")
+        reading.values["low_threshold"], reading.values["high_threshold"] = high, low
+
+
+# Prompting and sampling
+
+
+def _read_loras(reading: _Reading, loras: list[tuple[str, float]], partly_read: list[str]) -> None:
+    """The LoRAs as the LoRA box's 'name:weight, ...' text; a name twice is one LoRA, its weights added."""
+    weights: dict[str, float] = {}
+    times: dict[str, int] = {}
+    for name, weight in loras:
+        if not name or "," in name or _NOT_TEXT.search(name):
+            reading.notes.append(f"The LoRA {_short(name)!r} was not used: the LoRA box takes no name with a comma "
+                                 "or a character that is not text.")
+        elif not math.isfinite(weight):
+            reading.notes.append(f"The LoRA {_short(name)!r} was not used: its weight {weight} is not a number.")
+        else:
+            weights[name] = weights.get(name, 0.0) + weight
+            times[name] = times.get(name, 0) + 1
+    reading.notes += [f"The LoRA {_short(name)!r} is named {count} times; its weights were added."
+                      for name, count in times.items() if count > 1]
+    items = []
+    for name, weight in weights.items():
+        sent = min(max(weight, -MAX_LORA_WEIGHT), MAX_LORA_WEIGHT)
+        if sent != weight:
+            reading.notes.append(
+                f"The LoRA {_short(name)!r} has weight {weight:g}, outside {-MAX_LORA_WEIGHT:g} to "
+                f"{MAX_LORA_WEIGHT:g}: {sent:g} is sent instead."
+            )
+        items.append(f"{name}:{sent:g}")
+    reading.values["loras"] = ", ".join(items)
+    if partly_read:
+        tags = ", ".join(_short(tag) for tag in partly_read[:_SHOWN_CHUNKS])
+        more = f", and {len(partly_read) - _SHOWN_CHUNKS} more" if len(partly_read) > _SHOWN_CHUNKS else ""
+        reading.notes.append(f"Only the first weight of {tags}{more} was read: the studio gives a LoRA one weight.")
+
+
+def _read_sampling(reading: _Reading, settings: dict[str, str]) -> None:
+    for key, name in SETTINGS:
+        if key in settings:
+            reading.put(name, settings.pop(key), key)
+    if "Seed" in settings:
+        _read_seed(reading, settings.pop("Seed"))
+    if "Size" in settings:
+        _read_size(reading, settings.pop("Size"))
+    if "Sampler" in settings:
+        _read_sampler(reading, settings.pop("Sampler"), settings.pop("Schedule type", None))
+
+
+def _read_seed(reading: _Reading, raw: str) -> None:
+    """The file's seed, which is the point: Randomize seed goes off, so the tab makes the same image.
+
+    A1111 writes -1 for "a new seed every run": that turns Randomize seed on. ComfyUI draws seeds up to 2**64;
+    the studio's are below 2**32. Such a seed is reduced modulo 2**32 rather than randomized: the same file
+    then always gives the same image here, which is what a person reading it back expects (the original's noise
+    cannot be had at any seed the studio takes).
+    """
+    try:
+        seed = _whole(str(raw).strip())
+    except ValueError as reason:
+        reading.notes.append(f"Seed {_short(raw)!r} was not used: {reason}.")
+        return
+    if seed < 0:
+        reading.values["randomize_seed"] = True
+        reading.notes.append(f"Seed {seed} means a new random seed for every run: Randomize seed is on.")
+        return
+    if seed > MAX_SEED:
+        reduced = seed % (MAX_SEED + 1)
+        reading.notes.append(
+            f"Seed {_short(seed)} is past {MAX_SEED}, the largest seed here: {reduced}, its remainder modulo "
+            "2**32, is sent, so the noise differs from the original's."
+        )
+        seed = reduced
+    reading.values["seed"] = seed
+    reading.values["randomize_seed"] = False
+
+
+def _read_size(reading: _Reading, size: str) -> None:
+    match = _SIZE.fullmatch(size)
+    if not match:
+        reading.notes.append(f"Size {_short(size)!r} was not used: it is not WIDTHxHEIGHT.")
+        return
+    try:
+        width, height = _whole(match[1]), _whole(match[2])
+    except ValueError:
+        reading.notes.append(f"Size {_short(size)!r} was not used: its numbers are too long.")
+        return
+    if not width or not height:
+        reading.notes.append(f"Size {_short(size)!r} was not used: a side of 0 px.")
+        return
+    param = reading.params["width"]
+    sent_width, sent_height, why = _fitted_size(width, height, param)
+    if why:
+        reading.notes.append(
+            f"Size {_short(width)}x{_short(height)} {why}: {sent_width}x{sent_height} is sent instead."
+        )
+    reading.values["width"], reading.values["height"] = sent_width, sent_height
+
+
+def _fitted_size(width: int, height: int, param: Param) -> tuple[int, int, str]:
+    """Both sides within the served range and multiples of what the model needs; a large size keeps its shape.
+
+    Whole-number arithmetic: a file's side may have hundreds of digits, past any float.
+    """
+    multiple = int(param.multiple_of or 1)
+    smallest = int(param.low or multiple)
+    longest, largest = max(width, height), int(param.high or max(width, height))
+    too_large = longest > largest
+    sides = [side * largest // longest if too_large else side for side in (width, height)]
+    sides = [max(smallest, side // multiple * multiple) for side in sides]
+    if too_large:
+        why = f"has a side past {number_text(param.high)} px, the most served; scaled down, keeping its shape"
+    elif sides != [width, height] and min(width, height) < smallest:
+        why = f"has a side under {smallest} px, the least served"
+    elif sides != [width, height]:
+        why = f"is not in multiples of {multiple} px, as the model needs; rounded down"
+    else:
+        why = ""
+    return sides[0], sides[1], why
+
+
+def _read_sampler(reading: _Reading, sampler: str, schedule: str | None) -> None:
+    """A1111 names the noise schedule apart since version 1.9: "DPM++ 2M" + "Schedule type: Karras"."""
+    name = sampler
+    if schedule and f"{sampler} {schedule}" in reading.params["scheduler"].choices:
+        name = f"{sampler} {schedule}"  # "DPM++ 2M Karras", "Euler SGM Uniform"
+    elif schedule not in (None, "Automatic"):
+        reading.unused.append(("Schedule type", schedule))
+    reading.put("scheduler", name, "Sampler")
+
+
+# Values
+
+
 def _convert(param: Param, raw: object) -> object:
     """`raw` in the declared kind of `param`; ValueError says why not."""
     text = str(raw).strip()
@@ -313,14 +528,51 @@ def _convert(param: Param, raw: object) -> object:
             raise ValueError("not True or False")
         return text == "True"
     if param.kind == "choice" and raw not in param.choices:
-        raise ValueError(f"the studio offers {', '.join(param.choices)}")
+        raise ValueError(f"the studio offers {', '.join(param.choices)}; the tab keeps its own")
     return raw
+
+
+def _fitted(param: Param, value: object) -> tuple[object, str]:
+    """`value` within what `param` allows as served, and a note when it had to change; '' when it did not."""
+    if param.kind == "text":
+        return _fitted_text(param, value)
+    if param.kind not in ("whole", "number"):
+        return value, ""
+    fitted = value
+    if param.low is not None and fitted < param.low:
+        fitted = param.low
+    if param.high is not None and fitted > param.high:
+        fitted = param.high
+    multiple = param.multiple_of
+    if param.kind == "whole" and multiple and fitted % multiple:
+        fitted = max(multiple, fitted // multiple * multiple)
+    if fitted == value:
+        return value, ""
+    fitted = int(fitted) if param.kind == "whole" else float(fitted)
+    unit = f" {param.unit}" if param.unit else ""
+    return fitted, (
+        f"{param.label} {_number_shown(value)} is outside {number_text(param.low)} to {number_text(param.high)}{unit} "
+        f"here: {fitted:g} is sent instead."
+    )
+
+
+def _fitted_text(param: Param, text: str) -> tuple[str, str]:
+    """Text the studio takes: without NUL or lone surrogates, and cut at the served limit."""
+    notes = []
+    if _NOT_TEXT.search(text):
+        text = _NOT_TEXT.sub("", text)
+        notes.append(f"{param.label} had NUL characters or halves of surrogate pairs; they were removed.")
+    if param.high is not None and len(text) > param.high:
+        notes.append(f"{param.label} has {len(text):,} characters, more than the {number_text(param.high)} served: "
+                     f"its first {number_text(param.high)} are sent.")
+        text = text[: int(param.high)]
+    return text, " ".join(notes)
 
 
 def _whole(text: str) -> int:
     try:
         return int(text)
-    except ValueError:
+    except ValueError:  # also past Python's 4,300 digits, refused before any quadratic work
         number = _float(text, "not a whole number")  # A1111 writes some whole numbers as "512.0"
     if not math.isfinite(number) or not number.is_integer():
         raise ValueError("not a whole number")
@@ -332,24 +584,6 @@ def _float(text: str, meaning: str) -> float:
         return float(text)
     except ValueError:
         raise ValueError(meaning) from None
-
-
-def _outside_range(param: Param, value: object) -> str:
-    """Why `value` is outside what `param` allows as served, or ''."""
-    if param.kind == "text":
-        too_long = param.high is not None and len(value) > param.high
-        return f"has {len(value)} characters; the limit is {number_text(param.high)}" if too_long else ""
-    if param.kind not in ("whole", "number"):
-        return ""
-    if (param.low is not None and value < param.low) or (param.high is not None and value > param.high):
-        unit = f" {param.unit}" if param.unit else ""
-        return f"{value:g} is outside {number_text(param.low)} to {number_text(param.high)}{unit}"
-    return ""
-
-
-def _has_png_signature(path: str | os.PathLike) -> bool:
-    with open(path, "rb") as file:
-        return file.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
 
 
 def _is_unset(raw: str) -> bool:
@@ -365,6 +599,11 @@ def _listed(chunks: Mapping[str, str]) -> str:
     names = [_short(name) for name in list(chunks)[:_SHOWN_CHUNKS]]
     more = ", ..." if len(chunks) > _SHOWN_CHUNKS else ""
     return f"; its text chunks: {', '.join(names)}{more}"
+
+
+def _number_shown(value: float) -> str:
+    """A number as a note shows it; a whole number of hundreds of digits is no float, so `:g` cannot show it."""
+    return _short(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _short(value: object) -> str:

@@ -1,9 +1,10 @@
-"""The "PNG info" tab and the `/png_info` endpoint: the settings a PNG made here or by AUTOMATIC1111 was made with,
-and one click that puts them into the tab of the mode that made it.
+"""The "PNG info" tab and the `/png_info` endpoint: the settings an image made here, by AUTOMATIC1111 or Forge (PNG,
+JPEG, WEBP), ComfyUI or InvokeAI was made with, and one click that puts them into the tab of the mode that made it.
 
-The endpoint answers with the raw `parameters` text and the settings as JSON (`pipelines/png_info.py`). The preview
-and the "Send" button read that text again rather than trusting what the page sends back, and "Send" only fills
-components: the studio checks every value when the person presses Generate.
+The endpoint answers with the raw settings text (A1111's `parameters`, ComfyUI's graph or InvokeAI's JSON) and the
+settings as JSON (`pipelines/png_info.py`). The preview and the "Send" button parse that text again, with the same
+length limit and checks as an upload, rather than trusting settings the page sends back; "Send" only fills
+components with values the studio serves, and the studio checks every value again when the person presses Generate.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import gradio as gr
 from pipelines.errors import StudioError
 from pipelines.modes import MODES
 from pipelines.parameters import PARAMETERS
-from pipelines.png_info import PngSettings, read_parameters_chunk, settings_from_parameters
+from pipelines.png_info import PngSettings, read_parameters_text, settings_from_parameters
 from pipelines.studio import Studio
 from ui.control_units import unit_updates
 from ui.errors import shown_to_person
@@ -24,6 +25,10 @@ from ui.fields import DeclaredImage
 TAB_ID = "png_info"
 SUMMARY_HEADERS = ["Setting", "Value"]
 NO_NOTES = "Every setting in the file has a place in the studio."
+UPLOAD_DESCRIPTION = (
+    "an image with its generation settings: a PNG made here, by AUTOMATIC1111/Forge, ComfyUI or InvokeAI, or an "
+    "A1111/Forge JPEG or WEBP"
+)
 ModeFields = Mapping[str, Mapping[str, gr.components.Component]]
 
 
@@ -31,14 +36,14 @@ def build_png_info_tab(studio: Studio, tabs: gr.Tabs, mode_fields: ModeFields) -
     """Create the tab inside `tabs`; `mode_fields` are the mode tabs' inputs by mode and parameter name."""
     with gr.Tab("PNG info", id=TAB_ID):
         gr.Markdown(
-            "Upload a PNG made here or by AUTOMATIC1111 to read the settings it was made with (its `parameters` "
-            "text chunk), then send them to the tab of the mode that made it. Only the text is read; the image "
-            "itself is not used."
+            "Upload an image made here, by AUTOMATIC1111 or Forge (PNG, JPEG or WEBP), ComfyUI or InvokeAI to read "
+            "the settings it was made with, then send them to the tab of the mode that made it. Only the metadata "
+            "is read; the image itself is not used."
         )
         with gr.Row():
             with gr.Column(scale=1):
                 upload = DeclaredImage(label="PNG image", type="filepath", sources=["upload", "clipboard"], height=360)
-                upload.description = "a PNG made here or by AUTOMATIC1111, with its 'parameters' text chunk"
+                upload.description = UPLOAD_DESCRIPTION
             with gr.Column(scale=1):
                 raw = gr.Textbox(label="Parameters text", lines=5, max_lines=16, interactive=False, buttons=["copy"])
                 destination = gr.Markdown()
@@ -57,8 +62,9 @@ def build_png_info_tab(studio: Studio, tabs: gr.Tabs, mode_fields: ModeFields) -
             inputs=[upload],
             outputs=[raw, answer],
             api_name="png_info",
-            api_description="The settings a PNG made here or by AUTOMATIC1111 was made with: the raw 'parameters' "
-            "text, and as JSON the mode, its parameters by name and notes on what was not used.",
+            api_description="The settings an image made here, by AUTOMATIC1111/Forge, ComfyUI or InvokeAI was made "
+            "with: the raw settings text, and as JSON the mode, its parameters by name, notes on what was not used "
+            "or was changed to fit, and the tool whose layout was read (source).",
         ).success(preview_handler(studio), inputs=[raw], outputs=shown, api_visibility="private", queue=False)
         upload.clear(_cleared, outputs=[raw, answer, *shown], api_visibility="private", queue=False)
         targets = [tabs, *(component for fields in mode_fields.values() for component in fields.values())]
@@ -70,15 +76,16 @@ def build_png_info_tab(studio: Studio, tabs: gr.Tabs, mode_fields: ModeFields) -
 
 def png_info_handler(studio: Studio) -> Callable[[str], tuple[str, dict]]:
     def png_info(image: str) -> tuple[str, dict]:
-        """Read the generation settings stored in a PNG.
+        """Read the generation settings stored in an image.
 
         Args:
-            image: a PNG made here or by AUTOMATIC1111, with its 'parameters' text chunk
+            image: an image with its generation settings: a PNG made here, by AUTOMATIC1111/Forge, ComfyUI or
+                InvokeAI, or an A1111/Forge JPEG or WEBP
         Returns:
-            the raw parameters text, and {"mode", "values" (parameters by name), "notes"}
+            the raw settings text, and {"mode", "values" (parameters by name), "notes", "source"}
         """
         with shown_to_person():
-            text = read_parameters_chunk(image)
+            text = read_parameters_text(image)
             return text, settings_from_parameters(text, studio.served).as_json()
 
     return png_info
@@ -119,7 +126,7 @@ def summary_rows(settings: PngSettings) -> list[list[str]]:
 
 def _settings(text: str, studio: Studio) -> PngSettings:
     if not text or not text.strip():
-        raise StudioError("Upload a PNG with generation parameters first.")
+        raise StudioError("Upload an image with generation parameters first.")
     return settings_from_parameters(text, studio.served)
 
 

@@ -15,6 +15,7 @@ from pipelines.modes import CONTROL_MODES
 from pipelines.settings import EMBEDDED_MODEL, Settings
 from pipelines.studio import Studio
 from ui.app import CSS, build_app
+from ui.queue import configure_queue
 
 logger = logging.getLogger("studio")
 MAX_UPLOAD = "512mb"
@@ -34,13 +35,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keep each model on the CPU until it runs, for small GPUs (env STUDIO_OFFLOAD)")
     parser.add_argument("--compile", action="store_true",
                         help="compile the UNet on CUDA; LoRA switches never recompile (env STUDIO_COMPILE)")
+    parser.add_argument("--outputs", metavar="DIR",
+                        help="folder where every image, control map and grid is saved; 'none': nothing is "
+                        "(env STUDIO_OUTPUT_DIR; default: outputs/ here, nothing on a Space)")
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     # No defaults: Gradio then reads GRADIO_SERVER_NAME and GRADIO_SERVER_PORT, which Spaces set (0.0.0.0),
     # and otherwise serves 127.0.0.1:7860; a flag passed to launch() would override them.
     parser.add_argument("--host", help="address to listen on (default: GRADIO_SERVER_NAME, else 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: GRADIO_SERVER_PORT, else 7860)")
-    parser.add_argument("--queue-size", type=int, default=32, help="requests that may wait in the queue")
+    parser.add_argument("--queue-size", type=_at_least_one,
+                        help="jobs that may wait, all visitors together (env STUDIO_QUEUE_SIZE; default 32)")
+    parser.add_argument("--session-queue", type=_at_least_one,
+                        help="generating jobs one visitor may have waiting or running (env STUDIO_SESSION_QUEUE; "
+                        "default 3)")
     return parser.parse_args(argv)
+
+
+def _at_least_one(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
 
 
 def controlnet_overrides(pairs: list[str]) -> dict[str, str]:
@@ -76,12 +91,14 @@ def main(argv: list[str] | None = None) -> None:
         controlnets=controlnet_overrides(args.controlnet),
         offload=args.offload,
         compile=args.compile,
+        outputs=args.outputs,
+        queue_size=args.queue_size,
+        session_queue=args.session_queue,
     )
     studio, warning = open_studio(settings)
     warning = " ".join([warning, *studio.notes]).strip()  # say which GPU paths asked for are off, and why
     demo = build_app(studio, warning)
-    # One generation at a time per GPU: the LoRA set and scheduler live on shared modules.
-    demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
+    configure_queue(demo, settings)  # one generation at a time, the queue's size and each visitor's share
     demo.launch(
         share=args.share,
         server_name=args.host,

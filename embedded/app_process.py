@@ -42,8 +42,9 @@ def app_environment(port: int, **extra: str | None) -> dict[str, str]:
         HF_HUB_OFFLINE="1",
         # One generation on the embedded model took 0.40 s on one thread and 0.96 s on two contended cores.
         OMP_NUM_THREADS="1",
-        # A test run should not report itself to Gradio's analytics.
+        # A test run should not report itself to Gradio's analytics, nor fill the project's outputs/ folder.
         GRADIO_ANALYTICS_ENABLED="False",
+        STUDIO_OUTPUT_DIR="none",
         PYTHONUNBUFFERED="1",
     )
     environment.update(extra)

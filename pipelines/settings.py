@@ -21,6 +21,7 @@ from pipelines.preprocessors.weights import DEFAULT_DEPTH_MODEL, DetectorSources
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL = PROJECT_ROOT / "models" / "embedded"
 EMBEDDED_LORAS = PROJECT_ROOT / "models" / "loras"
+DEFAULT_OUTPUTS = PROJECT_ROOT / "outputs"
 MIB = 1024 * 1024
 
 
@@ -55,6 +56,12 @@ class Settings:
     controlnets: Mapping[str, str] = field(default_factory=dict)  # mode -> ControlNet source, over the defaults
     detectors: DetectorSources = field(default_factory=DetectorSources)
     cache_age_s: int = 3600  # files made per request (images, grids, uploads) are removed after this age
+    # Every image, control map and grid is saved here (pipelines/outputs.py); None: nothing is. `from_env` gives
+    # `outputs/` when run locally, so a Settings built in code (a test) writes nowhere unless told.
+    output_dir: str | None = None
+    on_space: bool = False  # SPACE_ID set: a shared server, whose output folder the History tab does not list
+    queue_size: int = 32  # jobs that may wait in the queue, all visitors together
+    session_queue: int = 3  # generating jobs one visitor (a page, or a gradio_client Client) may have queued or running
     speed: SpeedSettings = field(default_factory=SpeedSettings)  # GPU paths: offload, compile, fusing, SDXL's VAE
 
     @classmethod
@@ -87,6 +94,10 @@ class Settings:
                 depth_model=read.text("STUDIO_DEPTH_MODEL", DEFAULT_DEPTH_MODEL),
             ),
             cache_age_s=read.whole("STUDIO_CACHE_AGE_S", cls.cache_age_s),
+            output_dir=_output_dir(read.text("STUDIO_OUTPUT_DIR", None), on_space=bool(read.text("SPACE_ID", None))),
+            on_space=bool(read.text("SPACE_ID", None)),
+            queue_size=read.whole("STUDIO_QUEUE_SIZE", cls.queue_size),
+            session_queue=read.whole("STUDIO_SESSION_QUEUE", cls.session_queue),
             speed=SpeedSettings(
                 offload=read.flag("STUDIO_OFFLOAD"),
                 compile=read.flag("STUDIO_COMPILE"),
@@ -106,6 +117,9 @@ class Settings:
         controlnets: Mapping[str, str] | None = None,
         offload: bool = False,
         compile: bool = False,
+        outputs: str | None = None,
+        queue_size: int | None = None,
+        session_queue: int | None = None,
     ) -> Settings:
         """Flags given on the command line win over the environment (a switch flag can only turn its path on)."""
         return replace(
@@ -115,7 +129,10 @@ class Settings:
             device=device or self.device,
             threads=threads or self.threads,
             controlnets={**self.controlnets, **(controlnets or {})},
+            output_dir=_none_means_off(outputs) if outputs else self.output_dir,
             speed=replace(self.speed, offload=offload or self.speed.offload, compile=compile or self.speed.compile),
+            queue_size=queue_size or self.queue_size,
+            session_queue=session_queue or self.session_queue,
         )
 
 
@@ -149,6 +166,14 @@ class _Reader:
 
 def _none_means_off(value: str | None) -> str | None:
     return None if value is not None and value.lower() == "none" else value
+
+
+def _output_dir(value: str | None, on_space: bool) -> str | None:
+    """Given: that folder (`none`: off). Not given: `outputs/` here when run locally; on a Space, where visitors
+    share the disk and it is wiped on restart, off unless asked."""
+    if value is not None:
+        return _none_means_off(value)
+    return None if on_space else str(DEFAULT_OUTPUTS)
 
 
 def _refuse_unsafe_torch_load(environ: Mapping[str, str]) -> None:

@@ -1,4 +1,4 @@
-"""The whole page: a tab per mode, then the LoRA lab, PNG info and Explore."""
+"""The whole page: a tab per mode, then the LoRA lab, PNG info, Explore and History."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import gradio as gr
 
 from pipelines.modes import MODES
 from pipelines.studio import Studio
+from ui.cache import start_cache_sweeper
 from ui.explore import build_explore_tab
+from ui.history import History, build_history_tab
 from ui.lora_lab import build_lora_lab
 from ui.modes import build_mode_tab
 from ui.png_info import build_png_info_tab
@@ -23,8 +25,9 @@ CSS = """
 
 def build_app(studio: Studio, warning: str = "") -> gr.Blocks:
     age = studio.settings.cache_age_s
-    # Gradio's cache holds every image, grid and upload of every request; checked every `age` seconds (at most
-    # ten minutes), a file goes once it is `age` seconds old.
+    # Gradio's cache holds every image, grid, GIF and upload of every request; a file goes once it is `age` seconds
+    # old, checked every `age` seconds (at most ten minutes). Gradio's own check misses most of them (`ui/cache.py`):
+    # the sweeper started below walks the folder itself.
     with gr.Blocks(title="Diffusion studio", delete_cache=(min(age, 600), age)) as demo:
         gr.Markdown(
             f"# Diffusion studio\nModel: **{studio.model.name}** ({studio.model.family}), "
@@ -32,13 +35,16 @@ def build_app(studio: Studio, warning: str = "") -> gr.Blocks:
         )
         if warning:
             gr.Markdown(f"> **Note:** {warning}")
+        history = History.create(studio)  # the output folder, and what this session made
         with gr.Tabs() as tabs:
-            mode_fields = {mode.name: build_mode_tab(studio, mode) for mode in MODES.values()}
-            build_lora_lab(studio)
+            mode_fields = {mode.name: build_mode_tab(studio, mode, history) for mode in MODES.values()}
+            build_lora_lab(studio, history)
             build_png_info_tab(studio, tabs, mode_fields)
             build_explore_tab(studio)
+            build_history_tab(studio, history, tabs, mode_fields)
         randomize = [fields["randomize_seed"] for fields in mode_fields.values()]
         # A person exploring gets a new seed each run; set once the page is open, so the API default stays False.
         demo.load(lambda: [True] * len(randomize), None, randomize, api_visibility="private", queue=False)
         demo.unload(forget_session)
+    start_cache_sweeper(demo, age)
     return demo

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gradio as gr
 
@@ -21,6 +22,7 @@ from pipelines.gpu import gpu_seconds, gpu_task
 from pipelines.lora.grid import MAX_CELLS, GridResult, render_grid
 from pipelines.lora.sources import HUB_PREFIX, LoraEntry
 from pipelines.modes import LORA_GRID
+from pipelines.outputs import OutputFolder
 from pipelines.parameters import PARAMETERS, Param, bind
 from pipelines.request import GenerationRequest, GridRequest
 from pipelines.studio import Studio
@@ -29,14 +31,18 @@ from ui.fields import component_for, with_signature
 from ui.live import Done, Progress, Send, ShouldStop, live
 from ui.stop import request_stop, session_flag
 
+if TYPE_CHECKING:
+    from ui.history import History
+
 LIBRARY_HEADERS = ["name", "size", "family", "trigger words", "title"]
 # Two grids may interleave row by row: each row is one studio.generate call under the studio's lock.
 GRID_CONCURRENCY = 2
 GRID_FIELDS_OF_BASE = ("prompt", "negative_prompt", "mode", "image", "steps", "guidance_scale")
 
 
-def build_lora_lab(studio: Studio) -> None:
-    """Create the "LoRA lab" tab inside the caller's `gr.Blocks`."""
+def build_lora_lab(studio: Studio, history: History | None = None) -> None:
+    """Create the "LoRA lab" tab inside the caller's `gr.Blocks`; with a `history`, each grid is saved to its
+    output folder and listed in the History tab."""
     manager = studio.loras
     params = grid_parameters(studio)
     with gr.Tab(LORA_GRID.title):
@@ -73,8 +79,9 @@ def build_lora_lab(studio: Studio) -> None:
             render = gr.Button("Render the grid", variant="primary", scale=3)
             stop = gr.Button("Stop", variant="stop", scale=1)
         # The download button saves the PNG with every cell's parameters; Gradio's cache holds it, and clears it.
+        # As an input (the History's record of it) the grid is that cached file.
         grid_image = gr.Image(
-            label="Grid", type="pil", format="png", interactive=False, buttons=["download", "fullscreen"]
+            label="Grid", type="filepath", format="png", interactive=False, buttons=["download", "fullscreen"]
         )
         notes = gr.Markdown(label="Notes")
 
@@ -86,7 +93,7 @@ def build_lora_lab(studio: Studio) -> None:
         chosen.change(partial(on_choose, studio), [chosen, uploads, fields["together"]], [details, fields["together"]],
                       **private)
         rendering = render.click(
-            grid_handler(studio, params),
+            grid_handler(studio, params, history.outputs if history else None),
             inputs=[*(fields[param.name] for param in params), uploads],
             outputs=[grid_image, notes],
             api_name=LORA_GRID.endpoint,
@@ -94,6 +101,8 @@ def build_lora_lab(studio: Studio) -> None:
             concurrency_limit=GRID_CONCURRENCY,
             show_progress_on=notes,  # over the grid it would hide the rows as they come
         )
+        if history is not None:
+            history.follow_grid(rendering, grid_image)
         # A stopped grid makes no image: the rows shown so far go too (they carry no parameters).
         stop.click(request_stop, None, None, cancels=[rendering], **private).then(
             lambda: None, None, grid_image, queue=False, **private
@@ -121,7 +130,7 @@ def params_by_name(params: list[Param]) -> dict[str, Param]:
     return {param.name: param for param in params}
 
 
-def grid_handler(studio: Studio, params: list[Param]):
+def grid_handler(studio: Studio, params: list[Param], outputs: OutputFolder | None = None):
     """The `/lora_grid` endpoint: the declared parameters by name (the session's uploads come from its state)."""
     names = [param.name for param in params]
 
@@ -139,7 +148,7 @@ def grid_handler(studio: Studio, params: list[Param]):
             given["add_together"],
             given["add_triggers"],
         )
-        yield from render(studio, grid, kept, progress, should_stop=session_flag(request).is_set)
+        yield from render(studio, grid, kept, progress, should_stop=session_flag(request).is_set, outputs=outputs)
 
     return with_signature(handler, params, LORA_GRID.endpoint, hidden=("uploads",))
 
@@ -155,10 +164,15 @@ def grid_gpu_seconds(given: dict) -> int:
 
 
 def render(
-    studio: Studio, grid: GridRequest, kept: list[str] | None, progress=None, should_stop: ShouldStop | None = None
+    studio: Studio,
+    grid: GridRequest,
+    kept: list[str] | None,
+    progress=None,
+    should_stop: ShouldStop | None = None,
+    outputs: OutputFolder | None = None,
 ) -> Iterator[tuple]:
     """Yields the grid so far after each row, nothing new every few denoising steps (`ui/live.py`), then the grid and
-    its notes."""
+    its notes (saved to `outputs` first, where a failure to save is a note)."""
 
     def work(send: Send, stop: ShouldStop) -> GridResult:
         return render_grid(
@@ -172,6 +186,8 @@ def render(
                 yield gr.skip(), gr.skip()  # nothing new, but a cancel reaches the run here
             elif isinstance(item, Done):
                 result = item.result
+                if outputs is not None:
+                    outputs.keep_grid(result.image, grid.base.mode, result.notes)
                 summary = f"Rendered {len(result.cells)} images in {result.seconds:.1f} s."
                 yield result.image, "\n\n".join([summary, *result.notes])
             else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gradio as gr
 import numpy as np
@@ -18,6 +19,7 @@ from pipelines.editing import size_for_picture
 from pipelines.gpu import gpu_seconds, gpu_task
 from pipelines.lora.triggers import add_trigger_words
 from pipelines.modes import SAMPLING, Mode
+from pipelines.outputs import OutputFolder
 from pipelines.parameters import PARAMETERS, Param, bind
 from pipelines.preprocessors import PREPROCESSORS
 from pipelines.presets import Preset, apply_preset, is_cached, presets_for
@@ -31,6 +33,9 @@ from ui.examples import example_columns, mode_examples
 from ui.fields import component_for, with_signature
 from ui.live import Progress, live
 from ui.stop import request_stop, session_flag
+
+if TYPE_CHECKING:
+    from ui.history import History
 
 # Every generating event joins one queue, so one generation runs at a time per GPU whatever the tab.
 GPU_QUEUE = "gpu"
@@ -48,8 +53,9 @@ LOOKS = {
 }
 
 
-def build_mode_tab(studio: Studio, mode: Mode) -> dict[str, gr.components.Component]:
-    """The tab for `mode`; its event is the API endpoint `/<mode.endpoint>` with keyword parameters.
+def build_mode_tab(studio: Studio, mode: Mode, history: History | None = None) -> dict[str, gr.components.Component]:
+    """The tab for `mode`; its event is the API endpoint `/<mode.endpoint>` with keyword parameters. With a
+    `history`, every result is saved to its output folder and listed in the History tab.
 
     Returns its input components by parameter name, so other parts of the page can fill them in.
     """
@@ -74,7 +80,7 @@ def build_mode_tab(studio: Studio, mode: Mode) -> dict[str, gr.components.Compon
                 with gr.Row(equal_height=True):
                     gallery = gr.Gallery(
                         label=RESULTS_LABEL, format="png", columns=1, object_fit="contain", height=RESULT_HEIGHT,
-                        elem_classes="pixelated", scale=1,
+                        elem_classes="pixelated", scale=1, interactive=False,
                     )
                     control_map = gr.Image(
                         label="Control map used", format="png", visible=mode.is_controlled, height=RESULT_HEIGHT,
@@ -97,7 +103,7 @@ def build_mode_tab(studio: Studio, mode: Mode) -> dict[str, gr.components.Compon
         generating = run.click(_cleared, None, outputs, **private).then(
             units_from_widgets, unit_values, fields["control_units"], **private
         ).then(
-            mode_handler(studio, mode, params),
+            mode_handler(studio, mode, params, history.outputs if history else None),
             inputs=[fields[param.name] for param in params],
             outputs=outputs,
             api_name=mode.endpoint,
@@ -108,6 +114,8 @@ def build_mode_tab(studio: Studio, mode: Mode) -> dict[str, gr.components.Compon
         # While a run goes on the gallery shows previews under a "Preview, step n/N" label; the result, or a Stop
         # (which also clears a stopped run's previews), gives it back its own label.
         generating.then(lambda: gr.update(label=RESULTS_LABEL), None, gallery, **private)
+        if history is not None:
+            history.follow_run(generating, gallery, seed_used, mode)
         generating.success(lambda shown: gr.update(visible=shown is not None), control_map, control_map, **private)
         # A run the Stop flag ended before Gradio's cancel did ends without a result: no seed to show then.
         generating.success(lambda seed: gr.update(visible=seed is not None), seed_used, seed_used, **private)
@@ -303,21 +311,25 @@ def add_lora(studio: Studio, loras: str, prompt: str, name: str | None, with_tri
     return ", ".join(filter(None, [loras.strip(), f"{name}:1"])), prompt, None
 
 
-def mode_handler(studio: Studio, mode: Mode, params: list[Param]) -> Callable:
-    """The endpoint: one keyword parameter per declared parameter, in the declared order."""
+def mode_handler(studio: Studio, mode: Mode, params: list[Param], outputs: OutputFolder | None = None) -> Callable:
+    """The endpoint: one keyword parameter per declared parameter, in the declared order; each result is saved to
+    `outputs` (when given)."""
     names = [param.name for param in params]
 
     @gpu_task(duration=lambda *args: gpu_seconds(dict(zip(names, args, strict=False)), controlled=mode.is_controlled))
     def handler(*args):
         *values, request, progress = args
         generation = GenerationRequest(mode=mode.name, **dict(zip(names, values, strict=True)))
-        yield from run_request(studio, generation, progress, should_stop=session_flag(request).is_set)
+        yield from run_request(studio, generation, progress, should_stop=session_flag(request).is_set, outputs=outputs)
 
     return with_signature(handler, params, mode.endpoint)
 
 
-def run_request(studio: Studio, request: GenerationRequest, progress=None, should_stop=None) -> Iterator[tuple]:
-    """Yields a preview into the gallery every few steps while the run goes on, then the result's outputs."""
+def run_request(
+    studio: Studio, request: GenerationRequest, progress=None, should_stop=None, outputs: OutputFolder | None = None
+) -> Iterator[tuple]:
+    """Yields a preview into the gallery every few steps while the run goes on, then the result's outputs (saved to
+    `outputs` first, where a failure to save is a note beside the images, not an error)."""
 
     def work(send: Callable, stop: Callable[[], bool]) -> GenerationResult:
         return studio.generate(
@@ -335,6 +347,8 @@ def run_request(studio: Studio, request: GenerationRequest, progress=None, shoul
                 # An update, not a component: on ZeroGPU every yield is pickled back from the GPU worker.
                 yield gr.update(value=item.images, label=item.caption), gr.skip(), gr.skip(), gr.skip()
             else:
+                if outputs is not None:
+                    outputs.keep(item.result)
                 yield _outputs(item.result)
 
 

@@ -1,0 +1,126 @@
+"""A crowd: each visitor's share of the queue, the queue's size, and refusals that say the studio is busy.
+
+A toy page with the studio's queue (`ui/queue.configure_queue`) and a generating event that holds the GPU group
+until the test lets one job go, driven through gradio_client: one Client is one session.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+
+import gradio as gr
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+import app
+from pipelines.errors import StudioError
+from pipelines.settings import Settings
+from ui.queue import GPU_QUEUE, configure_queue, queue_full_message, session_full_message
+
+BUSY = "The studio is busy"
+
+
+@contextmanager
+def toy_studio(queue_size: int, session_queue: int):
+    """A page whose /work holds the GPU group until `release` lets it end; /echo is a quick event outside it."""
+    started, release = threading.Event(), threading.Semaphore(0)
+
+    def work(text: str) -> str:
+        started.set()
+        release.acquire(timeout=30)
+        return text.upper()
+
+    with gr.Blocks() as demo:
+        box, out = gr.Textbox(), gr.Textbox()
+        gr.Button().click(work, box, out, api_name="work", concurrency_id=GPU_QUEUE)
+        gr.Button().click(lambda text: text, box, out, api_name="echo")
+    configure_queue(demo, Settings(queue_size=queue_size, session_queue=session_queue))
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        yield demo, url, started, release
+    finally:
+        release.release(100)
+        demo.close()
+
+
+def wait_until(condition, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_visitors_fourth_job_is_refused_while_another_visitor_is_served():
+    with toy_studio(queue_size=32, session_queue=3) as (demo, url, started, release):
+        greedy, other = Client(url, verbose=False), Client(url, verbose=False)
+        jobs = []
+        for waiting in range(3):  # one by one, so that job 0 runs and jobs 1 and 2 wait in this order
+            jobs.append(greedy.submit(f"job {waiting}", api_name="/work"))
+            wait_until(lambda waiting=waiting: started.is_set() and len(demo._queue) == waiting)
+
+        with pytest.raises(AppError) as refused:
+            greedy.predict("job 4", api_name="/work")
+        assert str(refused.value) == session_full_message(waiting=2, yours=3)
+        assert "2 requests are waiting; you have 3 queued or running already" in str(refused.value)
+        assert greedy.predict("quick", api_name="/echo") == "quick"  # what does not generate is never capped
+
+        served = other.submit("someone else", api_name="/work")
+        wait_until(lambda: len(demo._queue) == 3)
+        # A finished job frees its place in the session's share.
+        release.release()
+        assert jobs[0].result(timeout=30) == "JOB 0"
+        wait_until(lambda: len(demo._queue) == 2)
+        jobs.append(greedy.submit("job 4 again", api_name="/work"))
+        wait_until(lambda: len(demo._queue) == 3)
+
+        release.release(4)
+        assert served.result(timeout=30) == "SOMEONE ELSE"
+        assert [job.result(timeout=30) for job in jobs] == ["JOB 0", "JOB 1", "JOB 2", "JOB 4 AGAIN"]
+
+
+def test_a_burst_from_one_visitor_gets_its_share_and_busy_refusals_for_the_rest():
+    with toy_studio(queue_size=32, session_queue=3) as (demo, url, started, release):
+        client = Client(url, verbose=False)
+        burst = {f"job {n}": client.submit(f"job {n}", api_name="/work") for n in range(6)}  # joining at once
+        wait_until(lambda: sum(job.done() for job in burst.values()) == 3)  # three refused at once
+        refused = {text for text, job in burst.items() if job.done()}
+        assert all(str(burst[text].exception()).startswith(f"{BUSY}: ") for text in refused)
+        release.release(3)
+        served = {text: job.result(timeout=30) for text, job in burst.items() if text not in refused}
+        assert served == {text: text.upper() for text in served} and len(served) == 3
+
+
+def test_a_full_queue_refuses_everyone_and_says_how_many_wait():
+    with toy_studio(queue_size=1, session_queue=3) as (demo, url, started, release):
+        first = Client(url, verbose=False)
+        jobs = [first.submit("running", api_name="/work")]
+        wait_until(started.is_set)
+        jobs.append(first.submit("waiting", api_name="/work"))
+        wait_until(lambda: len(demo._queue) == 1)
+
+        late = Client(url, verbose=False)
+        for endpoint in ("/work", "/echo"):  # every job, in the studio's words rather than Gradio's "Queue is full!"
+            with pytest.raises(AppError) as refused:
+                late.predict("late", api_name=endpoint)
+            assert str(refused.value) == queue_full_message(1)
+        assert str(refused.value).startswith(f"{BUSY}: 1 request is waiting, as many as the queue holds.")
+        release.release(2)
+        assert [job.result(timeout=30) for job in jobs] == ["RUNNING", "WAITING"]
+
+
+def test_queue_settings_come_from_the_environment_and_flags_win():
+    assert (Settings().queue_size, Settings().session_queue) == (32, 3)
+    environment = {"STUDIO_QUEUE_SIZE": "8", "STUDIO_SESSION_QUEUE": "2"}
+    from_env = Settings.from_env(environment)
+    assert (from_env.queue_size, from_env.session_queue) == (8, 2)
+
+    args = app.parse_args(["--queue-size", "5"])
+    flagged = from_env.with_flags(queue_size=args.queue_size, session_queue=args.session_queue)
+    assert (flagged.queue_size, flagged.session_queue) == (5, 2)  # an absent flag leaves the environment's value
+    with pytest.raises(SystemExit):
+        app.parse_args(["--session-queue", "0"])
+    with pytest.raises(StudioError, match="STUDIO_SESSION_QUEUE must be at least 1"):
+        Settings.from_env({"STUDIO_SESSION_QUEUE": "0"})

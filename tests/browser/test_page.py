@@ -95,6 +95,8 @@ def test_lora_grid_renders_and_downloads_with_each_cells_parameters(page, studio
     grid_panel = block_labelled(panel, "Grid")
     grid = grid_panel.locator("img")
     wait_for_image_or_error(page, grid)
+    # The rows stream in as they are made; the grid with every cell's parameters comes with the summary.
+    expect(panel.get_by_text(re.compile(r"Rendered \d+ images"))).to_be_visible(timeout=GENERATION_TIMEOUT_MS)
     keep_screenshot("lora-grid")
     assert not error_texts(page)
     assert not cropped_sides(grid)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 from dataclasses import replace
 
@@ -14,11 +15,13 @@ from pipelines.errors import StudioError
 from pipelines.modes import CONTROL_MODES
 from pipelines.settings import EMBEDDED_MODEL, Settings
 from pipelines.studio import Studio
+from ui import cache_writes
 from ui.app import CSS, build_app
 from ui.queue import configure_queue
 
 logger = logging.getLogger("studio")
 MAX_UPLOAD = "512mb"
+M_ARENA_MAX = -8  # glibc's mallopt parameter, what MALLOC_ARENA_MAX sets
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,8 +83,21 @@ def open_studio(settings: Settings) -> tuple[Studio, str]:
         return Studio(replace(settings, model=str(EMBEDDED_MODEL))), warning
 
 
+def fewer_malloc_arenas(arenas: int = 2) -> bool:
+    """Under a crowd Gradio runs handlers on up to 40 worker threads, and glibc gives busy threads malloc arenas of
+    their own that keep what was freed: with 40 clients the server's resident memory was still climbing after two
+    minutes (+167 MiB); with two arenas it levelled off (docs/benchmarks.md). Same as MALLOC_ARENA_MAX=2; without
+    glibc, nothing is done."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
+    fewer_malloc_arenas()  # before Gradio starts its threads
+    cache_writes.install()  # two requests that make the same image never hand out half of it
     args = parse_args(argv)
     settings = Settings.from_env().with_flags(
         model=args.model,

@@ -1,17 +1,21 @@
 """A crowd on the embedded model: many gradio_client clients at once, each looping over every endpoint, while a
 probe fetches the page; what was served, what was refused, how long it took, and the server's memory.
 
-    HF_HUB_OFFLINE=1 python scripts/load_test.py [--clients 40] [--seconds 120] [--greedy 4]
+    HF_HUB_OFFLINE=1 python scripts/load_test.py [--clients 40] [--seconds 120] [--greedy 4] [--backoff 2]
+                                                 [--app-env STUDIO_QUEUE_SIZE=16 ...]
 
 It starts `python app.py` (the embedded model, one torch thread, the default STUDIO_QUEUE_SIZE 32 and
-STUDIO_SESSION_QUEUE 3) on a free port and calls every endpoint once to warm it up. Then each client (one session)
-calls the endpoints in turn with small settings (4 steps, 64x64, one image), one request at a time; the `--greedy`
-ones send four at once each round, which the per-visitor share answers. A probe fetches the page (GET /) every
-0.2 s throughout. It prints, per endpoint, the calls served, the busy refusals (queue full, visitor's share) and
-anything else that failed, with p50/p95 latency of those served; the page's p50/p99/max; the server's resident
-memory at the start, middle and end; and the CPU time the server, this script and the rest of the machine used.
+STUDIO_SESSION_QUEUE 3 unless `--app-env` says otherwise) on a free port and calls every endpoint once to warm it
+up. Then each client (one session) calls the endpoints in turn with small settings (4 steps, 64x64, one image), one
+request at a time; the `--greedy` ones send four at once each round, which the per-visitor share answers. After a
+busy refusal a client waits about `--backoff` seconds, as a person would: clients that retry at once turn the load
+script into the machine's busiest process. A probe fetches the page (GET /) every 0.2 s throughout.
 
-Exit status 1 when anything failed other than the studio's "busy" refusals.
+It prints, per endpoint, the calls served, the busy refusals (queue full, visitor's share) and anything else that
+failed, with p50/p95 latency of those served (waiting in the queue included); the page's p50/p99/max; the server's
+resident memory at the start, middle and end and every 10 s; and the CPU time the server, this script and the rest
+of the machine used, since all share the same cores. Exit status 1 when anything failed other than the studio's
+"busy" refusals.
 """
 
 from __future__ import annotations
@@ -175,18 +179,22 @@ def main() -> None:
     parser.add_argument("--greedy", type=int, default=4, help="clients that send four requests at once each round")
     parser.add_argument("--backoff", type=float, default=2.0,
                         help="seconds a client waits (on average) after a busy refusal before its next request")
+    parser.add_argument("--app-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the app, say STUDIO_QUEUE_SIZE=16; repeatable")
     args = parser.parse_args()
-    settings = Settings()
+    app_env = dict(pair.split("=", 1) for pair in args.app_env)
+    settings = Settings.from_env(app_env)
     with tempfile.TemporaryDirectory() as scratch:
         downloads = Path(scratch) / "downloads"
-        with running_app(Path(scratch) / "app.log") as (process, url):
+        with running_app(Path(scratch) / "app.log", **app_env) as (process, url):
             server = psutil.Process(process.pid)
             memory = {"before warm-up": server.memory_info().rss}
             made_here = warm_up(url, downloads)
             mix = endpoints(made_here)
             clients = [Client(url, verbose=False, download_files=str(downloads)) for _ in range(args.clients)]
             print(f"{args.clients} clients ({args.greedy} of them greedy) for {args.seconds:.0f} s on {url}, embedded "
-                  f"model; queue size {settings.queue_size}, {settings.session_queue} per visitor; "
+                  f"model{''.join(f', {pair}' for pair in args.app_env)}; queue size {settings.queue_size}, "
+                  f"{settings.session_queue} per visitor; "
                   f"{psutil.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start", flush=True)
 
             tally, page_seconds, page_failures, rss = Tally(), [], [], []

@@ -1,4 +1,5 @@
-"""A crowd: each visitor's share of the queue, the queue's size, and refusals that say the studio is busy.
+"""A crowd: each visitor's share of the queue, the queue's size, refusals that say the studio is busy, and images
+that are never handed out half written.
 
 A toy page with the studio's queue (`ui/queue.configure_queue`) and a generating event that holds the GPU group
 until the test lets one job go, driven through gradio_client: one Client is one session.
@@ -8,19 +9,23 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from contextlib import contextmanager
+from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import pytest
+from gradio import processing_utils
 from gradio_client import Client
 from gradio_client.exceptions import AppError
+from PIL import Image
 
 import app
 from pipelines.errors import StudioError
 from pipelines.settings import Settings
-from ui.queue import GPU_QUEUE, configure_queue, queue_full_message, session_full_message
-
-BUSY = "The studio is busy"
+from ui import cache_writes
+from ui.queue import BUSY, GPU_QUEUE, configure_queue, queue_full_message, session_full_message
 
 
 @contextmanager
@@ -35,8 +40,8 @@ def toy_studio(queue_size: int, session_queue: int):
 
     with gr.Blocks() as demo:
         box, out = gr.Textbox(), gr.Textbox()
-        gr.Button().click(work, box, out, api_name="work", concurrency_id=GPU_QUEUE)
-        gr.Button().click(lambda text: text, box, out, api_name="echo")
+        gr.Button("Run").click(work, box, out, api_name="work", concurrency_id=GPU_QUEUE)
+        gr.Button("Echo").click(lambda text: text, box, out, api_name="echo")
     configure_queue(demo, Settings(queue_size=queue_size, session_queue=session_queue))
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
     try:
@@ -124,3 +129,26 @@ def test_queue_settings_come_from_the_environment_and_flags_win():
         app.parse_args(["--session-queue", "0"])
     with pytest.raises(StudioError, match="STUDIO_SESSION_QUEUE must be at least 1"):
         Settings.from_env({"STUDIO_SESSION_QUEUE": "0"})
+
+
+def test_an_image_made_again_while_it_is_downloaded_is_always_read_whole(tmp_path, monkeypatch):
+    """Two requests that make the same image write the same cache path; Gradio's own write empties it first."""
+    monkeypatch.setattr(processing_utils, "save_pil_to_cache", processing_utils.save_pil_to_cache)  # undone after
+    cache_writes.install()
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    path = Path(processing_utils.save_pil_to_cache(image, str(tmp_path), format="png"))
+    whole, reads, done = path.read_bytes(), Counter(), threading.Event()
+
+    def write_again() -> None:
+        while not done.is_set():
+            assert processing_utils.save_pil_to_cache(image, str(tmp_path), format="png") == str(path)
+
+    writer = threading.Thread(target=write_again)
+    writer.start()
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        reads[path.read_bytes() == whole] += 1
+    done.set()
+    writer.join()
+    assert reads[False] == 0 and reads[True] > 100, reads
+    assert path.parent.name == processing_utils.hash_bytes(whole) and path.name == "image.png"  # Gradio's own path

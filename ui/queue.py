@@ -127,6 +127,6 @@ class SessionLimit:
             if event.session_hash not in self.queue.pending_messages_per_session:
                 self.queue.pending_messages_per_session[event.session_hash] = AsyncQueue()
             self.queue.pending_event_ids_session.setdefault(event.session_hash, set()).add(event._id)
-        error = error_payload(gr.Error(message, title=BUSY), show_error=True)
-        self.queue.send_message(event, ProcessCompletedMessage(output=error, title=BUSY, success=False))
+        error = error_payload(gr.Error(message), show_error=True)
+        self.queue.send_message(event, ProcessCompletedMessage(output=error, title="Error", success=False))
         return True, event._id, "success"

@@ -48,6 +48,7 @@ from pipelines.parameters import (
     number_text,
 )
 from pipelines.preprocessors import PREPROCESSORS
+from pipelines.validation import MAX_LORAS
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 # PNG text chunks that hold a tool's settings, in the order tried, with the most of each that is read
@@ -409,6 +410,10 @@ def _read_loras(reading: _Reading, loras: list[tuple[str, float]], partly_read: 
                 f"{MAX_LORA_WEIGHT:g}: {sent:g} is sent instead."
             )
         items.append(f"{name}:{sent:g}")
+    if len(items) > MAX_LORAS:
+        reading.notes.append(f"The file names {len(items)} LoRAs; at most {MAX_LORAS} run at once, so these were not "
+                             f"sent: {_short(', '.join(items[MAX_LORAS:]))}.")
+        items = items[:MAX_LORAS]
     reading.values["loras"] = ", ".join(items)
     if partly_read:
         tags = ", ".join(_short(tag) for tag in partly_read[:_SHOWN_CHUNKS])

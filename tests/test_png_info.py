@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, PngImagePlugin
 
 from embedded.synthetic_loras import lora_tensors, write_lora
 from pipelines.errors import StudioError
-from pipelines.metadata import MAX_PARAMETERS_CHARS
+from pipelines.metadata import MAX_PARAMETERS_CHARS, format_parameters
 from pipelines.modes import MODES
 from pipelines.parameters import MAX_SEED, Served
 from pipelines.png_info import MAX_EXIF_BYTES, read_parameters_text, settings_from_parameters
@@ -639,3 +639,12 @@ def test_what_png_info_sends_passes_the_checks_generate_makes(text):
     request = GenerationRequest(mode=settings.mode, **settings.values,
                                 **({"image": Image.new("RGB", (8, 8))} if MODES[settings.mode].edits else {}))
     validate_request(request, SD15)  # raises StudioError for any value Generate would refuse
+
+
+def test_more_loras_than_run_at_once_are_cut_with_a_note(tiny_studio):
+    from pipelines.validation import MAX_LORAS
+
+    text = format_parameters("a red circle", "", {"Steps": 20, "Seed": 1}, [(f"style{i}", 0.5) for i in range(10)])
+    settings = settings_from_parameters(text, tiny_studio.served)
+    assert settings.values["loras"].count(":") == MAX_LORAS
+    assert any("style8:0.5, style9:0.5" in note for note in settings.notes)

@@ -4,6 +4,7 @@ loader, so every path runs for real without the Hub."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,6 +66,16 @@ def running_app(studio):
         yield Client(url, verbose=False)
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory) -> Iterator[str]:
+    """The studio as people start it, `python app.py` with the embedded model, shared by the tests that need the
+    real thing from outside (the browser suite, the noisy neighbour): starting it takes 10-25 s."""
+    from embedded.app_process import running_app as app_process
+
+    with app_process(tmp_path_factory.mktemp("app") / "app.log") as (_, url):
+        yield url
 
 
 @pytest.fixture(scope="session")

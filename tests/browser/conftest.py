@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from embedded.app_process import running_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -40,11 +37,10 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="module")
-def studio_url(chromium, tmp_path_factory) -> Iterator[str]:
-    """The app serves the browser only; without chromium it is not started at all."""
-    with running_app(tmp_path_factory.mktemp("studio") / "app.log") as (_, url):
-        yield url
+@pytest.fixture(scope="session")
+def studio_url(chromium, app_url) -> str:
+    """The app the whole suite shares (`app_url`); without chromium the browser suite does not start it."""
+    return app_url
 
 
 @pytest.fixture(scope="module")

@@ -65,11 +65,13 @@ def test_a_person_gets_a_new_seed_each_run(page, studio_url, tab):
 
 @pytest.mark.parametrize("tab", MODE_TABS)
 def test_every_shown_example_gives_a_fully_visible_image(page, studio_url, keep_screenshot, tab):
-    """Each row on a fresh page, so no message or image of the row before can pass for this one's."""
+    """Each row on a fresh page, so no message or image of the row before can pass for this one's. The first and the
+    last row of each tab: every row's image is judged against its prompt in tests/test_embedded_examples.py, and the
+    page lays every row out the same way (clicking all of them took 20 s in the Text tab alone)."""
     examples = shown_examples(open_tab(page, studio_url, tab))
     assert examples, f"the {tab} tab shows no examples"
     failures = []
-    for example in examples:
+    for example in examples[:1] + examples[1:][-1:]:
         panel = open_tab(page, studio_url, tab)
         use_example(panel, example)
         generate(panel)

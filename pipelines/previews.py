@@ -42,7 +42,6 @@ LATENT_RGB: dict[str, tuple[tuple, tuple]] = {
 }
 
 
-
 @dataclass(frozen=True)
 class Preview:
     images: list[Image.Image]  # one per image of the run

@@ -24,10 +24,8 @@ from PIL import Image, ImageDraw, ImageFont
 from pipelines.errors import StudioError
 from pipelines.lora.triggers import add_trigger_words
 from pipelines.request import GridRequest, LoraChoice
+from pipelines.studio import Progress, ShouldStop
 from pipelines.validation import validate_grid
-
-Progress = Callable[[int, int], None]  # (steps done, steps in all)
-ShouldStop = Callable[[], bool]
 
 MAX_CELLS = 48
 BASELINE_LABEL = "no LoRA"

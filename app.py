@@ -17,6 +17,7 @@ from pipelines.settings import EMBEDDED_MODEL, Settings
 from pipelines.studio import Studio
 from ui import cache_writes
 from ui.app import CSS, build_app
+from ui.page_cache import page_cache
 from ui.queue import configure_queue
 
 logger = logging.getLogger("studio")
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         css=CSS,
         show_error=True,
         max_file_size=MAX_UPLOAD,  # Gradio refuses a larger upload before writing it to disk
+        app_kwargs={"middleware": [page_cache()]},  # the page is built once per address, not once per visit
     )
 
 

@@ -1,8 +1,9 @@
 """A crowd: each visitor's share of the queue, the queue's size, refusals that say the studio is busy, and images
 that are never handed out half written.
 
-A toy page with the studio's queue (`ui/queue.configure_queue`) and a generating event that holds the GPU group
-until the test lets one job go, driven through gradio_client: one Client is one session.
+A toy page with the studio's queue (`ui/queue.configure_queue`) and a generating event that holds its place in the
+GPU group until the test lets one job go, driven through gradio_client: one Client is one session. RUNNING_AT_ONCE
+jobs run, the rest wait.
 """
 
 from __future__ import annotations
@@ -25,16 +26,18 @@ import app
 from pipelines.errors import StudioError
 from pipelines.settings import Settings
 from ui import cache_writes
-from ui.queue import BUSY, GPU_QUEUE, configure_queue, queue_full_message, session_full_message
+from ui.queue import BUSY, GPU_QUEUE, RUNNING_AT_ONCE, configure_queue, queue_full_message, session_full_message
 
 
 @contextmanager
 def toy_studio(queue_size: int, session_queue: int):
-    """A page whose /work holds the GPU group until `release` lets it end; /echo is a quick event outside it."""
-    started, release = threading.Event(), threading.Semaphore(0)
+    """A page whose /work holds its place in the GPU group until `release` lets it end (`started` lists the jobs
+    that began); /echo is a quick event outside it."""
+    started: list[str] = []
+    release = threading.Semaphore(0)
 
     def work(text: str) -> str:
-        started.set()
+        started.append(text)
         release.acquire(timeout=30)
         return text.upper()
 
@@ -62,24 +65,25 @@ def test_a_visitors_fourth_job_is_refused_while_another_visitor_is_served():
     with toy_studio(queue_size=32, session_queue=3) as (demo, url, started, release):
         greedy, other = Client(url, verbose=False), Client(url, verbose=False)
         jobs = []
-        for waiting in range(3):  # one by one, so that job 0 runs and jobs 1 and 2 wait in this order
-            jobs.append(greedy.submit(f"job {waiting}", api_name="/work"))
-            wait_until(lambda waiting=waiting: started.is_set() and len(demo._queue) == waiting)
+        for job in range(3):  # one by one, so that the first jobs run and the others wait in this order
+            jobs.append(greedy.submit(f"job {job}", api_name="/work"))
+            wait_until(lambda job=job: len(started) + len(demo._queue) == job + 1)
+        waiting = 3 - RUNNING_AT_ONCE
 
         with pytest.raises(AppError) as refused:
             greedy.predict("job 4", api_name="/work")
-        assert str(refused.value) == session_full_message(waiting=2, yours=3)
-        assert "2 requests are waiting; you have 3 queued or running already" in str(refused.value)
+        assert str(refused.value) == session_full_message(waiting=waiting, yours=3)
+        assert "waiting; you have 3 queued or running already" in str(refused.value)
         assert greedy.predict("quick", api_name="/echo") == "quick"  # what does not generate is never capped
 
         served = other.submit("someone else", api_name="/work")
-        wait_until(lambda: len(demo._queue) == 3)
+        wait_until(lambda: len(demo._queue) == waiting + 1)
         # A finished job frees its place in the session's share.
         release.release()
-        assert jobs[0].result(timeout=30) == "JOB 0"
-        wait_until(lambda: len(demo._queue) == 2)
+        wait_until(lambda: any(job.done() for job in jobs))
+        wait_until(lambda: len(demo._queue) == waiting)
         jobs.append(greedy.submit("job 4 again", api_name="/work"))
-        wait_until(lambda: len(demo._queue) == 3)
+        wait_until(lambda: len(demo._queue) == waiting + 1)
 
         release.release(4)
         assert served.result(timeout=30) == "SOMEONE ELSE"
@@ -101,8 +105,8 @@ def test_a_burst_from_one_visitor_gets_its_share_and_busy_refusals_for_the_rest(
 def test_a_full_queue_refuses_everyone_and_says_how_many_wait():
     with toy_studio(queue_size=1, session_queue=3) as (demo, url, started, release):
         first = Client(url, verbose=False)
-        jobs = [first.submit("running", api_name="/work")]
-        wait_until(started.is_set)
+        jobs = [first.submit("running", api_name="/work") for _ in range(RUNNING_AT_ONCE)]
+        wait_until(lambda: len(started) == RUNNING_AT_ONCE)
         jobs.append(first.submit("waiting", api_name="/work"))
         wait_until(lambda: len(demo._queue) == 1)
 
@@ -112,8 +116,8 @@ def test_a_full_queue_refuses_everyone_and_says_how_many_wait():
                 late.predict("late", api_name=endpoint)
             assert str(refused.value) == queue_full_message(1)
         assert str(refused.value).startswith(f"{BUSY}: 1 request is waiting, as many as the queue holds.")
-        release.release(2)
-        assert [job.result(timeout=30) for job in jobs] == ["RUNNING", "WAITING"]
+        release.release(RUNNING_AT_ONCE + 1)
+        assert [job.result(timeout=30) for job in jobs] == ["RUNNING"] * RUNNING_AT_ONCE + ["WAITING"]
 
 
 def test_queue_settings_come_from_the_environment_and_flags_win():

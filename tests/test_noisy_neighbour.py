@@ -1,9 +1,11 @@
 """A noisy neighbour: for every endpoint the heaviest input it accepts and the heaviest it refuses, sent while a
-second client loads the page and asks /text2img. The page must answer every time within 1 s. The second client's
-image must arrive within twice its time on a quiet server plus the heavy request's own time: one request runs at a
-time in the studio's queue, so it may wait for that one, but for nothing more. (The issue's goal, twice the quiet
-time alone, is not reached: a picture at the pixel limit is decoded and cut to size inside its queue slot, and the
-neighbour waited up to 2.4 s against 0.24 s quiet on this machine; the page stayed within 0.8 s.)
+second client loads the page and asks /text2img. The page must answer every time within 1 s, and the second
+client's image arrive within twice its time on a quiet server (plus JITTER_S).
+
+Two things make that hold (figures in docs/benchmarks.md): the page is built once per address (`ui/page_cache.py`;
+Gradio built it for every visit, 0.10 s of the GIL each), and two events of the GPU group run at once
+(`ui/queue.py`), so a neighbour's upload at the pixel limit is decoded and cut outside the studio's lock while the
+quick request runs. Before both, the neighbour waited up to 2.4 s against 0.24 s quiet, the page up to 0.8 s.
 
 The studio runs as people start it (`python app.py`, the embedded model) in a process of its own, so the page's
 answers are measured from outside its GIL.
@@ -25,8 +27,9 @@ from PIL import Image, PngImagePlugin
 from pipelines.settings import Limits
 
 PAGE_BUDGET_S = 1.0
-# Two cores shared by the server, three clients and the test: a quiet run's own spread here was up to 0.5 s.
-JITTER_S = 0.5
+# Two cores shared by the server, three clients and the test: quiet medians of three calls ranged 0.18-0.34 s
+# across runs here.
+JITTER_S = 0.25
 PROBE_EVERY_S = 0.1
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "embedded"
 QUICK = dict(steps=4, seed=1, randomize_seed=False)
@@ -110,7 +113,10 @@ def test_no_request_stalls_the_page_or_the_next_person(app_url, files):
     server = app_url
     neighbour = Client(server, verbose=False)
     quiet = statistics.median(neighbour_text2img(neighbour) for _ in range(3))
-    noisy = Client(server, verbose=False)
+    # The noisy client keeps its files on the server: gradio_client fetches every file of every streamed yield (16
+    # for a two-step timeline, 40 ms each here), in this process, on the two cores the server has; with them the
+    # neighbour of a timeline waited 0.82 s against 0.27 s quiet, without them 0.49 s against 0.24 s.
+    noisy = Client(server, verbose=False, download_files=False)
     failures, report = [], []
     for label, endpoint, arguments in heavy_requests(files):
         probe = Probe(server)
@@ -131,7 +137,7 @@ def test_no_request_stalls_the_page_or_the_next_person(app_url, files):
         second.join()
         probe.stopped.set()
         prober.join()
-        budget = 2 * quiet + heavy_s + JITTER_S
+        budget = 2 * quiet + JITTER_S
         report.append(f"{label} ({endpoint}) {outcome}; page at worst {max(probe.times):.2f} s; "
                       f"the heavy request {heavy_s:.2f} s; text2img {waited[0]:.2f} s (quiet {quiet:.2f} s, "
                       f"budget {budget:.2f} s)")

@@ -36,6 +36,11 @@ from ui.modes import GPU_QUEUE
 logger = logging.getLogger(__name__)
 
 BUSY = "The studio is busy"
+# Events of one concurrency group that run at once. The pipeline call itself is one at a time under the studio's
+# lock (the LoRA set and scheduler live on shared modules); the second running event decodes its uploads, runs its
+# detectors and encodes its images meanwhile, so a neighbour's picture at the pixel limit (2.5 s to decode and cut
+# here) no longer holds up a quick request for the whole of that time.
+RUNNING_AT_ONCE = 2
 
 
 def generating(fn: BlockFunction) -> bool:
@@ -44,9 +49,9 @@ def generating(fn: BlockFunction) -> bool:
 
 
 def configure_queue(demo: gr.Blocks, settings: Settings) -> gr.Blocks:
-    """One generation at a time per GPU (the LoRA set and scheduler live on shared modules), at most
-    `settings.queue_size` jobs waiting, and at most `settings.session_queue` generating jobs per session."""
-    demo.queue(default_concurrency_limit=1, max_size=settings.queue_size)
+    """`RUNNING_AT_ONCE` events of a group running (one of them in the pipeline), at most `settings.queue_size`
+    jobs waiting, and at most `settings.session_queue` generating jobs per session."""
+    demo.queue(default_concurrency_limit=RUNNING_AT_ONCE, max_size=settings.queue_size)
     SessionLimit(demo, settings.session_queue).install()
     return demo
 

@@ -9,7 +9,8 @@ STUDIO_SESSION_QUEUE 3 unless `--app-env` says otherwise) on a free port and cal
 up. Then each client (one session) calls the endpoints in turn with small settings (4 steps, 64x64, one image), one
 request at a time; the `--greedy` ones send four at once each round, which the per-visitor share answers. After a
 busy refusal a client waits about `--backoff` seconds, as a person would: clients that retry at once turn the load
-script into the machine's busiest process. A probe fetches the page (GET /) every 0.2 s throughout.
+script into the machine's busiest process. A probe, in a process of its own, fetches the page (GET /) every 0.2 s
+throughout.
 
 It prints, per endpoint, the calls served, the busy refusals (queue full, visitor's share) and anything else that
 failed, with p50/p95 latency of those served (waiting in the queue included); the page's p50/p99/max; the server's
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import multiprocessing
 import os
 import random
 import tempfile
@@ -136,6 +138,8 @@ def visitor(client: Client, mix: dict, offset: int, greedy: bool, backoff_s: flo
 
 
 def probe_page(url: str, until: float, seconds: list[float], failures: list[str]) -> None:
+    """In a process of its own (`page_probe`): a thread here would wait for this script's GIL behind 40 clients,
+    and time them, not the server."""
     with httpx.Client(timeout=30) as http:
         while time.monotonic() < until:
             start = time.perf_counter()
@@ -145,6 +149,23 @@ def probe_page(url: str, until: float, seconds: list[float], failures: list[str]
             except httpx.HTTPError as error:
                 failures.append(f"{type(error).__name__}: {error}")
             time.sleep(max(0.0, PAGE_EVERY_S - (time.perf_counter() - start)))
+
+
+def page_probe(url: str, until: float) -> Callable[[], tuple[list[float], list[str]]]:
+    """Start `probe_page` in another process; the returned call waits for it and gives its times and failures."""
+    context = multiprocessing.get_context("spawn")
+    manager = context.Manager()
+    seconds, failures = manager.list(), manager.list()
+    process = context.Process(target=probe_page, args=(url, until, seconds, failures))
+    process.start()
+
+    def results() -> tuple[list[float], list[str]]:
+        process.join()
+        found = list(seconds), list(failures)
+        manager.shutdown()
+        return found
+
+    return results
 
 
 def sample_memory(server: psutil.Process, until: float, samples: list[int]) -> None:
@@ -197,17 +218,17 @@ def main() -> None:
                   f"{settings.session_queue} per visitor; "
                   f"{psutil.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start", flush=True)
 
-            tally, page_seconds, page_failures, rss = Tally(), [], [], []
+            tally, rss = Tally(), []
             cpu_start = (server.cpu_times(), psutil.Process().cpu_times(), busy_seconds())
             memory["start"] = server.memory_info().rss
             began = time.monotonic()
             until = began + args.seconds
+            page_results = page_probe(url, until)
             threads = [
                 threading.Thread(target=visitor,
                                  args=(client, mix, index, index < args.greedy, args.backoff, until, tally))
                 for index, client in enumerate(clients)
             ]
-            threads.append(threading.Thread(target=probe_page, args=(url, until, page_seconds, page_failures)))
             threads.append(threading.Thread(target=sample_memory, args=(server, until, rss)))
             for thread in threads:
                 thread.start()
@@ -215,6 +236,7 @@ def main() -> None:
             memory["middle"] = server.memory_info().rss
             for thread in threads:
                 thread.join()
+            page_seconds, page_failures = page_results()
             elapsed = time.monotonic() - began
             memory["end"] = server.memory_info().rss
             cpu_end = (server.cpu_times(), psutil.Process().cpu_times(), busy_seconds())

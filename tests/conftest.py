@@ -18,6 +18,11 @@ from pipelines.settings import Settings  # noqa: E402
 from pipelines.studio import Studio  # noqa: E402
 
 
+def pytest_addoption(parser) -> None:
+    parser.addoption("--update-api-dump", action="store_true",
+                     help="write tests/fixtures/view_api.json from the served app (tests/test_api_surface.py)")
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models run 10-30x faster on one thread when other work shares the two cores."""

@@ -24,10 +24,16 @@ from PIL import Image
 
 def save_pil_to_cache(img: Image.Image, cache_dir: str, name: str = "image", format: str = "webp") -> str:
     """Gradio's `save_pil_to_cache`, same path, written atomically."""
-    data = processing_utils.encode_pil_to_bytes(img, format)
+    return save_bytes_to_cache(processing_utils.encode_pil_to_bytes(img, format), f"{name}.{format}", cache_dir)
+
+
+def save_bytes_to_cache(data: bytes, file_name: str, cache_dir: str) -> str:
+    """Gradio's `save_bytes_to_cache` for a file name with its extension (the Explore tab's GIF), same path, written
+    atomically: two timelines with the same settings make the same GIF, and under 40 clients one download of it
+    came back short."""
     folder = Path(cache_dir) / processing_utils.hash_bytes(data)
     folder.mkdir(exist_ok=True, parents=True)
-    path = (folder / f"{name}.{format}").resolve()
+    path = (folder / Path(file_name).name).resolve()
     if path.exists():
         try:
             os.utime(path)  # the cache is swept by age (ctime): a file handed out again starts a new life

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 import gradio as gr
 import numpy as np
 import pandas as pd
-from gradio import processing_utils
 from gradio import utils as gradio_utils
 
 from pipelines.explore.forward import SCHEDULES, NoiseRequest, alpha_bar, forward_noise, log10_snr, validate_noise
@@ -29,6 +28,7 @@ from pipelines.modes import DENOISE_TIMELINE, FORWARD_NOISE, SWEEP, Mode
 from pipelines.parameters import PARAMETERS, Param, bind
 from pipelines.request import GenerationRequest
 from pipelines.studio import Studio
+from ui import cache_writes
 from ui.errors import shown_to_person
 from ui.examples import example_columns, example_set, mode_examples
 from ui.fields import component_for, with_signature
@@ -189,7 +189,7 @@ def stream_timeline(
 def _gif_file(frames: list[TimelineFrame]) -> str:
     """The animation as a file in Gradio's cache, which clears it with the rest: on ZeroGPU a yield is pickled back
     from the GPU worker, and a pickled PIL image keeps only its first frame, where a path keeps them all."""
-    return processing_utils.save_bytes_to_cache(animation(frames), "timeline.gif", gradio_utils.get_upload_folder())
+    return cache_writes.save_bytes_to_cache(animation(frames), "timeline.gif", gradio_utils.get_upload_folder())
 
 
 def _strips(frames: list[TimelineFrame]) -> tuple[list, list]:

@@ -18,10 +18,10 @@ from PIL import Image
 
 from embedded import measures, world
 from pipelines.editing import edit_inputs, keep_unmasked, through_the_vae
+from pipelines.endpoints import validate_request
 from pipelines.request import ControlUnit, GenerationRequest, LoraChoice
 from pipelines.settings import Settings
 from pipelines.studio import Studio
-from pipelines.validation import validate_request
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 STEPS = 20

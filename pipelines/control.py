@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from pipelines.a1111 import UNIT_SETTINGS, module_name, unit_key, written_settings
 from pipelines.images import prepare_user_image
 from pipelines.modes import MODES
 from pipelines.parameters import PARAMETERS
@@ -108,30 +109,15 @@ def maps_side_by_side(controls: list[UsedControl]) -> Image.Image | None:
 
 def png_units(controls: list[UsedControl], model_names: Mapping[str, str]) -> dict[str, str]:
     """"ControlNet <n>" entries as AUTOMATIC1111's ControlNet writes them, so PNG info can read them back."""
-    return {
-        f"ControlNet {number}": (
-            f"Module: {_module_name(control)}, Model: {model_names[control.mode]}, Weight: {control.scale:g}, "
-            f"Guidance Start: {control.start:g}, Guidance End: {control.end:g}{_detector_settings(control)}"
-        )
-        for number, control in enumerate(controls)
+    return {unit_key(number): _unit_line(control, model_names[control.mode]) for number, control in enumerate(controls)}
+
+
+def _unit_line(control: UsedControl, model_name: str) -> str:
+    """The unit's settings line; a detector's options are written where it has them (a ready map has none)."""
+    values = {
+        **control.options,
+        "module": module_name(MODES[control.mode].a1111_modules, control.preprocessor, control.options),
+        "model": model_name,
+        **{setting.fields[0]: getattr(control, setting.unit_field) for setting in UNIT_SETTINGS if setting.unit_field},
     }
-
-
-def _module_name(control: UsedControl) -> str:
-    """The preprocessor as AUTOMATIC1111's ControlNet names it (its OpenPose variants say what they draw)."""
-    hands, face = control.options.get("include_hands"), control.options.get("include_face")
-    if control.preprocessor != "openpose" or not (hands or face):
-        return control.preprocessor
-    return "openpose_full" if hands and face else ("openpose_hand" if hands else "openpose_face")
-
-
-def _detector_settings(control: UsedControl) -> str:
-    """The detector's options, in AUTOMATIC1111's ControlNet words."""
-    if control.preprocessor == "none":
-        return ""
-    options = control.options
-    thresholds = (
-        f", Threshold A: {options['low_threshold']}, Threshold B: {options['high_threshold']}"
-        if control.preprocessor == "canny" else ""
-    )
-    return f", Processor Res: {options['detect_resolution']}{thresholds}"
+    return ", ".join(f"{key}: {value}" for key, value in written_settings(UNIT_SETTINGS, values).items())

@@ -6,8 +6,8 @@ in a forked worker. Elsewhere `spaces.GPU` returns the function unchanged.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from spaces import GPU
 
@@ -24,37 +24,28 @@ SECONDS_PER_LORA = 3  # read a LoRA file and load it as an adapter
 SECONDS_PER_HUB_LORA = 20  # a Hub LoRA (or a preset's) may have to be fetched first
 SECONDS_PER_DETECTOR = 3  # a detector's weights moved to the GPU in a fresh worker, and its first run
 MAX_SECONDS = 300
-FALLBACK_SECONDS = 60  # for values that are not numbers: the studio refuses them before any GPU work anyway
+FALLBACK_SECONDS = 60  # for a request the studio refuses before any GPU work anyway
 
 
-def gpu_seconds(values: Mapping[str, object], images: int = 1, *, controlled: bool = False) -> int:
-    """The duration to declare for generating `images` images with the raw request values `values`; `controlled`:
-    the mode runs a ControlNet of its own. Read before the values are checked, so nothing here trusts them."""
-    try:
-        steps = float(values.get("steps") or 30)
-        pixels = float(values.get("width") or 1024) * float(values.get("height") or 1024)
-        count = images * float(values.get("num_images") or 1)
-        units = int(controlled) + len(_listed(values.get("control_units")))
-        work = steps * count * SECONDS_PER_STEP_AT_512 * pixels / 512**2 * (1 + CONTROLNET_SHARE * units)
-        estimate = SECONDS_PER_CALL + _loading_seconds(values, controlled) + work
-    except (TypeError, ValueError, OverflowError):
-        return FALLBACK_SECONDS
-    return FALLBACK_SECONDS if not math.isfinite(estimate) else int(min(MAX_SECONDS, max(SECONDS_PER_CALL, estimate)))
+@dataclass(frozen=True)
+class GpuWork:
+    """What a call's GPU time depends on, read off its checked request (`pipelines/endpoints.py`)."""
+
+    denoising_steps: int  # over all its images
+    width: int = 1024
+    height: int = 1024
+    controlnets: int = 0  # ControlNets at every step
+    loras: tuple[str, ...] = ()  # the names it loads ("hub:" ones may have to be fetched)
+    detectors: int = 0  # preprocessors that run a model
 
 
-def _loading_seconds(values: Mapping[str, object], controlled: bool) -> float:
-    loras = [item.strip() for item in str(values.get("loras") or "")[:2000].split(",") if item.strip()]
-    preset = values.get("preset") not in (None, "", "none")  # its distillation LoRA comes from the Hub
-    hub = sum(item.startswith("hub:") for item in loras) + preset
-    units = values.get("control_units")
-    detectors = (controlled and values.get("preprocessor") not in (None, "none")) + sum(
-        isinstance(unit, Mapping) and unit.get("preprocessor", "none") != "none" for unit in _listed(units)
-    )
-    return SECONDS_PER_LORA * (len(loras) + preset) + SECONDS_PER_HUB_LORA * hub + SECONDS_PER_DETECTOR * detectors
-
-
-def _listed(items: object) -> list | tuple:
-    return items if isinstance(items, list | tuple) else ()
+def gpu_seconds(work: GpuWork) -> int:
+    """The duration to declare for `work`."""
+    pixels = work.width * work.height / 512**2
+    steps = work.denoising_steps * SECONDS_PER_STEP_AT_512 * pixels * (1 + CONTROLNET_SHARE * work.controlnets)
+    hub = sum(name.startswith("hub:") for name in work.loras)
+    loading = SECONDS_PER_LORA * len(work.loras) + SECONDS_PER_HUB_LORA * hub + SECONDS_PER_DETECTOR * work.detectors
+    return int(min(MAX_SECONDS, max(SECONDS_PER_CALL, SECONDS_PER_CALL + loading + steps)))
 
 
 def gpu_task(duration: Callable[..., int]) -> Callable[[Callable], Callable]:

@@ -27,6 +27,19 @@ from typing import BinaryIO
 
 from PIL import Image, PngImagePlugin
 
+from pipelines.a1111 import (
+    BATCH_SIZE,
+    CFG_SCALE,
+    DENOISING_STRENGTH,
+    MODE,
+    MODEL,
+    NEGATIVE_PROMPT,
+    SAMPLER,
+    SCHEDULE_TYPE,
+    SEED,
+    SIZE,
+    STEPS,
+)
 from pipelines.errors import StudioError
 
 # AUTOMATIC1111's own infotexts are a few KB (a long prompt, a long negative prompt, ControlNet units and hashes);
@@ -54,7 +67,7 @@ _SPACE = re.compile(r"\s*")
 # A JSON-style quoted value. Possessive: a quote that never closes costs one scan, never a scan per position.
 _QUOTED = re.compile(r'"(?:[^"\\]++|\\.)*+"')
 _NEEDS_QUOTES = (",", ":", '"', "\n")
-_NEGATIVE = "\nNegative prompt: "
+_NEGATIVE = f"\n{NEGATIVE_PROMPT}: "
 _SHOWN_NODES = 12
 
 
@@ -85,7 +98,7 @@ def format_parameters(
     tags = "".join(f" <lora:{name}:{weight:g}>" for name, weight in loras or [])
     lines = [prompt + tags]
     if negative_prompt:
-        lines.append(f"Negative prompt: {negative_prompt}")
+        lines.append(f"{NEGATIVE_PROMPT}: {negative_prompt}")
     lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in settings.items()))
     return "\n".join(lines)
 
@@ -196,7 +209,7 @@ def _split_settings_line(text: str) -> tuple[str, dict[str, str]]:
     """The prompt part and the settings; like A1111, a last line counts as settings only if it looks like them."""
     head, _, last = text.rpartition("\n")
     settings = parse_settings_line(last)
-    if len(settings) >= 3 or "Steps" in settings:
+    if len(settings) >= 3 or STEPS.key in settings:
         return head, settings
     return text, {}
 
@@ -467,18 +480,18 @@ def _comfy_sampling(graph: _ComfyGraph, sampler: dict, parsed: ParsedText) -> No
     inputs, kind = sampler["inputs"], sampler["class_type"]
     literal = {name: graph.literal(inputs[name], (name, *VALUE_INPUTS)) for name in SAMPLER_INPUTS if name in inputs}
     settings = parsed.settings
-    for key, name in (("Steps", "steps"), ("CFG scale", "cfg"), ("Seed", SAMPLER_SEEDS[kind])):
+    for key, name in ((STEPS.key, "steps"), (CFG_SCALE.key, "cfg"), (SEED.key, SAMPLER_SEEDS[kind])):
         _put_scalar(settings, key, literal.get(name))
     sampler_name, schedule = literal.get("sampler_name"), literal.get("scheduler")
     if isinstance(sampler_name, str):
-        settings["Sampler"] = COMFYUI_SAMPLERS.get(sampler_name, sampler_name)
+        settings[SAMPLER.key] = COMFYUI_SAMPLERS.get(sampler_name, sampler_name)
     schedule_type = COMFYUI_SCHEDULES.get(schedule, schedule) if isinstance(schedule, str) else None
     if schedule_type:
-        settings["Schedule type"] = schedule_type
+        settings[SCHEDULE_TYPE] = schedule_type
     denoise = literal.get("denoise")
     if _is_number(denoise) and denoise < 1:  # only part of the noise: the graph starts from an image
-        settings["Denoising strength"] = _described(denoise)
-        settings["Mode"] = "img2img"
+        settings[DENOISING_STRENGTH.key] = _described(denoise)
+        settings[MODE.key] = "img2img"
     for name, default in ADVANCED_DEFAULTS.items():
         if name in literal and literal[name] != default:
             _put_scalar(settings, f"{kind} {name}", literal[name])
@@ -499,7 +512,7 @@ def _comfy_model(graph: _ComfyGraph, link: object, parsed: ParsedText) -> None:
             loras.append(_comfy_lora(graph, inputs, parsed.notes))
         elif kind in CHECKPOINT_NAMES:
             graph.read.add(node_id)
-            _put_scalar(parsed.settings, "Model", graph.literal(inputs.get(CHECKPOINT_NAMES[kind]), VALUE_INPUTS))
+            _put_scalar(parsed.settings, MODEL.key, graph.literal(inputs.get(CHECKPOINT_NAMES[kind]), VALUE_INPUTS))
             break
         link = inputs.get("model")
     parsed.loras = [lora for lora in reversed(loras) if lora is not None]
@@ -531,8 +544,8 @@ def _comfy_latent(graph: _ComfyGraph, link: object, parsed: ParsedText) -> None:
             masked = True
         elif kind in IMAGE_ENCODERS:
             graph.read.add(node_id)
-            parsed.settings["Mode"] = "inpaint" if masked else IMAGE_ENCODERS[kind]
-            parsed.settings.setdefault("Denoising strength", "1")
+            parsed.settings[MODE.key] = "inpaint" if masked else IMAGE_ENCODERS[kind]
+            parsed.settings.setdefault(DENOISING_STRENGTH.key, "1")
             parsed.notes.append(f"The graph starts from an image ({kind}): a PNG holds no source image; "
                                 "give the tab one.")
             return
@@ -542,7 +555,7 @@ def _comfy_latent(graph: _ComfyGraph, link: object, parsed: ParsedText) -> None:
                       graph.literal(inputs["height"], VALUE_INPUTS))
             batch = graph.literal(inputs.get("batch_size"), VALUE_INPUTS)
             if batch not in (None, 1):
-                _put_scalar(parsed.settings, "Batch size", batch)
+                _put_scalar(parsed.settings, BATCH_SIZE, batch)
             return
         link = inputs.get("samples")
 
@@ -588,19 +601,19 @@ def parse_invokeai_metadata(document: Mapping[str, object]) -> ParsedText:
     parsed.prompt = _text_or_empty(document.get("positive_prompt"))
     parsed.negative_prompt = _text_or_empty(document.get("negative_prompt"))
     settings = parsed.settings
-    for key, name in (("Steps", "steps"), ("CFG scale", "cfg_scale"), ("Seed", "seed")):
+    for key, name in ((STEPS.key, "steps"), (CFG_SCALE.key, "cfg_scale"), (SEED.key, "seed")):
         _put_scalar(settings, key, document.get(name))
     _put_size(settings, document.get("width"), document.get("height"))
     _put_invokeai_scheduler(settings, document.get("scheduler"))
     mode = document.get("generation_mode")
     if isinstance(mode, str):
         # SDXL's modes carry a prefix ("sdxl_img2img"); the studio's modes serve every family.
-        settings["Mode"] = INVOKEAI_MODES.get(mode.removeprefix("sdxl_"), mode)
-        if settings["Mode"] != "text":
-            _put_scalar(settings, "Denoising strength", document.get("strength"))
+        settings[MODE.key] = INVOKEAI_MODES.get(mode.removeprefix("sdxl_"), mode)
+        if settings[MODE.key] != "text":
+            _put_scalar(settings, DENOISING_STRENGTH.key, document.get("strength"))
     model = document.get("model")
     if isinstance(model, dict):
-        _put_scalar(settings, "Model", model.get("name", model.get("model_name")))
+        _put_scalar(settings, MODEL.key, model.get("name", model.get("model_name")))
     parsed.loras = _invokeai_loras(document.get("loras"), parsed.notes)
     for key, value in document.items():
         if key not in _INVOKEAI_READ:
@@ -614,14 +627,14 @@ def parse_invokeai_legacy(document: Mapping[str, object]) -> ParsedText:
     image = document["image"]
     parsed.prompt = _legacy_prompt(image.get("prompt"), parsed.notes)
     settings = parsed.settings
-    for key, name in (("Steps", "steps"), ("CFG scale", "cfg_scale"), ("Seed", "seed")):
+    for key, name in ((STEPS.key, "steps"), (CFG_SCALE.key, "cfg_scale"), (SEED.key, "seed")):
         _put_scalar(settings, key, image.get(name))
     _put_size(settings, image.get("width"), image.get("height"))
     _put_invokeai_scheduler(settings, image.get("sampler"))
     if image.get("type") == "img2img":
-        settings["Mode"] = "img2img"
-        _put_scalar(settings, "Denoising strength", image.get("strength"))
-    _put_scalar(settings, "Model", document.get("model_weights"))
+        settings[MODE.key] = "img2img"
+        _put_scalar(settings, DENOISING_STRENGTH.key, image.get("strength"))
+    _put_scalar(settings, MODEL.key, document.get("model_weights"))
     if "[" in parsed.prompt:
         parsed.notes.append("InvokeAI 2 writes the negative prompt in [brackets] inside the prompt; it stays there.")
     read = {"prompt", "seed", "steps", "cfg_scale", "sampler", "width", "height", "type", "strength"}
@@ -645,9 +658,9 @@ def _put_invokeai_scheduler(settings: dict[str, str], name: object) -> None:
     if not isinstance(name, str):
         return
     sampler, schedule = INVOKEAI_SCHEDULERS.get(name, (name, None))
-    settings["Sampler"] = sampler
+    settings[SAMPLER.key] = sampler
     if schedule:
-        settings["Schedule type"] = schedule
+        settings[SCHEDULE_TYPE] = schedule
 
 
 def _invokeai_loras(value: object, notes: list[str]) -> list[tuple[str, float]]:
@@ -686,7 +699,7 @@ def _put_scalar(settings: dict[str, str], key: str, value: object) -> None:
 
 def _put_size(settings: dict[str, str], width: object, height: object) -> None:
     if width is not None or height is not None:
-        settings["Size"] = f"{_described(width)}x{_described(height)}"
+        settings[SIZE.key] = SIZE.written({"width": _described(width), "height": _described(height)})
 
 
 def _described(value: object) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from pipelines.a1111 import ControlModule
 from pipelines.preprocessors import PREPROCESSORS
 
 PROMPTING = ("prompt", "negative_prompt", "loras")
@@ -17,6 +18,9 @@ SAMPLING = (
     "seed", "randomize_seed", "steps", "guidance_scale", "scheduler", "width", "height", "num_images",
 )
 CONTROL = ("controlnet_scale", "control_start", "control_end")
+# The fields an example fills in (`examples/<set>/prompts.json`, `ui/examples.py`): its seed is fixed, so a person
+# who clicks it sees what its prompt says.
+EXAMPLE_SEED = ("seed", "randomize_seed")
 # What img2img and inpainting take before the prompt's sampling settings: the image, and how much of it to redo.
 EDITING = {
     "img2img": ("image", *PROMPTING, "strength"),
@@ -32,10 +36,13 @@ class Mode:
     hint: str
     preprocessors: tuple[str, ...] = ()  # the first whose weights are here is the default
     controlnets: Mapping[str, str] = field(default_factory=dict)  # family -> ControlNet hub id
-    own_parameters: tuple[str, ...] = ()  # for an endpoint that is not a generation mode (the LoRA grid)
     edits: str = ""  # "img2img" or "inpaint": the mode starts from the request's image instead of noise
     union_type: int | None = None  # the control type a ControlNet Union model knows this mode's maps by
     image_label: str = "Control image"
+    # AUTOMATIC1111's ControlNet names: the module each preprocessor is written as (the first listed for it; the
+    # others are read too), and the word its module and model names carry (depth_leres, control_v11p_sd15_canny).
+    a1111_modules: Mapping[str, ControlModule] = field(default_factory=dict)
+    a1111_word: str = ""
 
     @property
     def starts_from_image(self) -> bool:
@@ -46,10 +53,18 @@ class Mode:
         return bool(self.preprocessors)
 
     @property
+    def example_columns(self) -> tuple[str, ...]:
+        """The fields an example of this mode fills in, in the order `ui/examples.py` gives their values."""
+        if self.edits:
+            pictures = tuple(name for name in EDITING[self.edits] if name in ("image", "mask"))
+            return ("prompt", *pictures, "strength", "loras", *EXAMPLE_SEED)
+        if self.is_controlled:
+            return ("prompt", "image", "preprocessor", "loras", *EXAMPLE_SEED)
+        return ("prompt", "loras", *EXAMPLE_SEED)
+
+    @property
     def parameters(self) -> tuple[str, ...]:
         """The endpoint's parameters, in the order the API lists them."""
-        if self.own_parameters:
-            return self.own_parameters
         if self.edits:
             return (*EDITING[self.edits], *SAMPLING, "preset", "control_units")
         # New parameters come last, so every earlier parameter keeps its position for positional API callers.
@@ -68,6 +83,13 @@ MODES: Mapping[str, Mode] = {
             "A photo of a person, or a ready OpenPose map (choose preprocessor 'none').",
             preprocessors=("openpose", "none"),
             union_type=0,
+            a1111_modules={
+                "openpose": ControlModule("openpose", {"include_hands": False, "include_face": False}),
+                "openpose_hand": ControlModule("openpose", {"include_hands": True, "include_face": False}),
+                "openpose_face": ControlModule("openpose", {"include_hands": False, "include_face": True}),
+                "openpose_full": ControlModule("openpose", {"include_hands": True, "include_face": True}),
+            },
+            a1111_word="openpose",
             controlnets={
                 "sd15": "lllyasviel/control_v11p_sd15_openpose",
                 "sd2": "thibaud/controlnet-sd21-openpose-diffusers",
@@ -79,6 +101,8 @@ MODES: Mapping[str, Mode] = {
             "A photo or drawing, or a ready edge map: white lines on black (preprocessor 'none').",
             preprocessors=("canny", "none"),
             union_type=3,
+            a1111_modules={"canny": ControlModule("canny")},
+            a1111_word="canny",
             controlnets={
                 "sd15": "lllyasviel/control_v11p_sd15_canny",
                 "sd2": "thibaud/controlnet-sd21-canny-diffusers",
@@ -90,6 +114,14 @@ MODES: Mapping[str, Mode] = {
             "A photo, or a ready depth map: near is bright (preprocessor 'none').",
             preprocessors=("depth_anything", "midas", "none"),
             union_type=1,
+            # "midas": what the studio wrote before it wrote A1111's name
+            a1111_modules={
+                "depth_anything": ControlModule("depth_anything"),
+                "depth_midas": ControlModule("midas"),
+                "depth_anything_v2": ControlModule("depth_anything"),
+                "midas": ControlModule("midas"),
+            },
+            a1111_word="depth",
             controlnets={
                 "sd15": "lllyasviel/control_v11f1p_sd15_depth",
                 "sd2": "thibaud/controlnet-sd21-depth-diffusers",
@@ -115,37 +147,3 @@ CONTROL_MODES = tuple(name for name, mode in MODES.items() if mode.is_controlled
 # xinsir/controlnet-union-sdxl-1.0 numbers them): several units then share it instead of loading one model each.
 UNION = "union"
 UNION_CONTROLNETS = {"sdxl": "xinsir/controlnet-union-sdxl-1.0"}
-
-LORA_GRID = Mode(
-    "lora_grid", "LoRA lab", "lora_grid",
-    "Compare style LoRAs side by side: a 'no LoRA' row, then each LoRA at each weight, one column per seed "
-    "(the same seed down each column). In pose, edge and depth mode the image is a ready control map.",
-    own_parameters=(
-        "lora_names", "weights", "seeds", "prompt", "negative_prompt", "mode", "image", "steps", "guidance_scale",
-        "add_triggers", "together", "add_together",
-    ),
-)
-
-# The Explore tab (pipelines/explore/): every image is a text-mode generation, as the Text tab makes it.
-DENOISE_TIMELINE = Mode(
-    "denoise_timeline", "Denoising timeline", "denoise_timeline",
-    "Watch one text-mode run denoise: every k-th step's current latent, decoded, beside the model's predicted clean "
-    "image (x0); the last frame is the image the Text tab makes with the same settings.",
-    own_parameters=(*PROMPTING, *(name for name in SAMPLING if name != "num_images"), "keep_every"),
-)
-FORWARD_NOISE = Mode(
-    "forward_noise", "Forward noising", "forward_noise",
-    "Noise an image to timestep t with a schedule from diffusers: in the VAE's latent space (decoded), as Stable "
-    "Diffusion trains, and in pixel space, side by side.",
-    own_parameters=("clean_image", "schedule", "timestep", "seed"),
-)
-SWEEP = Mode(
-    "sweep", "Sweeps", "sweep",
-    "One prompt and seed across guidance scales, step counts, or DDPM against DDIM at several step counts: a "
-    "labelled grid with a measured figure under every column.",
-    own_parameters=(
-        "sweep", "prompt", "negative_prompt", "loras", "seed", "guidance_scales", "step_counts", "steps",
-        "guidance_scale", "scheduler",
-    ),
-)
-EXPLORE = (DENOISE_TIMELINE, FORWARD_NOISE, SWEEP)

@@ -21,11 +21,35 @@ import re
 import struct
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
+from pipelines.a1111 import (
+    CONTROLNET,
+    DENOISING_STRENGTH,
+    HIRES_UPSCALE,
+    MASK_BLUR,
+    MODE,
+    MODEL,
+    MODULE,
+    NEGATIVE_PROMPT,
+    READY_MAP,
+    SAMPLER,
+    SCHEDULE_TYPE,
+    SEED,
+    SETTINGS,
+    SIZE,
+    THRESHOLD_A,
+    THRESHOLD_B,
+    UNIT_SETTINGS,
+    ControlModule,
+    Setting,
+    module_named,
+    unit_key,
+)
+from pipelines.endpoints import MODE_ENDPOINTS
 from pipelines.errors import StudioError
 from pipelines.metadata import (
     A1111,
@@ -44,7 +68,6 @@ from pipelines.parameters import (
     PARAMETERS,
     Param,
     Served,
-    bind,
     number_text,
 )
 from pipelines.preprocessors import PREPROCESSORS
@@ -65,34 +88,15 @@ USER_COMMENT = 0x9286
 MAX_EXIF_BYTES = 4 * MAX_PARAMETERS_CHARS
 SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # PNG, JPEG; WEBP is "RIFF", a size, then "WEBP"
 TEXT_MODE = "text"
-# A1111's ControlNet module names for what the studio's preprocessors do; A1111 draws openpose's hands and face
-# with separate modules where the studio has two switches.
-MODULES: Mapping[str, tuple[str, dict[str, bool]]] = {
-    "none": ("none", {}),
-    "canny": ("canny", {}),
-    "openpose": ("openpose", {"include_hands": False, "include_face": False}),
-    "openpose_hand": ("openpose", {"include_hands": True, "include_face": False}),
-    "openpose_face": ("openpose", {"include_hands": False, "include_face": True}),
-    "openpose_full": ("openpose", {"include_hands": True, "include_face": True}),
-    "depth_anything": ("depth_anything", {}),
-    "depth_anything_v2": ("depth_anything", {}),
-    "depth_midas": ("midas", {}),
-    "midas": ("midas", {}),
-}
-# Which mode a ControlNet unit belongs to, by a word in its module (or, for module "none", its model) name.
-MODE_WORDS = (("canny", "edge"), ("openpose", "pose"), ("depth", "depth"))
-SETTINGS = (("Steps", "steps"), ("CFG scale", "guidance_scale"))
-# img2img and inpainting, as AUTOMATIC1111 writes them ("Masked content" is the studio's own)
-EDIT_SETTINGS = (("Denoising strength", "strength"), ("Mask blur", "mask_blur"), ("Masked content", "masked_content"))
-UNIT_SETTINGS = (("Weight", "controlnet_scale"), ("Guidance Start", "control_start"), ("Guidance End", "control_end"))
-EXTRA_UNIT_SETTINGS = (("Weight", "scale", "controlnet_scale"), ("Guidance Start", "start", "control_start"),
-                       ("Guidance End", "end", "control_end"))
-PREPROCESSOR_SETTINGS = (
-    ("Processor Res", "detect_resolution"), ("Threshold A", "low_threshold"), ("Threshold B", "high_threshold"),
-)
-# sd-webui-controlnet before version 1.1.2 wrote one unit as separate settings: "ControlNet Module: canny, ...".
-_OLD_UNIT_KEY = re.compile(r"ControlNet(?:-0)? ([A-Za-z][A-Za-z ]*)")
-_EXTRA_UNIT_KEY = re.compile(r"ControlNet [1-9]")
+# A ControlNet unit's settings every unit has (weight, start, end), and its preprocessor's options.
+OWN_UNIT_SETTINGS = tuple(setting for setting in UNIT_SETTINGS if setting.unit_field)
+OPTION_SETTINGS = tuple(setting for setting in UNIT_SETTINGS if setting.read == "declared" and not setting.unit_field)
+# Every A1111 module some mode has; a mode's own are in its declaration (pipelines/modes.py).
+MODULES: Mapping[str, ControlModule] = {name: module for mode in MODES.values() for name, module in
+                                        mode.a1111_modules.items()}
+_OLD_UNIT_KEY = re.compile(rf"{CONTROLNET}(?:-0)? ([A-Za-z][A-Za-z ]*)")
+_EXTRA_UNIT_KEY = re.compile(rf"{CONTROLNET} [1-9]")
+_WORD_BREAKS = re.compile(r"[^a-z0-9]+")
 _SIZE = re.compile(r"\s*(\d+)\s*x\s*(\d+)\s*")
 # What validation refuses in any text (pipelines/validation.py): NUL, and halves of surrogate pairs from JSON.
 _NOT_TEXT = re.compile(r"[\x00\ud800-\udfff]")
@@ -146,15 +150,12 @@ def settings_from_parameters(text: str, served: Served) -> PngSettings:
     parsed = parse_generation_text(text)
     settings = dict(parsed.settings)
     unit = _controlnet_unit(settings)
-    mode, notes = _mode(settings.pop("Mode", None) or _edit_mode(settings), unit)
+    mode, notes = _mode(settings.pop(MODE.key, None) or _edit_mode(settings), unit)
     reading = _Reading(_bound_parameters(mode, served), notes=notes + parsed.notes)
     reading.put("prompt", parsed.prompt, "Prompt")
-    reading.put("negative_prompt", parsed.negative_prompt, "Negative prompt")
+    reading.put("negative_prompt", parsed.negative_prompt, NEGATIVE_PROMPT)
     _read_loras(reading, parsed.loras, parsed.partly_read_lora_tags)
-    _read_sampling(reading, settings)
-    for key, name in EDIT_SETTINGS:
-        if key in settings and name in reading.params:
-            reading.put(name, settings.pop(key), key)
+    _read_settings(reading, settings)
     if unit and mode.is_controlled:
         _read_unit(reading, unit)
     extra = [unit] if unit and not mode.is_controlled else []
@@ -250,30 +251,34 @@ def _has_image_signature(path: str | os.PathLike) -> bool:
 
 
 def _bound_parameters(mode: Mode, served: Served) -> dict[str, Param]:
-    served = replace(served, preprocessors=mode.preprocessors)
-    return {name: bind(PARAMETERS[name], served) for name in mode.parameters}
+    return {param.name: param for param in MODE_ENDPOINTS[mode.name].params(served)}
 
 
 def _controlnet_unit(settings: dict[str, str]) -> dict[str, str] | None:
     """The first ControlNet unit's settings, taken out of `settings`; the studio runs one ControlNet."""
-    if "ControlNet 0" in settings:
-        return parse_settings_line(settings.pop("ControlNet 0"))
+    if unit_key(0) in settings:
+        return parse_settings_line(settings.pop(unit_key(0)))
     old_keys = {match[1]: key for key in list(settings) if (match := _OLD_UNIT_KEY.fullmatch(key))}
     return {name: settings.pop(key) for name, key in old_keys.items()} or None
 
 
 def _edit_mode(settings: Mapping[str, str]) -> str | None:
     """AUTOMATIC1111 names no mode: a mask blur means inpainting, a denoising strength without a hires pass img2img."""
-    if "Mask blur" in settings:
+    if MASK_BLUR.key in settings:
         return "inpaint"
-    return "img2img" if "Denoising strength" in settings and "Hires upscale" not in settings else None
+    return "img2img" if DENOISING_STRENGTH.key in settings and HIRES_UPSCALE not in settings else None
 
 
 def _unit_mode(unit: Mapping[str, str]) -> str | None:
-    """The mode a ControlNet unit belongs to, by a word in its module (or, for module "none", its model) name."""
-    module, model = unit.get("Module", ""), unit.get("Model", "")
-    clue = (model if module.lower() in ("", "none") else module).lower()
-    return next((mode for word, mode in MODE_WORDS if word in clue), None)
+    """The mode a ControlNet unit belongs to, by the mode's A1111 word in its module name (depth_leres) or, for
+    module "none", in its model name (control_v11p_sd15_canny), where the mode's own name as a word also tells: the
+    studio writes its ControlNets' names, and a local one is named as it likes (embedded-controlnet-edge)."""
+    module, model = unit.get(MODULE.key, "").lower(), unit.get(MODEL.key, "").lower()
+    if module not in ("", READY_MAP):
+        return next((mode.name for mode in MODES.values() if mode.a1111_word and mode.a1111_word in module), None)
+    words = set(_WORD_BREAKS.split(model))
+    return next((mode.name for mode in MODES.values()
+                 if mode.a1111_word and (mode.a1111_word in model or mode.name in words)), None)
 
 
 def _mode(declared: str | None, unit: dict[str, str] | None) -> tuple[Mode, list[str]]:
@@ -286,7 +291,7 @@ def _mode(declared: str | None, unit: dict[str, str] | None) -> tuple[Mode, list
     if not unit:
         return MODES[TEXT_MODE], notes
     mode = _unit_mode(unit)
-    module, model = unit.get("Module", ""), unit.get("Model", "")
+    module, model = unit.get(MODULE.key, ""), unit.get(MODEL.key, "")
     if mode is None:
         notes.append(
             f"The studio has no mode for ControlNet module {_short(module)!r} (model {_short(model)!r}); "
@@ -297,33 +302,33 @@ def _mode(declared: str | None, unit: dict[str, str] | None) -> tuple[Mode, list
 
 
 def _read_unit(reading: _Reading, unit: dict[str, str]) -> None:
-    unit = dict(unit)
-    for key, name in UNIT_SETTINGS:
-        if key in unit:
-            reading.put(name, unit.pop(key), f"ControlNet 0 {key}")
-    _keep_start_below_end(reading.values, reading.notes, "control_start", "control_end", "ControlNet 0")
-    preprocessor = _read_module(reading, unit.pop("Module")) if "Module" in unit else None
+    unit, name = dict(unit), unit_key(0)
+    for setting in OWN_UNIT_SETTINGS:
+        if setting.key in unit:
+            reading.put(setting.fields[0], unit.pop(setting.key), f"{name} {setting.key}")
+    _keep_start_below_end(reading.values, reading.notes, "control_start", "control_end", name)
+    preprocessor = _read_module(reading, unit.pop(MODULE.key)) if MODULE.key in unit else None
     options = PREPROCESSORS[preprocessor].options if preprocessor else ()
-    for key, name in PREPROCESSOR_SETTINGS:
+    for setting in OPTION_SETTINGS:
         # A1111 writes -1 where the module has no such setting.
-        if name in options and key in unit and not _is_unset(unit[key]):
-            reading.put(name, unit.pop(key), f"ControlNet 0 {key}")
+        if setting.fields[0] in options and setting.key in unit and not _is_unset(unit[setting.key]):
+            reading.put(setting.fields[0], unit.pop(setting.key), f"{name} {setting.key}")
     _keep_thresholds_in_order(reading)
-    reading.unused += [(f"ControlNet 0 {key}", value) for key, value in unit.items()]
+    reading.unused += [(f"{name} {key}", value) for key, value in unit.items()]
 
 
 def _read_module(reading: _Reading, module: str) -> str | None:
     """The preprocessor for A1111's (or the studio's) module name, with the switches that module implies."""
-    preprocessor, switches = MODULES.get(module.lower(), (None, {}))
+    found = module_named(MODULES, module)
     choices = reading.params["preprocessor"].choices
-    if preprocessor not in choices:
-        reading.notes.append(
-            f"ControlNet 0 Module {_short(module)!r} was not used: this tab's preprocessors are {', '.join(choices)}."
-        )
+    source = f"{unit_key(0)} {MODULE.key}"
+    if found is None or found.preprocessor not in choices:
+        reading.notes.append(f"{source} {_short(module)!r} was not used: this tab's preprocessors are "
+                             f"{', '.join(choices)}.")
         return None
-    reading.put("preprocessor", preprocessor, "ControlNet 0 Module")
-    reading.values.update(switches)
-    return preprocessor
+    reading.put("preprocessor", found.preprocessor, source)
+    reading.values.update(found.switches)
+    return found.preprocessor
 
 
 def _read_extra_units(reading: _Reading, units: list[dict[str, str]], first: int) -> None:
@@ -334,37 +339,37 @@ def _read_extra_units(reading: _Reading, units: list[dict[str, str]], first: int
         mode = _unit_mode(unit)
         if mode is None or len(read) == room:  # no ControlNet here for its module, or no room for it
             if mode is not None:
-                reading.notes.append(f"ControlNet {number} was not used: at most {MAX_CONTROL_UNITS} ControlNets "
+                reading.notes.append(f"{unit_key(number)} was not used: at most {MAX_CONTROL_UNITS} ControlNets "
                                      "run at once.")
-            reading.unused += [(f"ControlNet {number} {key}", value) for key, value in unit.items()]
+            reading.unused += [(f"{unit_key(number)} {key}", value) for key, value in unit.items()]
             continue
         unit = dict(unit)
-        preprocessor = MODULES.get(unit.pop("Module", "none").lower(), ("none", {}))[0]
-        if preprocessor not in MODES[mode].preprocessors:
-            preprocessor = "none"
-        read_unit = {"mode": mode, "preprocessor": preprocessor}
-        for key, name, param_name in EXTRA_UNIT_SETTINGS:
-            _read_unit_setting(reading, read_unit, name, PARAMETERS[param_name], unit.pop(key, None),
-                               f"ControlNet {number} {key}")
-        _keep_start_below_end(read_unit, reading.notes, "start", "end", f"ControlNet {number}")
+        # A module of another mode, or none of the mode's: the map is taken as it is.
+        found = module_named(MODES[mode].a1111_modules, unit.pop(MODULE.key, READY_MAP))
+        read_unit = {"mode": mode, "preprocessor": found.preprocessor if found else READY_MAP}
+        for setting in OWN_UNIT_SETTINGS:
+            _read_unit_setting(reading, read_unit, setting, unit.pop(setting.key, None), unit_key(number))
+        _keep_start_below_end(read_unit, reading.notes, "start", "end", unit_key(number))
         read.append(read_unit)
-        reading.unused += [(f"ControlNet {number} {key}", value) for key, value in unit.items()]
-        reading.notes.append(f"ControlNet {number} ({mode}): a PNG holds no control map; give its unit an image.")
+        reading.unused += [(f"{unit_key(number)} {key}", value) for key, value in unit.items()]
+        reading.notes.append(f"{unit_key(number)} ({mode}): a PNG holds no control map; give its unit an image.")
     if read:
         reading.values["control_units"] = read
 
 
-def _read_unit_setting(reading: _Reading, unit: dict, name: str, param: Param, raw: str | None, source: str) -> None:
+def _read_unit_setting(reading: _Reading, unit: dict, setting: Setting, raw: str | None, unit_name: str) -> None:
     """One of an extra unit's numbers, fitted like the mode's own; the parameter's default when absent or unusable."""
+    param = PARAMETERS[setting.fields[0]]
     value = param.default
     if raw is not None:
         try:
             value, note = _fitted(param, _convert(param, raw))
         except ValueError as reason:
-            note = f"{source} {_short(raw)!r} was not used: {reason}; {number_text(param.default)} is sent."
+            note = (f"{unit_name} {setting.key} {_short(raw)!r} was not used: {reason}; "
+                    f"{number_text(param.default)} is sent.")
         if note:
             reading.notes.append(note)
-    unit[name] = value
+    unit[setting.unit_field] = value
 
 
 def _keep_start_below_end(values: dict, notes: list[str], start: str, end: str, unit: str) -> None:
@@ -379,7 +384,8 @@ def _keep_thresholds_in_order(reading: _Reading) -> None:
     """Validation refuses a Canny low threshold above the high one: the file's two values swap places."""
     low, high = reading.values.get("low_threshold"), reading.values.get("high_threshold")
     if low is not None and high is not None and low > high:
-        reading.notes.append(f"ControlNet 0 Threshold A {low} is above Threshold B {high}; they are sent swapped.")
+        reading.notes.append(f"{unit_key(0)} {THRESHOLD_A.key} {low} is above {THRESHOLD_B.key} {high}; they are sent "
+                             "swapped.")
         reading.values["low_threshold"], reading.values["high_threshold"] = high, low
 
 
@@ -421,16 +427,20 @@ def _read_loras(reading: _Reading, loras: list[tuple[str, float]], partly_read: 
         reading.notes.append(f"Only the first weight of {tags}{more} was read: the studio gives a LoRA one weight.")
 
 
-def _read_sampling(reading: _Reading, settings: dict[str, str]) -> None:
-    for key, name in SETTINGS:
-        if key in settings:
-            reading.put(name, settings.pop(key), key)
-    if "Seed" in settings:
-        _read_seed(reading, settings.pop("Seed"))
-    if "Size" in settings:
-        _read_size(reading, settings.pop("Size"))
-    if "Sampler" in settings:
-        _read_sampler(reading, settings.pop("Sampler"), settings.pop("Schedule type", None))
+def _read_settings(reading: _Reading, settings: dict[str, str]) -> None:
+    """The settings this tab has a place for, each read as its entry in the A1111 table says; the rest stay."""
+    for setting in SETTINGS:
+        if setting.read == "none" or setting.key not in settings or not set(setting.fields) <= reading.params.keys():
+            continue
+        raw = settings.pop(setting.key)
+        if setting.read == "seed":
+            _read_seed(reading, raw)
+        elif setting.read == "size":
+            _read_size(reading, raw)
+        elif setting.read == "sampler":
+            _read_sampler(reading, raw, settings.pop(SCHEDULE_TYPE, None))
+        else:
+            reading.put(setting.fields[0], raw, setting.key)
 
 
 def _read_seed(reading: _Reading, raw: str) -> None:
@@ -444,16 +454,16 @@ def _read_seed(reading: _Reading, raw: str) -> None:
     try:
         seed = _whole(str(raw).strip())
     except ValueError as reason:
-        reading.notes.append(f"Seed {_short(raw)!r} was not used: {reason}.")
+        reading.notes.append(f"{SEED.key} {_short(raw)!r} was not used: {reason}.")
         return
     if seed < 0:
         reading.values["randomize_seed"] = True
-        reading.notes.append(f"Seed {seed} means a new random seed for every run: Randomize seed is on.")
+        reading.notes.append(f"{SEED.key} {seed} means a new random seed for every run: Randomize seed is on.")
         return
     if seed > MAX_SEED:
         reduced = seed % (MAX_SEED + 1)
         reading.notes.append(
-            f"Seed {_short(seed)} is past {MAX_SEED}, the largest seed here: {reduced}, its remainder modulo "
+            f"{SEED.key} {_short(seed)} is past {MAX_SEED}, the largest seed here: {reduced}, its remainder modulo "
             "2**32, is sent, so the noise differs from the original's."
         )
         seed = reduced
@@ -464,21 +474,21 @@ def _read_seed(reading: _Reading, raw: str) -> None:
 def _read_size(reading: _Reading, size: str) -> None:
     match = _SIZE.fullmatch(size)
     if not match:
-        reading.notes.append(f"Size {_short(size)!r} was not used: it is not WIDTHxHEIGHT.")
+        reading.notes.append(f"{SIZE.key} {_short(size)!r} was not used: it is not WIDTHxHEIGHT.")
         return
     try:
         width, height = _whole(match[1]), _whole(match[2])
     except ValueError:
-        reading.notes.append(f"Size {_short(size)!r} was not used: its numbers are too long.")
+        reading.notes.append(f"{SIZE.key} {_short(size)!r} was not used: its numbers are too long.")
         return
     if not width or not height:
-        reading.notes.append(f"Size {_short(size)!r} was not used: a side of 0 px.")
+        reading.notes.append(f"{SIZE.key} {_short(size)!r} was not used: a side of 0 px.")
         return
     param = reading.params["width"]
     sent_width, sent_height, why = _fitted_size(width, height, param)
     if why:
         reading.notes.append(
-            f"Size {_short(width)}x{_short(height)} {why}: {sent_width}x{sent_height} is sent instead."
+            f"{SIZE.key} {_short(width)}x{_short(height)} {why}: {sent_width}x{sent_height} is sent instead."
         )
     reading.values["width"], reading.values["height"] = sent_width, sent_height
 
@@ -511,8 +521,8 @@ def _read_sampler(reading: _Reading, sampler: str, schedule: str | None) -> None
     if schedule and f"{sampler} {schedule}" in reading.params["scheduler"].choices:
         name = f"{sampler} {schedule}"  # "DPM++ 2M Karras", "Euler SGM Uniform"
     elif schedule not in (None, "Automatic"):
-        reading.unused.append(("Schedule type", schedule))
-    reading.put("scheduler", name, "Sampler")
+        reading.unused.append((SCHEDULE_TYPE, schedule))
+    reading.put("scheduler", name, SAMPLER.key)
 
 
 # Values

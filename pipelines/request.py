@@ -1,10 +1,14 @@
-"""The one request type that flows from the UI (or an API caller) through the studio, and its result.
+"""Every request type, and the result of a generation.
 
-`GenerationRequest` has one field per parameter declared in `pipelines/parameters.py`, with the declared
-default (None where the default is the served model's own), plus the mode. The UI or an API endpoint builds
-it; `pipelines/validation.py` checks it and resolves its defaults; `Studio.generate` runs it and returns a
-`GenerationResult` carrying the images and the exact parameters that made them (seeds resolved, sizes
-snapped, prompts as actually used).
+`GenerationRequest` is the one request that flows from the UI (or an API caller) through the studio: one field
+per parameter a mode declares (`pipelines/parameters.py`), with the declared default (None where the default is
+the served model's own), plus the mode. The other endpoints' requests wrap one: the LoRA grid, the denoising
+timeline and the sweeps run it with changes; forward noising has its own few fields. An endpoint
+(`pipelines/endpoints.py`) builds its request from the arguments and checks it; `Studio.generate` runs a
+generation and returns a `GenerationResult` carrying the images and the exact parameters that made them (seeds
+resolved, sizes snapped, prompts as actually used).
+
+Before the endpoint's check a field holds what the caller sent; after it, the type its annotation names.
 """
 
 from __future__ import annotations
@@ -75,11 +79,40 @@ class GridRequest:
 
     base: GenerationRequest
     lora_names: tuple[str, ...] = ()
-    weights: tuple[float, ...] = ()
-    seeds: tuple[int, ...] = ()
-    together: tuple[LoraChoice, ...] = ()  # weights for a last row with all the LoRAs at once
+    weights: tuple[float, ...] | str = ()  # "0.5, 1" as sent
+    seeds: tuple[int, ...] | str = ()
+    together: tuple[LoraChoice, ...] | str = ()  # weights for a last row with all the LoRAs at once
     add_together: bool = False
     add_triggers: bool = True  # each row's prompt gets its LoRAs' trigger words
+
+
+@dataclass(frozen=True)
+class TimelineRequest:
+    """The Explore tab's denoising timeline: `base` (text mode, one image), every k-th step kept as a frame."""
+
+    base: GenerationRequest
+    keep_every: int | None = None
+
+
+@dataclass(frozen=True)
+class NoiseRequest:
+    """The Explore tab's forward noising: an image taken to timestep t by a schedule."""
+
+    clean_image: object  # a PIL image or the path of an image file
+    schedule: str | None = None
+    timestep: int | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """The Explore tab's sweeps: `base` (text mode, one image; its seed fixes every cell) across guidance scales,
+    step counts, or DDPM against DDIM at several step counts."""
+
+    base: GenerationRequest
+    sweep: str | None = None
+    guidance_scales: tuple[float, ...] | str | None = None  # "1, 2, 4" as sent
+    step_counts: tuple[int, ...] | str | None = None
 
 
 @dataclass

@@ -24,6 +24,7 @@ from diffusers import (
 )
 from PIL import Image
 
+from pipelines.a1111 import SETTINGS, STUDIO_VERSION, VERSION, written_settings
 from pipelines.acceleration import Accelerator, plan_acceleration, use_fp16_fix_vae
 from pipelines.control import (
     UsedControl,
@@ -35,6 +36,7 @@ from pipelines.control import (
 )
 from pipelines.controlnets import ControlNetCache, controlnet_registry
 from pipelines.editing import EditInputs, denoises, edit_inputs, keep_unmasked, strength_of, through_the_vae
+from pipelines.endpoints import validate_request
 from pipelines.errors import StudioError
 from pipelines.gpu import on_zero_gpu
 from pipelines.loader import device_report, display_name, load_base_pipeline, pick_device
@@ -50,7 +52,6 @@ from pipelines.schedulers import make_scheduler, scheduler_names
 from pipelines.settings import Settings
 from pipelines.steps import StepHook, with_step_hook
 from pipelines.threads import is_small, set_cpu_threads
-from pipelines.validation import validate_request
 
 UNION_PIPELINES = {
     "": StableDiffusionXLControlNetUnionPipeline,
@@ -60,6 +61,17 @@ UNION_PIPELINES = {
 logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 ShouldStop = Callable[[], bool]
+
+
+def steps_after(progress: Progress | None, done: int, total: int) -> Progress | None:
+    """`progress` for one run of several: its steps count on from the `done` steps of the runs before it."""
+    return None if progress is None else lambda step, _steps: progress(done + step, total)
+
+
+def stop_if_asked(should_stop: ShouldStop | None) -> None:
+    """Between the runs of a grid or sweep: a stop asked for since the last step ends the whole job."""
+    if should_stop is not None and should_stop():
+        raise StudioError("Stopped before the last image; the rest was not made.")
 
 
 class Studio:
@@ -294,24 +306,17 @@ class Studio:
     def _parameters(
         self, request: GenerationRequest, seed: int, controls: list[UsedControl], controlnets: tuple[str, ...]
     ) -> str:
-        settings: dict[str, object] = {
-            "Steps": request.steps,
-            "Sampler": request.scheduler,
-            "CFG scale": request.guidance_scale,
-            "Seed": seed,
-            "Size": f"{request.width}x{request.height}",
-            "Model": self.model.name,
-            "Mode": request.mode,
-        }
-        if MODES[request.mode].starts_from_image:
-            settings["Denoising strength"] = request.strength
-        if request.mode == "inpaint":
-            settings.update({"Mask blur": request.mask_blur, "Masked content": request.masked_content})
+        """AUTOMATIC1111's text for one image: the settings its mode takes, then every ControlNet unit."""
+        values = {name: getattr(request, name) for name in MODES[request.mode].parameters}
+        values.update(seed=seed, mode=request.mode, model=self.model.name)
         model_names = {name: display_name(source) for name, source in self.controlnets.registry.items()}
         if controlnets == (UNION,):
             model_names = {control.mode: model_names[UNION] for control in controls}
-        settings.update(png_units(controls, model_names))
-        settings["Version"] = "diffusion-studio"
+        settings = {
+            **written_settings(SETTINGS, values),
+            **png_units(controls, model_names),
+            VERSION.key: STUDIO_VERSION,
+        }
         loras = [(lora.label, lora.weight) for lora in request.loras]
         return format_parameters(request.prompt, request.negative_prompt, settings, loras)
 

@@ -1,36 +1,28 @@
-"""Server-side checks of every request, made from the parameter declarations: API callers skip the sliders.
+"""Server-side checks of every value, made from the parameter declarations: API callers skip the sliders.
 
 `clean` checks one value against its declaration and returns it in its proper type; every refusal names the
-field (its label, and the API name where that differs) and says what is allowed. `check_inputs` holds the
-few rules that tie two fields together.
+field (its label, and the API name where that differs) and says what is allowed. What one request may be, the
+rules between its fields, each endpoint says (`pipelines/endpoints.py`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import random
 from collections.abc import Mapping
-from dataclasses import replace
-from pathlib import Path
 
 from PIL import Image
 
 from pipelines.errors import StudioError
-from pipelines.modes import CONTROL_MODES, MODES, Mode
+from pipelines.modes import CONTROL_MODES, MODES
 from pipelines.parameters import (
     MAX_CONTROL_UNITS,
     MAX_LORA_WEIGHT,
-    MAX_SEED,
     PARAMETERS,
     Param,
-    Served,
-    bind,
     number_text,
 )
-from pipelines.preprocessors import available_preprocessors
-from pipelines.presets import NO_PRESET, apply_preset, preset_named
-from pipelines.request import ControlUnit, GenerationRequest, GridRequest, LoraChoice
+from pipelines.request import ControlUnit, LoraChoice
 
 MAX_GRID_VALUES = 8  # weights or seeds in one grid
 # Lists written as text are bounded before they are split: parsing a megabyte of "stripes:1," held the server's
@@ -39,86 +31,6 @@ MAX_LIST_CHARS = 2000
 MAX_LORAS = 8  # LoRAs in one request (each loads and runs beside the model)
 MAX_NAMES = 64  # LoRA names listed for a grid
 MAX_NAME_CHARS = 255  # a file name's limit on common file systems
-
-
-def validate_request(request: GenerationRequest, served: Served) -> tuple[GenerationRequest, list[str]]:
-    """Check `request` and resolve its defaults; returns the request as it will run and notes for the person."""
-    mode = mode_of(request.mode, served)
-    notes: list[str] = []
-    served = for_mode(served, mode)
-    values = {name: clean(bind(PARAMETERS[name], served), getattr(request, name), notes) for name in mode.parameters}
-    check_inputs(mode, values)
-    if values.get("preset", NO_PRESET) != NO_PRESET:
-        notes += apply_preset(values, preset_named(served.family, values["preset"]))
-    if values["randomize_seed"]:
-        values["seed"] = random.randint(0, MAX_SEED)
-    values["randomize_seed"] = False
-    return replace(request, **values), notes
-
-
-def validate_grid(grid: GridRequest, served: Served) -> tuple[GridRequest, list[str]]:
-    base, notes = validate_request(replace(grid.base, randomize_seed=False), served)
-    served = replace(served, modes=tuple(MODES))
-    checked = {
-        name: clean(bind(PARAMETERS[name], served), getattr(grid, name), notes)
-        for name in ("lora_names", "weights", "seeds", "together", "add_together", "add_triggers")
-    }
-    if not checked["lora_names"]:
-        raise StudioError("Choose at least one LoRA for the grid (lora_names).")
-    for name in ("weights", "seeds"):
-        if not checked[name]:
-            raise StudioError(f"Give at least one value for the {name} of the grid, separated by commas.")
-    together = _together_row(checked["together"], checked["lora_names"])
-    checked["together"] = together if checked["add_together"] else ()
-    return replace(grid, base=base, **checked), notes
-
-
-def _together_row(together: tuple[LoraChoice, ...], lora_names: tuple[str, ...]) -> tuple[LoraChoice, ...]:
-    """The 'together' weights name chosen LoRAs by file name; a chosen LoRA left out gets weight 1."""
-    if not together:
-        return ()
-    by_file = {Path(name).name: name for name in lora_names}
-    unknown = [choice.name for choice in together if Path(choice.name).name not in by_file]
-    if unknown:
-        raise StudioError(
-            f"The 'together' weights (together) name LoRAs that are not chosen: {', '.join(sorted(unknown))}."
-        )
-    weights = {by_file[Path(choice.name).name]: choice.weight for choice in together}
-    return tuple(LoraChoice(name, weights.get(name, 1.0)) for name in lora_names)
-
-
-def for_mode(served: Served, mode: Mode) -> Served:
-    """`served` with the mode's preprocessors, those whose weights are here first (the first is the default)."""
-    ready = available_preprocessors(mode.preprocessors, served.detectors)  # looks on disk once per call
-    unavailable = tuple(name for name in mode.preprocessors if name not in ready)
-    return replace(served, preprocessors=(*ready, *unavailable), unavailable_preprocessors=unavailable)
-
-
-def mode_of(name: object, served: Served) -> Mode:
-    allowed = served.modes or tuple(MODES)
-    if not isinstance(name, str) or name not in allowed:
-        raise StudioError(f"Mode (mode) must be one of: {', '.join(allowed)}; got {_show(name)}.")
-    return MODES[name]
-
-
-def check_inputs(mode: Mode, values: Mapping[str, object]) -> None:
-    """Rules between fields; each value on its own is already checked."""
-    units = int(mode.is_controlled) + len(values.get("control_units", ()))
-    if units > MAX_CONTROL_UNITS:
-        raise StudioError(
-            f"{mode.title} mode has its own ControlNet, so at most {MAX_CONTROL_UNITS - 1} more control units "
-            f"(control_units) fit; got {units - 1}."
-        )
-    if mode.is_controlled and values["control_start"] >= values["control_end"]:
-        raise StudioError(
-            f"Control guidance start ({values['control_start']:g}) must be below control guidance end "
-            f"({values['control_end']:g})."
-        )
-    if values.get("preprocessor") == "canny" and values["low_threshold"] > values["high_threshold"]:
-        raise StudioError(
-            f"Canny low threshold ({values['low_threshold']}) must not be above the high threshold "
-            f"({values['high_threshold']})."
-        )
 
 
 def clean(param: Param, value: object, notes: list[str]) -> object:
@@ -136,7 +48,7 @@ def field_name(param: Param) -> str:
 
 def _text(param: Param, value: object, notes: list[str]) -> str:
     if not isinstance(value, str):
-        raise StudioError(f"{field_name(param)} must be text, not {_show(value)}.")
+        raise StudioError(f"{field_name(param)} must be text, not {show(value)}.")
     if param.high is not None and len(value) > param.high:
         raise StudioError(f"{field_name(param)} has {len(value)} characters; the limit is {number_text(param.high)}.")
     _check_characters(field_name(param), value)
@@ -160,20 +72,20 @@ def _number(param: Param, value: object, notes: list[str]) -> float:
 
 def _flag(param: Param, value: object, notes: list[str]) -> bool:
     if not isinstance(value, bool):
-        raise StudioError(f"{field_name(param)} must be true or false, not {_show(value)}.")
+        raise StudioError(f"{field_name(param)} must be true or false, not {show(value)}.")
     return value
 
 
 def _choice(param: Param, value: object, notes: list[str]) -> str:
     if not isinstance(value, str) or value not in param.choices:
-        raise StudioError(f"{field_name(param)} must be one of: {', '.join(param.choices)}; got {_show(value)}.")
+        raise StudioError(f"{field_name(param)} must be one of: {', '.join(param.choices)}; got {show(value)}.")
     return value
 
 
 def _image(param: Param, value: object, notes: list[str]) -> object:
     if value is None or isinstance(value, (str, os.PathLike, Image.Image)):
         return value
-    raise StudioError(f"{field_name(param)} must be an image file, not {_show(value)}.")
+    raise StudioError(f"{field_name(param)} must be an image file, not {show(value)}.")
 
 
 def _loras(param: Param, value: object, notes: list[str]) -> tuple[LoraChoice, ...]:
@@ -185,7 +97,7 @@ def _loras(param: Param, value: object, notes: list[str]) -> tuple[LoraChoice, .
     elif isinstance(value, (tuple, list)) and all(isinstance(choice, LoraChoice) for choice in value):
         choices = list(value)
     else:
-        raise StudioError(f"{field_name(param)} must be text like 'stripes:0.8, mono:1', not {_show(value)}.")
+        raise StudioError(f"{field_name(param)} must be text like 'stripes:0.8, mono:1', not {show(value)}.")
     if len(choices) > MAX_LORAS:
         raise StudioError(f"{field_name(param)}: at most {MAX_LORAS} LoRAs run at once; got {len(choices)}.")
     merged: dict[str, float] = {}
@@ -216,14 +128,14 @@ def _lora_weight(param: Param, choice: LoraChoice) -> float:
     if not _is_number(weight) or not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:
         raise StudioError(
             f"{field_name(param)}: the weight of {choice.label!r} must be a number from {-MAX_LORA_WEIGHT:g} to "
-            f"{MAX_LORA_WEIGHT:g}; got {_show(weight)}."
+            f"{MAX_LORA_WEIGHT:g}; got {show(weight)}."
         )
     return float(weight)
 
 
 def _names(param: Param, value: object, notes: list[str]) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise StudioError(f"{field_name(param)} must be a list of LoRA names, not {_show(value)}.")
+        raise StudioError(f"{field_name(param)} must be a list of LoRA names, not {show(value)}.")
     if len(value) > MAX_NAMES:
         raise StudioError(f"{field_name(param)}: at most {MAX_NAMES} names; got {len(value)}.")
     for name in value:
@@ -251,7 +163,7 @@ def _listed_numbers(param: Param, value: object, whole: bool) -> list[float]:
     elif isinstance(value, (list, tuple)):
         numbers = list(value)
     else:
-        raise StudioError(f"{field_name(param)} must be numbers separated by commas, like '1, 2'; got {_show(value)}.")
+        raise StudioError(f"{field_name(param)} must be numbers separated by commas, like '1, 2'; got {show(value)}.")
     if len(numbers) > MAX_GRID_VALUES:
         raise StudioError(f"{field_name(param)}: at most {MAX_GRID_VALUES} values fit in one grid; got {len(numbers)}.")
     return [_number_in_range(param, number, whole) for number in numbers]
@@ -272,7 +184,7 @@ def _parse_number(param: Param, item: str) -> float:
 def _number_in_range(param: Param, value: object, whole: bool) -> float:
     kind = "whole number" if whole else "number"
     if not _is_number(value) or (whole and not float(value).is_integer()):
-        raise StudioError(f"{field_name(param)} must be a {kind}{_range_text(param)}; got {_show(value)}.")
+        raise StudioError(f"{field_name(param)} must be a {kind}{_range_text(param)}; got {show(value)}.")
     if (param.low is not None and value < param.low) or (param.high is not None and value > param.high):
         raise StudioError(f"{field_name(param)} must be a {kind}{_range_text(param)}; got {value:g}.")
     return value
@@ -298,7 +210,7 @@ def _check_characters(what: str, text: str) -> None:
         raise StudioError(f"{what} contains an unpaired surrogate, which is not valid Unicode text.") from None
 
 
-def _show(value: object) -> str:
+def show(value: object) -> str:
     """A value as the refusal quotes it: short, and without the contents of a long list or text."""
     if isinstance(value, (list, tuple, dict)):
         return f"a {type(value).__name__} of {len(value)} item{'' if len(value) == 1 else 's'}"
@@ -319,7 +231,7 @@ def _units(param: Param, value: object, notes: list[str]) -> tuple[ControlUnit, 
     if not isinstance(value, (list, tuple)):
         raise StudioError(
             f"{field_name(param)} must be a list of units like [{{'mode': 'depth', 'image': <file>}}]; got "
-            f"{_show(value)}."
+            f"{show(value)}."
         )
     if len(value) > MAX_CONTROL_UNITS:
         raise StudioError(
@@ -332,17 +244,17 @@ def _unit(what: str, unit: object) -> ControlUnit:
     if isinstance(unit, ControlUnit):
         unit = {name: getattr(unit, name) for name in UNIT_FIELDS}
     if not isinstance(unit, Mapping):
-        raise StudioError(f"{what} must be a mapping of {', '.join(UNIT_FIELDS)}; got {_show(unit)}.")
+        raise StudioError(f"{what} must be a mapping of {', '.join(UNIT_FIELDS)}; got {show(unit)}.")
     unknown = sorted(str(key) for key in unit if key not in UNIT_FIELDS)
     if unknown:
         raise StudioError(f"{what} has settings the studio does not know: {', '.join(unknown)}.")
     mode = unit.get("mode")
     if mode not in CONTROL_MODES:
-        raise StudioError(f"{what}: mode must be one of {', '.join(CONTROL_MODES)}; got {_show(mode)}.")
+        raise StudioError(f"{what}: mode must be one of {', '.join(CONTROL_MODES)}; got {show(mode)}.")
     preprocessor = unit.get("preprocessor", "none")
     if preprocessor not in MODES[mode].preprocessors:
         raise StudioError(
-            f"{what}: preprocessor must be one of {', '.join(MODES[mode].preprocessors)}; got {_show(preprocessor)}."
+            f"{what}: preprocessor must be one of {', '.join(MODES[mode].preprocessors)}; got {show(preprocessor)}."
         )
     image = unit.get("image")
     if isinstance(image, Mapping):  # a file sent with handle_file, already checked by Gradio to be an upload

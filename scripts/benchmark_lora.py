@@ -24,7 +24,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from embedded.synthetic_loras import kohya_metadata, lora_tensors, write_lora  # noqa: E402
-from pipelines.lora.grid import render_grid  # noqa: E402
+from pipelines.grid import render_grid  # noqa: E402
 from pipelines.request import GenerationRequest, GridRequest, LoraChoice  # noqa: E402
 from pipelines.settings import EMBEDDED_LORAS, EMBEDDED_MODEL, Settings  # noqa: E402
 

@@ -22,13 +22,13 @@ from diffusers import AutoPipelineForText2Image, ControlNetModel, DiffusionPipel
 from PIL import Image, ImageDraw
 
 from embedded.tiny_models import build_tiny_controlnets, build_tiny_pipeline
+from pipelines.endpoints import validate_request
 from pipelines.loader import load_base_pipeline
 from pipelines.modes import CONTROL_MODES, MODES
 from pipelines.request import GenerationRequest
 from pipelines.schedulers import make_scheduler
 from pipelines.settings import Settings
 from pipelines.studio import Studio
-from pipelines.validation import validate_request
 
 PROMPT = "a red circle on a blue background"
 SEED = 1

@@ -71,12 +71,12 @@ from embedded.tiny_models import build_tiny_controlnets, build_tiny_pipeline, bu
 from pipelines import acceleration, previews  # noqa: E402
 from pipelines.acceleration import SpeedSettings  # noqa: E402
 from pipelines.editing import edit_inputs, strength_of  # noqa: E402
+from pipelines.endpoints import validate_request  # noqa: E402
 from pipelines.modes import CONTROL_MODES, MODES  # noqa: E402
 from pipelines.request import GenerationRequest, LoraChoice  # noqa: E402
 from pipelines.schedulers import make_scheduler  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 from pipelines.vae import decode_latents  # noqa: E402
-from pipelines.validation import validate_request  # noqa: E402
 
 SCHEDULER = "Euler"
 PROMPT = "a photo of an astronaut riding a horse on the moon"

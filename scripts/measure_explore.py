@@ -15,10 +15,10 @@ from PIL import Image
 
 from embedded import evaluation, world
 from pipelines.explore import figures
-from pipelines.explore.forward import SCHEDULES, TRAIN_TIMESTEPS, NoiseRequest, forward_noise
-from pipelines.explore.sweeps import COLOUR_ERROR, DISTANCE, SATURATION, SweepRequest, run_sweep
-from pipelines.explore.timeline import TimelineRequest, run_timeline
-from pipelines.request import GenerationRequest
+from pipelines.explore.forward import SCHEDULES, TRAIN_TIMESTEPS, forward_noise
+from pipelines.explore.sweeps import COLOUR_ERROR, DISTANCE, SATURATION, run_sweep
+from pipelines.explore.timeline import run_timeline
+from pipelines.request import GenerationRequest, NoiseRequest, SweepRequest, TimelineRequest
 
 PROMPTS = [
     "a red circle on a blue background",

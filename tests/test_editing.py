@@ -11,13 +11,13 @@ from PIL import Image, ImageDraw
 
 from embedded.tiny_models import build_tiny_controlnet, build_tiny_sdxl_pipeline
 from pipelines.editing import edit_inputs, size_for_picture, through_the_vae
+from pipelines.endpoints import validate_request
 from pipelines.errors import StudioError
 from pipelines.metadata import parse_parameters
 from pipelines.png_info import settings_from_parameters
 from pipelines.request import ControlUnit, GenerationRequest
 from pipelines.settings import Settings
 from pipelines.studio import Studio
-from pipelines.validation import validate_request
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

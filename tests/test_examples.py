@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.modes import MODES
-from ui.examples import example_columns, mode_examples
+from ui.examples import mode_examples
 
 
 @pytest.mark.parametrize("family", ["embedded", "sd15"])
@@ -12,8 +12,8 @@ def test_every_example_row_fits_its_tab_and_its_files_exist(family, mode):
     rows = mode_examples(family, mode)
     assert rows, f"no {mode} examples for {family}"
     for row in rows:
-        assert len(row) == len(example_columns(mode))
-        values = dict(zip(example_columns(mode), row, strict=True))
+        assert len(row) == len(MODES[mode].example_columns)
+        values = dict(zip(MODES[mode].example_columns, row, strict=True))
         assert isinstance(values["seed"], int) and values["randomize_seed"] is False  # the page shows that seed
         if mode != "text":
             assert Path(values["image"]).is_file()

@@ -16,11 +16,11 @@ from PIL import Image
 
 from embedded import evaluation, world
 from pipelines.explore import figures
-from pipelines.explore.forward import SCHEDULES, NoiseRequest, forward_noise
-from pipelines.explore.sweeps import COLOUR_ERROR, DISTANCE, SATURATION, SweepRequest, run_sweep
-from pipelines.explore.timeline import TimelineRequest, run_timeline
+from pipelines.explore.forward import SCHEDULES, forward_noise
+from pipelines.explore.sweeps import COLOUR_ERROR, DISTANCE, SATURATION, run_sweep
+from pipelines.explore.timeline import run_timeline
 from pipelines.previews import Previewer
-from pipelines.request import GenerationRequest
+from pipelines.request import GenerationRequest, NoiseRequest, SweepRequest, TimelineRequest
 from pipelines.steps import DenoisingStep
 from ui.explore import alpha_bar_frame, log_snr_frame
 from ui.modes import run_request

@@ -6,6 +6,7 @@ the start says about torch's CUDA build."""
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -15,14 +16,15 @@ from PIL import Image
 
 from pipelines import gpu
 from pipelines.editing import through_the_vae
+from pipelines.endpoints import LORA_GRID, MODE_ENDPOINTS, REFERENCE_STEPS, SWEEP
 from pipelines.errors import StudioError
-from pipelines.explore.forward import NoiseRequest, forward_noise
-from pipelines.gpu import AheadOfTimeForward, call_signature, gpu_seconds
+from pipelines.explore.forward import forward_noise
+from pipelines.gpu import AheadOfTimeForward, GpuWork, call_signature, gpu_seconds
 from pipelines.loader import device_report
 from pipelines.lora.manager import host_copy
 from pipelines.memory import FOOTPRINTS, check_fits, fitting_limits
 from pipelines.previews import preview_images
-from pipelines.request import GenerationRequest
+from pipelines.request import GenerationRequest, NoiseRequest
 from pipelines.settings import Limits
 from pipelines.steps import with_step_hook
 from pipelines.studio import Studio
@@ -147,7 +149,8 @@ def test_decoding_during_a_run_leaves_the_unet_on_the_gpu_under_offload(pipe):
 
 
 def test_a_timeline_moves_the_unet_off_the_gpu_only_for_the_pipelines_own_last_decode(tiny_studio):
-    from pipelines.explore.timeline import TimelineRequest, run_timeline
+    from pipelines.explore.timeline import run_timeline
+    from pipelines.request import TimelineRequest
 
     studio = Studio(tiny_studio.settings)
     hook = studio.base.vae._hf_hook = OffloadHook()
@@ -261,19 +264,42 @@ def test_out_of_memory_becomes_a_message_the_cache_is_freed_and_the_studio_serve
 
 
 def test_controlnets_loras_and_detectors_add_to_the_declared_gpu_time():
-    plain = dict(steps=20, width=512, height=512, num_images=1)
+    plain = GpuWork(denoising_steps=20, width=512, height=512)
     text = gpu_seconds(plain)
-    controlled = gpu_seconds({**plain, "preprocessor": "none"}, controlled=True)
-    detected = gpu_seconds({**plain, "preprocessor": "openpose"}, controlled=True)
-    two_units = gpu_seconds({**plain, "preprocessor": "none",
-                             "control_units": [{"mode": "depth", "preprocessor": "depth_anything"}]}, controlled=True)
+    controlled = gpu_seconds(replace(plain, controlnets=1))
+    detected = gpu_seconds(replace(plain, controlnets=1, detectors=1))
+    two_units = gpu_seconds(replace(plain, controlnets=2, detectors=2))
     assert text < controlled < detected < two_units
-    with_lora = gpu_seconds({**plain, "loras": "stripes:0.8"})
-    assert text < with_lora < gpu_seconds({**plain, "loras": "stripes:0.8, mono:1"})
-    assert with_lora < gpu_seconds({**plain, "loras": "hub:someone/style:1"})
-    assert with_lora < gpu_seconds({**plain, "preset": "LCM"})
-    assert gpu_seconds({**plain, "loras": ["not", "text"], "control_units": "junk"}) >= text  # raw values: no crash
-    assert gpu_seconds({**plain, "steps": float("nan")}) == gpu.FALLBACK_SECONDS
+    with_lora = gpu_seconds(replace(plain, loras=("stripes",)))
+    assert text < with_lora < gpu_seconds(replace(plain, loras=("stripes", "mono")))
+    assert with_lora < gpu_seconds(replace(plain, loras=("hub:someone/style",)))
+
+
+def test_an_endpoints_gpu_time_is_read_off_its_checked_request(tiny_studio):
+    """The duration ZeroGPU is told comes from the request as the studio will run it: the LoRAs it parses, its
+    ControlNets and detectors, a grid's cells, a sweep's images with their references; a request it refuses gets
+    the fallback."""
+    served = tiny_studio.served
+
+    def work(endpoint, **arguments) -> GpuWork:
+        request, _ = endpoint.validate(endpoint.request(arguments), served)
+        return endpoint.work(request)
+
+    text = work(MODE_ENDPOINTS["text"], prompt="a circle", steps=20, num_images=2, loras="stripes:0.8, hub:a/b:1")
+    assert (text.denoising_steps, text.controlnets, text.detectors) == (40, 0, 0)
+    assert text.loras == ("stripes", "hub:a/b")
+    unit = {"mode": "depth", "image": "map.png", "preprocessor": "depth_anything"}
+    edge = work(MODE_ENDPOINTS["edge"], image="map.png", preprocessor="none", control_units=[unit], steps=20)
+    assert (edge.controlnets, edge.detectors) == (2, 1)
+    grid = work(LORA_GRID, lora_names=["a.safetensors"], weights="0.5, 1", seeds="1, 2", prompt="x", steps=20)
+    assert grid.denoising_steps == 20 * 3 * 2 and grid.loras == ("a.safetensors",)  # baseline and two rows, by 2
+    steps = work(SWEEP, sweep="steps", step_counts="10, 20", prompt="x")
+    samplers = work(SWEEP, sweep="samplers", step_counts="10, 20", prompt="x")
+    assert steps.denoising_steps == 10 + 20 + REFERENCE_STEPS and samplers.denoising_steps == 2 * steps.denoising_steps
+    assert gpu_seconds(text) < MODE_ENDPOINTS["text"].gpu_seconds({"prompt": "x", "loras": "a:1, b:1, hub:c/d:1"},
+                                                                  served)
+    for refused in ({"steps": float("nan")}, {"steps": "many"}, {"loras": ["not", "text"]}, {"width": 10**9}):
+        assert MODE_ENDPOINTS["text"].gpu_seconds({"prompt": "x", **refused}, served) == gpu.FALLBACK_SECONDS
 
 
 def test_on_zerogpu_every_controlnet_the_registry_names_loads_before_the_fork(tiny_studio, monkeypatch):

@@ -14,12 +14,12 @@ import pytest
 from PIL import Image
 
 from embedded.synthetic_loras import kohya_metadata, lora_tensors, write_lora
+from pipelines.endpoints import validate_grid
 from pipelines.errors import StudioError
 from pipelines.lora.triggers import add_trigger_words
 from pipelines.metadata import parse_parameters
 from pipelines.request import GenerationRequest, GridRequest, LoraChoice
 from pipelines.settings import Settings
-from pipelines.validation import validate_grid
 from ui.lora_lab import _check_session, build_lora_lab
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

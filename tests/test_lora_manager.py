@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 
 from embedded.synthetic_loras import kohya_metadata, lora_tensors, write_layout_file, write_lora
+from pipelines.endpoints import validate_grid
 from pipelines.errors import StudioError
+from pipelines.grid import render_grid
 from pipelines.lora import LoraManager
-from pipelines.lora.grid import render_grid
 from pipelines.metadata import parse_parameters, save_png
 from pipelines.request import GenerationRequest, GridRequest, LoraChoice
 from pipelines.settings import EMBEDDED_LORAS, EMBEDDED_MODEL, Settings
-from pipelines.validation import validate_grid
 
 LAYOUTS = Path(__file__).parent / "fixtures" / "lora_layouts"
 STEPS = 2

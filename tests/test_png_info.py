@@ -17,6 +17,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image, ImageDraw, PngImagePlugin
 
 from embedded.synthetic_loras import lora_tensors, write_lora
+from pipelines.endpoints import validate_request
 from pipelines.errors import StudioError
 from pipelines.metadata import MAX_PARAMETERS_CHARS, format_parameters
 from pipelines.modes import MODES
@@ -26,7 +27,6 @@ from pipelines.request import GenerationRequest
 from pipelines.schedulers import scheduler_names
 from pipelines.settings import Limits, Settings
 from pipelines.studio import Studio
-from pipelines.validation import validate_request
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

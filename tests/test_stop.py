@@ -22,14 +22,13 @@ from PIL import Image
 
 from embedded.synthetic_loras import lora_tensors, write_lora
 from pipelines import gpu
+from pipelines.endpoints import DENOISE_TIMELINE, MODE_ENDPOINTS, SWEEP
 from pipelines.errors import StudioError
-from pipelines.explore.sweeps import SweepRequest, run_sweep
-from pipelines.lora.grid import render_grid
-from pipelines.modes import DENOISE_TIMELINE, MODES, SWEEP
-from pipelines.parameters import PARAMETERS, bind
-from pipelines.request import GenerationRequest, GridRequest
+from pipelines.explore.sweeps import run_sweep
+from pipelines.grid import render_grid
+from pipelines.modes import MODES
+from pipelines.request import GenerationRequest, GridRequest, SweepRequest
 from pipelines.studio import Studio
-from pipelines.validation import for_mode
 from ui import live as live_module
 from ui.live import live
 
@@ -219,32 +218,32 @@ def zero_gpu(monkeypatch) -> list[dict]:
 def text_handler(studio: Studio):
     from ui.modes import mode_handler
 
-    mode = MODES["text"]
-    params = [bind(PARAMETERS[name], for_mode(studio.served, mode)) for name in mode.parameters]
-    return mode_handler(studio, mode, params), params, {"prompt": "a circle"}, []
+    params = MODE_ENDPOINTS["text"].params(studio.served)
+    return mode_handler(studio, MODES["text"]), params, {"prompt": "a circle"}, []
 
 
 def grid_handler(studio: Studio):
-    from ui.lora_lab import grid_handler, grid_parameters
+    from pipelines.endpoints import LORA_GRID
+    from ui.lora_lab import grid_handler, grid_served
 
-    params = grid_parameters(studio)
+    params = LORA_GRID.params(grid_served(studio))
     given = {"lora_names": ["ink.safetensors"], "weights": "0.5, 1", "seeds": "1", "prompt": "a circle"}
-    return grid_handler(studio, params), params, given, [[]]  # the session's uploads
+    return grid_handler(studio, grid_served(studio)), params, given, [[]]  # the session's uploads
 
 
 def sweep_handler(studio: Studio):
-    from ui.explore import explore_parameters, sweep_handler
+    from ui.explore import sweep_handler
 
-    params = explore_parameters(studio, SWEEP)
+    params = SWEEP.params(studio.served)
     given = {"sweep": "guidance scale", "guidance_scales": "1, 2, 4", "prompt": "a circle"}
-    return sweep_handler(studio, params), params, given, []
+    return sweep_handler(studio), params, given, []
 
 
 def timeline_handler(studio: Studio):
-    from ui.explore import explore_parameters, timeline_handler
+    from ui.explore import timeline_handler
 
-    params = explore_parameters(studio, DENOISE_TIMELINE)
-    return timeline_handler(studio, params), params, {"prompt": "a circle", "keep_every": 5}, []
+    params = DENOISE_TIMELINE.params(studio.served)
+    return timeline_handler(studio), params, {"prompt": "a circle", "keep_every": 5}, []
 
 
 @pytest.mark.filterwarnings("ignore:Error while reading infos from Nvidia driver FS")

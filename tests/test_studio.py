@@ -10,13 +10,13 @@ from diffusers import ControlNetModel
 from PIL import Image, ImageDraw
 
 from pipelines import studio as studio_module
+from pipelines.endpoints import validate_request
 from pipelines.errors import StudioError
 from pipelines.metadata import parse_parameters
 from pipelines.request import GenerationRequest
 from pipelines.schedulers import scheduler_names
 from pipelines.settings import Settings
 from pipelines.studio import Studio
-from pipelines.validation import validate_request
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -270,9 +270,9 @@ def test_a_stop_request_ends_the_run_at_the_next_step_and_the_next_run_works(tin
 
 
 def test_a_detector_without_its_weights_is_not_the_default(tiny_studio, tmp_path):
+    from pipelines.endpoints import for_mode
     from pipelines.modes import MODES
     from pipelines.preprocessors import DetectorSources
-    from pipelines.validation import for_mode
 
     empty = replace(tiny_studio.served, detectors=DetectorSources(annotators=str(tmp_path)))
     served = for_mode(empty, MODES["pose"])
@@ -281,12 +281,12 @@ def test_a_detector_without_its_weights_is_not_the_default(tiny_studio, tmp_path
     assert for_mode(empty, MODES["pose"]).preprocessors[0] == "openpose"
 
 
-def test_gpu_durations_grow_with_the_work_and_survive_garbage():
-    from pipelines.gpu import FALLBACK_SECONDS, gpu_seconds
+def test_gpu_durations_grow_with_the_work():
+    from pipelines.gpu import MAX_SECONDS, GpuWork, gpu_seconds
 
-    small = gpu_seconds({"steps": 20, "width": 512, "height": 512})
-    assert small < gpu_seconds({"steps": 40, "width": 512, "height": 512}) < gpu_seconds(
-        {"steps": 40, "width": 1024, "height": 1024}
+    small = gpu_seconds(GpuWork(denoising_steps=20, width=512, height=512))
+    assert small < gpu_seconds(GpuWork(denoising_steps=40, width=512, height=512)) < gpu_seconds(
+        GpuWork(denoising_steps=40, width=1024, height=1024)
     )
-    assert gpu_seconds({"steps": 20, "width": 512, "height": 512}, images=8) > small
-    assert gpu_seconds({"steps": "many"}) == FALLBACK_SECONDS == gpu_seconds({"steps": float("nan")})
+    assert gpu_seconds(GpuWork(denoising_steps=10**6)) == MAX_SECONDS
+

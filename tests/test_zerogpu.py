@@ -18,11 +18,10 @@ from PIL import Image, ImageDraw
 
 from embedded.synthetic_loras import lora_tensors, write_lora
 from pipelines import gpu
-from pipelines.modes import LORA_GRID, MODES
-from pipelines.parameters import PARAMETERS, bind
+from pipelines.endpoints import LORA_GRID, MODE_ENDPOINTS
+from pipelines.modes import MODES
 from pipelines.studio import Studio
-from pipelines.validation import for_mode
-from ui.lora_lab import grid_handler, grid_parameters
+from ui.lora_lab import grid_handler, grid_served
 from ui.modes import mode_handler
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -92,11 +91,8 @@ def handlers(studio, monkeypatch, stand_in):
     monkeypatch.setattr(gpu, "GPU", stand_in)
     made = {}
     for name in ("text", "edge"):
-        mode = MODES[name]
-        params = [bind(PARAMETERS[p], for_mode(studio.served, mode)) for p in mode.parameters]
-        made[name] = (mode_handler(studio, mode, params), params)
-    params = grid_parameters(studio)
-    made[LORA_GRID.name] = (grid_handler(studio, params), params)
+        made[name] = (mode_handler(studio, MODES[name]), MODE_ENDPOINTS[name].params(studio.served))
+    made[LORA_GRID.name] = (grid_handler(studio, grid_served(studio)), LORA_GRID.params(grid_served(studio)))
     return made
 
 
@@ -136,11 +132,11 @@ def test_generating_handlers_give_the_same_results_in_a_forked_worker(studio, mo
 
 def test_the_timelines_animation_comes_back_whole_from_a_forked_worker(studio, monkeypatch):
     """A yielded PIL image is pickled back from the worker with its first frame only: the GIF goes as a file."""
-    from pipelines.modes import DENOISE_TIMELINE
-    from ui.explore import explore_parameters, timeline_handler
+    from pipelines.endpoints import DENOISE_TIMELINE
+    from ui.explore import timeline_handler
 
     monkeypatch.setattr(gpu, "GPU", forked_gpu)
-    params = explore_parameters(studio, DENOISE_TIMELINE)
-    samples, _, animation, _ = call(timeline_handler(studio, params), params, prompt="a circle", steps=4, keep_every=2)
+    params = DENOISE_TIMELINE.params(studio.served)
+    samples, _, animation, _ = call(timeline_handler(studio), params, prompt="a circle", steps=4, keep_every=2)
     with Image.open(animation) as gif:
         assert gif.n_frames == len(samples) == 2

@@ -11,20 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipelines.endpoints import for_mode
 from pipelines.modes import MODES
 from pipelines.request import GenerationRequest
 from pipelines.settings import PROJECT_ROOT
 from pipelines.studio import Studio
-from pipelines.validation import for_mode
 
 EXAMPLES_ROOT = PROJECT_ROOT / "examples"
-SEED_COLUMNS = ("seed", "randomize_seed")
-TEXT_COLUMNS = ("prompt", "loras", *SEED_COLUMNS)
-CONTROL_COLUMNS = ("prompt", "image", "preprocessor", "loras", *SEED_COLUMNS)
-EDIT_COLUMNS = {
-    "img2img": ("prompt", "image", "strength", "loras", *SEED_COLUMNS),
-    "inpaint": ("prompt", "image", "mask", "strength", "loras", *SEED_COLUMNS),
-}
 
 
 def example_set(family: str) -> Path:
@@ -32,12 +25,8 @@ def example_set(family: str) -> Path:
     return EXAMPLES_ROOT / ("embedded" if family == "embedded" else "sd")
 
 
-def example_columns(mode: str) -> tuple[str, ...]:
-    return TEXT_COLUMNS if mode == "text" else EDIT_COLUMNS.get(mode, CONTROL_COLUMNS)
-
-
 def mode_examples(family: str, mode: str, hidden: tuple[str, ...] = ()) -> list[list[str]]:
-    """Rows of values for `example_columns(mode)`, leaving out those that need a `hidden` preprocessor."""
+    """Rows of values for the mode's `example_columns`, leaving out those that need a `hidden` preprocessor."""
     folder = example_set(family)
     index = folder / "prompts.json"
     if not index.is_file():
@@ -66,7 +55,7 @@ def mode_examples(family: str, mode: str, hidden: tuple[str, ...] = ()) -> list[
 def example_requests(studio: Studio, mode: str) -> list[GenerationRequest]:
     """The requests the page sends for each example row `mode`'s tab shows (rows whose detector's weights are not
     here are not shown)."""
-    columns = example_columns(mode)
+    columns = MODES[mode].example_columns
     hidden = for_mode(studio.served, MODES[mode]).unavailable_preprocessors
     return [GenerationRequest(mode=mode, **dict(zip(columns, row, strict=True)))
             for row in mode_examples(studio.model.family, mode, hidden=hidden)]

@@ -20,21 +20,22 @@ import numpy as np
 import pandas as pd
 from gradio import utils as gradio_utils
 
-from pipelines.explore.forward import SCHEDULES, NoiseRequest, alpha_bar, forward_noise, log10_snr, validate_noise
-from pipelines.explore.sweeps import REFERENCE_STEPS, SweepRequest, SweepResult, run_sweep
-from pipelines.explore.timeline import TimelineFrame, TimelineRequest, animation, run_timeline
-from pipelines.gpu import gpu_seconds, gpu_task
-from pipelines.modes import DENOISE_TIMELINE, FORWARD_NOISE, SWEEP, Mode
-from pipelines.parameters import PARAMETERS, Param, bind
-from pipelines.request import GenerationRequest
+from pipelines.endpoints import DENOISE_TIMELINE, FORWARD_NOISE, REFERENCE_STEPS, SWEEP, validate_noise
+from pipelines.explore.forward import SCHEDULES, alpha_bar, forward_noise, log10_snr
+from pipelines.explore.sweeps import SweepResult, run_sweep
+from pipelines.explore.timeline import TimelineFrame, animation, run_timeline
+from pipelines.modes import MODES
+from pipelines.parameters import PARAMETERS, Param
+from pipelines.request import NoiseRequest, SweepRequest, TimelineRequest
 from pipelines.studio import Studio
 from ui import cache_writes
+from ui.endpoints import Call, endpoint_handler
 from ui.errors import shown_to_person
-from ui.examples import example_columns, example_set, mode_examples
-from ui.fields import component_for, with_signature
+from ui.examples import example_set, mode_examples
+from ui.fields import component_for
 from ui.live import Done, Progress, live
 from ui.modes import GPU_QUEUE
-from ui.stop import request_stop, session_flag
+from ui.stop import request_stop
 
 TAB_ID = "explore"
 VIEW_HEIGHT = 300
@@ -70,10 +71,6 @@ def build_explore_tab(studio: Studio) -> None:
             _sweep_panel(studio)
 
 
-def explore_parameters(studio: Studio, mode: Mode) -> list[Param]:
-    return [bind(PARAMETERS[name], studio.served) for name in mode.parameters]
-
-
 def _fields(params: list[Param], names: tuple[str, ...] | list[str], **looks) -> dict[str, gr.components.Component]:
     by_name = {param.name: param for param in params}
     return {name: component_for(by_name[name], **looks.get(name, {})) for name in names if name in by_name}
@@ -87,10 +84,11 @@ def _prompt_examples(studio: Studio, fields: dict[str, gr.components.Component])
     """The Text tab's examples, which suit the model served."""
     examples = mode_examples(studio.model.family, "text")
     # A panel without a seed of its own (a sweep fixes it per cell) takes the columns it has.
-    kept = [index for index, name in enumerate(example_columns("text")) if name in fields]
+    columns = MODES["text"].example_columns
+    kept = [index for index, name in enumerate(columns) if name in fields]
     if examples:
         gr.Examples([[row[index] for index in kept] for row in examples],
-                    inputs=[fields[example_columns("text")[index]] for index in kept], label="Prompts to try")
+                    inputs=[fields[columns[index]] for index in kept], label="Prompts to try")
 
 
 def _run_and_stop(label: str) -> tuple[gr.Button, gr.Button]:
@@ -107,7 +105,7 @@ def _stops(stop: gr.Button, running) -> None:
 
 
 def _timeline_panel(studio: Studio) -> None:
-    params = explore_parameters(studio, DENOISE_TIMELINE)
+    params = DENOISE_TIMELINE.params(studio.served)
     names = [param.name for param in params]
     with gr.Tab(DENOISE_TIMELINE.title):
         gr.Markdown(WORDS["timeline"])
@@ -129,11 +127,11 @@ def _timeline_panel(studio: Studio) -> None:
                                     buttons=["download"])
                 info = gr.Markdown(label="Details")
         running = run.click(
-            timeline_handler(studio, params),
+            timeline_handler(studio),
             inputs=_inputs(params, fields),
             outputs=[samples, predicted, animated, info],
-            api_name=DENOISE_TIMELINE.endpoint,
-            api_description=DENOISE_TIMELINE.hint,
+            api_name=DENOISE_TIMELINE.name,
+            api_description=DENOISE_TIMELINE.description,
             concurrency_id=GPU_QUEUE,
             show_progress_on=info,  # over the strips it would hide the frames as they come
         )
@@ -151,18 +149,11 @@ def _strip(label: str) -> gr.Gallery:
                       elem_classes="pixelated", allow_preview=True, scale=1, interactive=False)
 
 
-def timeline_handler(studio: Studio, params: list[Param]) -> Callable:
-    names = [param.name for param in params]
+def timeline_handler(studio: Studio) -> Callable:
+    def run(timeline: TimelineRequest, call: Call) -> Iterator[tuple]:
+        yield from stream_timeline(studio, timeline, call.progress, call.should_stop)
 
-    @gpu_task(duration=lambda *args: gpu_seconds(dict(zip(names, args, strict=False))))
-    def handler(*args):
-        *values, request, progress = args
-        given = dict(zip(names, values, strict=True))
-        keep_every = given.pop("keep_every")
-        timeline = TimelineRequest(GenerationRequest(mode="text", **given), keep_every)
-        yield from stream_timeline(studio, timeline, progress, session_flag(request).is_set)
-
-    return with_signature(handler, params, DENOISE_TIMELINE.endpoint)
+    return endpoint_handler(DENOISE_TIMELINE, studio.served, run)
 
 
 def stream_timeline(
@@ -224,7 +215,7 @@ def _selected(event: gr.SelectData) -> int:
 
 
 def _forward_panel(studio: Studio) -> None:
-    params = explore_parameters(studio, FORWARD_NOISE)
+    params = FORWARD_NOISE.params(studio.served)
     default_t = PARAMETERS["timestep"].default
     with gr.Tab(FORWARD_NOISE.title):
         gr.Markdown(WORDS["forward"])
@@ -247,10 +238,10 @@ def _forward_panel(studio: Studio) -> None:
                     snr_plot = _plot(log_snr_frame(default_t), "log10 SNR", "signal-to-noise ratio (log10)")
                 info = gr.Markdown(label="Figures at t")
         outputs = [latent_view, pixel_view, alpha_plot, snr_plot, info]
-        run.click(forward_handler(studio, params), inputs=_inputs(params, fields), outputs=outputs,
-                  api_name=FORWARD_NOISE.endpoint, api_description=FORWARD_NOISE.hint, concurrency_id=GPU_QUEUE)
+        run.click(forward_handler(studio), inputs=_inputs(params, fields), outputs=outputs,
+                  api_name=FORWARD_NOISE.name, api_description=FORWARD_NOISE.description, concurrency_id=GPU_QUEUE)
         # Sliding t or changing the schedule re-noises at once, when there is an image.
-        renoise = renoise_handler(studio, params)
+        renoise = renoise_handler(studio)
         for trigger in (fields["timestep"].change, fields["schedule"].change):
             trigger(renoise, inputs=_inputs(params, fields), outputs=outputs, api_visibility="private",
                     concurrency_id=GPU_QUEUE, trigger_mode="always_last")
@@ -272,33 +263,23 @@ def _pictures(family: str) -> list[str]:
     return [str(path) for path in sorted(folder.iterdir()) if path.suffix in kinds and not path.stem.endswith("_map")]
 
 
-def forward_handler(studio: Studio, params: list[Param]) -> Callable:
+def forward_handler(studio: Studio) -> Callable:
     """The `/forward_noise` endpoint: the image noised in latent and pixel space, the plots marked at t, and the
     figures at t."""
-    names = [param.name for param in params]
-
-    @gpu_task(duration=lambda *args: gpu_seconds({"steps": 1}))
-    def handler(*args):
-        *values, _request, _progress = args
-        return noise_outputs(studio, NoiseRequest(**dict(zip(names, values, strict=True))))
-
-    return with_signature(handler, params, FORWARD_NOISE.endpoint)
+    return endpoint_handler(FORWARD_NOISE, studio.served, lambda request, call: noise_outputs(studio, request))
 
 
-def renoise_handler(studio: Studio, params: list[Param]) -> Callable:
+def renoise_handler(studio: Studio) -> Callable:
     """Sliding t or changing the schedule: the same once there is an image; before, the plots' mark moves."""
-    names = [param.name for param in params]
 
-    @gpu_task(duration=lambda *args: gpu_seconds({"steps": 1}))
-    def handler(*values):
-        request = NoiseRequest(**dict(zip(names, values, strict=True)))
+    def run(request: NoiseRequest, call: Call) -> tuple:
         if request.clean_image is not None:
             return noise_outputs(studio, request)
         with shown_to_person():
-            t = validate_noise(request, studio.served).timestep
+            t = validate_noise(request, studio.served)[0].timestep
         return gr.skip(), gr.skip(), alpha_bar_frame(t), log_snr_frame(t), gr.skip()
 
-    return handler
+    return endpoint_handler(FORWARD_NOISE, studio.served, run)
 
 
 def noise_outputs(studio: Studio, request: NoiseRequest) -> tuple:
@@ -331,7 +312,7 @@ def _curves(curves: dict[str, np.ndarray], column: str, t: int) -> pd.DataFrame:
 
 
 def _sweep_panel(studio: Studio) -> None:
-    params = explore_parameters(studio, SWEEP)
+    params = SWEEP.params(studio.served)
     names = [param.name for param in params]
     with gr.Tab(SWEEP.title):
         gr.Markdown(WORDS["sweep"])
@@ -349,25 +330,17 @@ def _sweep_panel(studio: Studio) -> None:
                 table = gr.Dataframe(headers=["row", "column", "figure", "value"], interactive=False,
                                      label="Measured figures")
                 notes = gr.Markdown(label="Findings")
-        running = run.click(sweep_handler(studio, params), inputs=_inputs(params, fields),
-                            outputs=[grid, table, notes], api_name=SWEEP.endpoint, api_description=SWEEP.hint,
+        running = run.click(sweep_handler(studio), inputs=_inputs(params, fields),
+                            outputs=[grid, table, notes], api_name=SWEEP.name, api_description=SWEEP.description,
                             concurrency_id=GPU_QUEUE)
         _stops(stop, running)
 
 
-def sweep_handler(studio: Studio, params: list[Param]) -> Callable:
-    names = [param.name for param in params]
-    sweep_fields = ("sweep", "guidance_scales", "step_counts")
+def sweep_handler(studio: Studio) -> Callable:
+    def run(sweep: SweepRequest, call: Call) -> Iterator[tuple]:
+        yield from stream_sweep(studio, sweep, call.progress, call.should_stop)
 
-    @gpu_task(duration=lambda *args: sweep_gpu_seconds(dict(zip(names, args, strict=False))))
-    def handler(*args):
-        *values, request, progress = args
-        given = dict(zip(names, values, strict=True))
-        base = GenerationRequest(mode="text", **{name: given[name] for name in names if name not in sweep_fields})
-        sweep = SweepRequest(base, **{name: given[name] for name in sweep_fields})
-        yield from stream_sweep(studio, sweep, progress, session_flag(request).is_set)
-
-    return with_signature(handler, params, SWEEP.endpoint)
+    return endpoint_handler(SWEEP, studio.served, run)
 
 
 def stream_sweep(
@@ -387,16 +360,3 @@ def stream_sweep(
                 rows = [[cell["row"], cell["column"], name, round(value, 3)]
                         for cell in result.figures for name, value in cell.items() if name not in ("row", "column")]
                 yield result.image, rows, "\n\n".join(result.notes)
-
-
-def sweep_gpu_seconds(given: dict) -> int:
-    """The ZeroGPU duration of a sweep: every image it makes, references included, read off the raw values."""
-    try:
-        if given.get("sweep") in ("steps", "samplers"):
-            rows = 2 if given.get("sweep") == "samplers" else 1
-            steps = sum(float(count) for count in str(given["step_counts"]).split(",")) + REFERENCE_STEPS
-            return gpu_seconds({**given, "steps": steps}, images=rows)
-        return gpu_seconds(given, images=len(str(given["guidance_scales"]).split(",")))
-    except (TypeError, ValueError, KeyError):
-        return gpu_seconds(given)
-

@@ -2,14 +2,14 @@
 compare them in a labelled grid against the "no LoRA" baseline.
 
 API endpoints: `/loras` (what the LoRA folder holds) and `/lora_grid` (render a grid; its parameters are
-declared in `pipelines/parameters.py` like every mode's). Uploads live in a `gr.State`, so each visitor only
+declared in `pipelines/endpoints.py` like every mode's). Uploads live in a `gr.State`, so each visitor only
 ever sees and uses their own. The handlers are plain functions of the studio and one typed request; the grid's
 streams its rows as they are made, and a Stop ends it at its next denoising step (`ui/live.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -17,19 +17,19 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
+from pipelines.endpoints import LORA_GRID
 from pipelines.errors import StudioError
-from pipelines.gpu import gpu_seconds, gpu_task
-from pipelines.lora.grid import MAX_CELLS, GridResult, render_grid
+from pipelines.grid import GridResult, render_grid
 from pipelines.lora.sources import HUB_PREFIX, LoraEntry
-from pipelines.modes import LORA_GRID
 from pipelines.outputs import OutputFolder
-from pipelines.parameters import PARAMETERS, Param, bind
-from pipelines.request import GenerationRequest, GridRequest
+from pipelines.parameters import Param, Served
+from pipelines.request import GridRequest
 from pipelines.studio import Studio
+from ui.endpoints import Call, endpoint_handler
 from ui.errors import shown_to_person
-from ui.fields import component_for, with_signature
+from ui.fields import component_for
 from ui.live import Done, Progress, Send, ShouldStop, live
-from ui.stop import request_stop, session_flag
+from ui.stop import request_stop
 
 if TYPE_CHECKING:
     from ui.history import History
@@ -37,18 +37,18 @@ if TYPE_CHECKING:
 LIBRARY_HEADERS = ["name", "size", "family", "trigger words", "title"]
 # Two grids may interleave row by row: each row is one studio.generate call under the studio's lock.
 GRID_CONCURRENCY = 2
-GRID_FIELDS_OF_BASE = ("prompt", "negative_prompt", "mode", "image", "steps", "guidance_scale")
 
 
 def build_lora_lab(studio: Studio, history: History | None = None) -> None:
     """Create the "LoRA lab" tab inside the caller's `gr.Blocks`; with a `history`, each grid is saved to its
     output folder and listed in the History tab."""
     manager = studio.loras
-    params = grid_parameters(studio)
+    served = grid_served(studio)
+    params = LORA_GRID.params(served)
     with gr.Tab(LORA_GRID.title):
         uploads = gr.State([])
         gr.Markdown(
-            f"{LORA_GRID.hint} Pick LoRAs from the folder, upload your own (for your session only, kept "
+            f"{LORA_GRID.description} Pick LoRAs from the folder, upload your own (for your session only, kept "
             f"{_duration(studio.settings.cache_age_s)}) or name one on the Hugging Face Hub. Only `.safetensors` files "
             "are read."
         )
@@ -93,11 +93,11 @@ def build_lora_lab(studio: Studio, history: History | None = None) -> None:
         chosen.change(partial(on_choose, studio), [chosen, uploads, fields["together"]], [details, fields["together"]],
                       **private)
         rendering = render.click(
-            grid_handler(studio, params, history.outputs if history else None),
+            grid_handler(studio, served, history.outputs if history else None),
             inputs=[*(fields[param.name] for param in params), uploads],
             outputs=[grid_image, notes],
-            api_name=LORA_GRID.endpoint,
-            api_description=LORA_GRID.hint,
+            api_name=LORA_GRID.name,
+            api_description=LORA_GRID.description,
             concurrency_limit=GRID_CONCURRENCY,
             show_progress_on=notes,  # over the grid it would hide the rows as they come
         )
@@ -115,9 +115,9 @@ def build_lora_lab(studio: Studio, history: History | None = None) -> None:
         gr.api(loras, api_name="loras")
 
 
-def grid_parameters(studio: Studio) -> list[Param]:
-    served = replace(studio.served, preprocessors=("none",), lora_names=tuple(studio.loras.library.names()))
-    return [bind(PARAMETERS[name], served) for name in LORA_GRID.parameters]
+def grid_served(studio: Studio) -> Served:
+    """What is served, with the LoRA folder's names for the grid's menu."""
+    return replace(studio.served, lora_names=tuple(studio.loras.library.names()))
 
 
 def _duration(seconds: int) -> str:
@@ -130,37 +130,13 @@ def params_by_name(params: list[Param]) -> dict[str, Param]:
     return {param.name: param for param in params}
 
 
-def grid_handler(studio: Studio, params: list[Param], outputs: OutputFolder | None = None):
-    """The `/lora_grid` endpoint: the declared parameters by name (the session's uploads come from its state)."""
-    names = [param.name for param in params]
+def grid_handler(studio: Studio, served: Served, outputs: OutputFolder | None = None) -> Callable:
+    """The `/lora_grid` endpoint (the session's uploads come from its state)."""
 
-    @gpu_task(duration=lambda *args: grid_gpu_seconds(dict(zip(names, args, strict=False))))
-    def handler(*args):
-        *declared, kept, request, progress = args
-        given = dict(zip(names, declared, strict=True))
-        base = GenerationRequest(preprocessor="none", **{name: given[name] for name in GRID_FIELDS_OF_BASE})
-        grid = GridRequest(
-            base,
-            given["lora_names"],
-            given["weights"],
-            given["seeds"],
-            given["together"],
-            given["add_together"],
-            given["add_triggers"],
-        )
-        yield from render(studio, grid, kept, progress, should_stop=session_flag(request).is_set, outputs=outputs)
+    def run(grid: GridRequest, kept: list[str] | None, call: Call) -> Iterator[tuple]:
+        yield from render(studio, grid, kept, call.progress, should_stop=call.should_stop, outputs=outputs)
 
-    return with_signature(handler, params, LORA_GRID.endpoint, hidden=("uploads",))
-
-
-def grid_gpu_seconds(given: dict) -> int:
-    """The ZeroGPU duration for a grid: one image per cell, the number of cells read off the raw values."""
-    try:
-        rows = 2 + len(given["lora_names"]) * len(str(given["weights"]).split(","))  # baseline, 'together'
-        cells = min(MAX_CELLS, rows * len(str(given["seeds"]).split(",")))
-    except TypeError:
-        cells = MAX_CELLS
-    return gpu_seconds(given, images=cells)
+    return endpoint_handler(LORA_GRID, served, run, hidden=("uploads",))
 
 
 def render(

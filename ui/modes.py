@@ -16,23 +16,23 @@ import numpy as np
 from PIL import Image
 
 from pipelines.editing import size_for_picture
-from pipelines.gpu import gpu_seconds, gpu_task
+from pipelines.endpoints import MODE_ENDPOINTS
 from pipelines.lora.triggers import add_trigger_words
 from pipelines.modes import SAMPLING, Mode
 from pipelines.outputs import OutputFolder
-from pipelines.parameters import PARAMETERS, Param, bind
+from pipelines.parameters import Param
 from pipelines.preprocessors import PREPROCESSORS
 from pipelines.presets import Preset, apply_preset, is_cached, presets_for
 from pipelines.previews import Preview, Previewer
 from pipelines.request import GenerationRequest, GenerationResult
 from pipelines.studio import Studio
-from pipelines.validation import for_mode
 from ui.control_units import build_control_units, units_from_widgets
+from ui.endpoints import Call, endpoint_handler
 from ui.errors import shown_to_person
-from ui.examples import example_columns, mode_examples
-from ui.fields import component_for, with_signature
+from ui.examples import mode_examples
+from ui.fields import component_for
 from ui.live import Progress, live
-from ui.stop import request_stop, session_flag
+from ui.stop import request_stop
 
 if TYPE_CHECKING:
     from ui.history import History
@@ -43,7 +43,6 @@ RESULT_HEIGHT = 400
 RESULTS_LABEL = "Images"
 # EXIF orientations that turn a photo a quarter (the run applies them: `pipelines/images.py`).
 ORIENTATION, TURNED = 0x0112, (5, 6, 7, 8)
-PREPROCESSING = ("detect_resolution", "low_threshold", "high_threshold", "include_hands", "include_face")
 # How the tab shows some fields. A component's first value is also the API's default, so every field starts at its
 # declared default (an API caller's seed=7 means seed 7); see `ui/app.py` for what the page then changes.
 LOOKS = {
@@ -59,8 +58,9 @@ def build_mode_tab(studio: Studio, mode: Mode, history: History | None = None) -
 
     Returns its input components by parameter name, so other parts of the page can fill them in.
     """
-    served = for_mode(studio.served, mode)
-    params = [bind(PARAMETERS[name], served) for name in mode.parameters]
+    endpoint = MODE_ENDPOINTS[mode.name]
+    served = endpoint.served_for(studio.served)
+    params = endpoint.params(studio.served)
     with gr.Tab(mode.title, id=mode.name):
         with gr.Row():
             with gr.Column(scale=1):
@@ -93,7 +93,7 @@ def build_mode_tab(studio: Studio, mode: Mode, history: History | None = None) -
                     seed_used, info = _run_details()
         examples = mode_examples(studio.model.family, mode.name, hidden=served.unavailable_preprocessors)
         if examples:
-            columns = [fields[name] for name in example_columns(mode.name)]
+            columns = [fields[name] for name in mode.example_columns]
             gr.Examples(examples, inputs=columns, label="Examples (click one)")
         outputs = [gallery, control_map, seed_used, info]
         # A new run first clears the last one's outputs, so what shows is always this run's (or its error), and
@@ -103,11 +103,11 @@ def build_mode_tab(studio: Studio, mode: Mode, history: History | None = None) -
         generating = run.click(_cleared, None, outputs, **private).then(
             units_from_widgets, unit_values, fields["control_units"], **private
         ).then(
-            mode_handler(studio, mode, params, history.outputs if history else None),
+            mode_handler(studio, mode, history.outputs if history else None),
             inputs=[fields[param.name] for param in params],
             outputs=outputs,
-            api_name=mode.endpoint,
-            api_description=f"{mode.title} mode: {mode.hint}",
+            api_name=endpoint.name,
+            api_description=endpoint.description,
             concurrency_id=GPU_QUEUE,
             show_progress_on=info,  # over the gallery it would hide the previews
         )
@@ -141,8 +141,9 @@ def _input_fields(
 ) -> dict[str, gr.components.Component]:
     """name -> component, laid out in groups: the inputs, preprocessing, then generation settings."""
     by_group = {"main": [], "preprocessing": [], "settings": []}
+    preprocessing = {"preprocessor", *(option for name in mode.preprocessors for option in PREPROCESSORS[name].options)}
     for param in params:
-        group = "preprocessing" if param.name in PREPROCESSING or param.name == "preprocessor" else "main"
+        group = "preprocessing" if param.name in preprocessing else "main"
         if param.name in SAMPLING or param.name.startswith("control"):
             group = "settings"
         by_group[group].append(param)
@@ -311,18 +312,13 @@ def add_lora(studio: Studio, loras: str, prompt: str, name: str | None, with_tri
     return ", ".join(filter(None, [loras.strip(), f"{name}:1"])), prompt, None
 
 
-def mode_handler(studio: Studio, mode: Mode, params: list[Param], outputs: OutputFolder | None = None) -> Callable:
-    """The endpoint: one keyword parameter per declared parameter, in the declared order; each result is saved to
-    `outputs` (when given)."""
-    names = [param.name for param in params]
+def mode_handler(studio: Studio, mode: Mode, outputs: OutputFolder | None = None) -> Callable:
+    """The mode's endpoint; each result is saved to `outputs` (when given)."""
 
-    @gpu_task(duration=lambda *args: gpu_seconds(dict(zip(names, args, strict=False)), controlled=mode.is_controlled))
-    def handler(*args):
-        *values, request, progress = args
-        generation = GenerationRequest(mode=mode.name, **dict(zip(names, values, strict=True)))
-        yield from run_request(studio, generation, progress, should_stop=session_flag(request).is_set, outputs=outputs)
+    def run(request: GenerationRequest, call: Call) -> Iterator[tuple]:
+        yield from run_request(studio, request, call.progress, should_stop=call.should_stop, outputs=outputs)
 
-    return with_signature(handler, params, mode.endpoint)
+    return endpoint_handler(MODE_ENDPOINTS[mode.name], studio.served, run)
 
 
 def run_request(

@@ -29,7 +29,7 @@ from gradio.queueing import Event, Queue
 from gradio.server_messages import ProcessCompletedMessage
 from gradio.utils import error_payload
 
-from pipelines.modes import LORA_GRID
+from pipelines.endpoints import LORA_GRID
 from pipelines.settings import Settings
 from ui.modes import GPU_QUEUE
 
@@ -45,7 +45,7 @@ RUNNING_AT_ONCE = 2
 
 def generating(fn: BlockFunction) -> bool:
     """The events that run the model: the GPU group, and the LoRA grid (its own group; rows share the studio's lock)."""
-    return fn.concurrency_id == GPU_QUEUE or fn.api_name == LORA_GRID.endpoint
+    return fn.concurrency_id == GPU_QUEUE or fn.api_name == LORA_GRID.name
 
 
 def configure_queue(demo: gr.Blocks, settings: Settings) -> gr.Blocks:

@@ -17,11 +17,11 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 from PIL import Image, ImageOps
 
+from pipelines.endpoints import validate_noise
 from pipelines.images import prepare_user_image
-from pipelines.modes import FORWARD_NOISE
-from pipelines.parameters import PARAMETERS, bind
+from pipelines.parameters import PARAMETERS
+from pipelines.request import NoiseRequest
 from pipelines.vae import decode_latents, encode
-from pipelines.validation import clean
 
 # name -> the scheduler config that makes it; every schedule has the same number of training timesteps.
 SCHEDULES: dict[str, dict] = {
@@ -30,14 +30,6 @@ SCHEDULES: dict[str, dict] = {
     "cosine": {"beta_schedule": "squaredcos_cap_v2"},  # improved DDPM (Nichol and Dhariwal, 2021)
 }
 TRAIN_TIMESTEPS = int(PARAMETERS["timestep"].high) + 1
-
-
-@dataclass(frozen=True)
-class NoiseRequest:
-    clean_image: object  # a PIL image or the path of an image file
-    schedule: str | None = None
-    timestep: int | None = None
-    seed: int | None = None
 
 
 @dataclass
@@ -67,17 +59,9 @@ def log10_snr(name: str) -> np.ndarray:
     return torch.log10(compute_snr(scheduler(name), timesteps).double()).numpy()
 
 
-def validate_noise(request: NoiseRequest, served) -> NoiseRequest:
-    """Every value checked against its declaration (the image is checked when it is opened)."""
-    notes: list[str] = []
-    values = {name: clean(bind(PARAMETERS[name], served), getattr(request, name), notes)
-              for name in FORWARD_NOISE.parameters}
-    return NoiseRequest(**values)
-
-
 def forward_noise(studio, request: NoiseRequest) -> NoisedImages:
     """`request`'s image at its timestep, noised in latent space (decoded) and in pixel space with the same seed."""
-    request = validate_noise(request, studio.served)
+    request, _ = validate_noise(request, studio.served)
     side = studio.model.resolution
     picture = prepare_user_image(
         request.clean_image, max_pixels=studio.settings.limits.max_input_pixels, what="image to noise",

@@ -14,38 +14,18 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from PIL import Image
 
-from pipelines.errors import StudioError
+from pipelines.endpoints import REFERENCE_STEPS, SAMPLERS, validate_sweep
 from pipelines.explore import figures
-from pipelines.lora.grid import (
-    GridCell,
-    Progress,
-    ShouldStop,
-    compose_grid,
-    grid_text_entries,
-    steps_after,
-    stop_if_asked,
-)
-from pipelines.parameters import PARAMETERS, bind
-from pipelines.request import GenerationRequest
-from pipelines.validation import clean, validate_request
+from pipelines.layout import GridCell, compose_grid, grid_text_entries
+from pipelines.request import GenerationRequest, SweepRequest
+from pipelines.studio import Progress, ShouldStop, steps_after, stop_if_asked
 
-SAMPLERS = ("DDPM", "DDIM")  # stochastic against deterministic, with the same noise schedule
-REFERENCE_STEPS = 50
 # Families whose pictures the colour figure can read: the embedded model's world of named colours.
 COLOUR_FAMILIES = ("embedded",)
-SWEEP_FIELDS = ("sweep", "guidance_scales", "step_counts")
 COLOUR_ERROR = "colour error"  # RGB distance from the object's colour to the one the prompt names
 SATURATION = "saturated"  # share of pixel values clipped at 0 or 255
 DISTANCE = f"distance to {REFERENCE_STEPS} steps"  # mean absolute pixel difference, 0..255
 SHOWN = {COLOUR_ERROR: "{:.1f}", SATURATION: "{:.1%}", DISTANCE: "{:.1f}"}
-
-
-@dataclass(frozen=True)
-class SweepRequest:
-    base: GenerationRequest  # a text-mode request; its seed fixes every cell
-    sweep: str | None = None
-    guidance_scales: object = None  # "1, 2, 4" or a list of numbers
-    step_counts: object = None
 
 
 @dataclass
@@ -63,16 +43,6 @@ class _Plan:
     row_labels: list[str]
     column_labels: list[str]
     rows: list[list[GenerationRequest]]
-
-
-def validate_sweep(sweep: SweepRequest, served) -> tuple[SweepRequest, list[str]]:
-    """Every value checked before the first cell is made; the base request runs in text mode, one image."""
-    base, notes = validate_request(replace(sweep.base, mode="text", num_images=1), served)
-    values = {name: clean(bind(PARAMETERS[name], served), getattr(sweep, name), notes) for name in SWEEP_FIELDS}
-    listed = "guidance_scales" if values["sweep"] == "guidance scale" else "step_counts"
-    if not values[listed]:
-        raise StudioError(f"Give at least one value for {PARAMETERS[listed].label} ({listed}), separated by commas.")
-    return SweepRequest(base, **values), notes
 
 
 def run_sweep(

@@ -13,22 +13,14 @@ from dataclasses import dataclass, replace
 
 from PIL import Image
 
-from pipelines.errors import StudioError
-from pipelines.lora.grid import GridCell, compose_grid
-from pipelines.parameters import PARAMETERS, bind
-from pipelines.request import GenerationRequest, GenerationResult
+from pipelines.endpoints import validate_timeline
+from pipelines.layout import GridCell, compose_grid
+from pipelines.request import GenerationResult, TimelineRequest
 from pipelines.steps import DenoisingStep
 from pipelines.vae import decode_latents
-from pipelines.validation import clean, validate_request
 
 FRAME_MS = 250  # each frame of the animation; the last one stays four times as long
 COLUMNS = ["sample (decoded)", "predicted x0"]
-
-
-@dataclass(frozen=True)
-class TimelineRequest:
-    base: GenerationRequest  # a text-mode request for one image
-    keep_every: int | None = None
 
 
 @dataclass(frozen=True)
@@ -48,14 +40,6 @@ class TimelineFrame:
 class TimelineResult:
     frames: list[TimelineFrame]
     result: GenerationResult
-
-
-def validate_timeline(timeline: TimelineRequest, served) -> tuple[TimelineRequest, list[str]]:
-    if timeline.base.mode != "text" or timeline.base.num_images not in (None, 1):
-        raise StudioError("The denoising timeline follows one text-mode image.")
-    base, notes = validate_request(timeline.base, served)
-    keep_every = clean(bind(PARAMETERS["keep_every"], served), timeline.keep_every, notes)
-    return TimelineRequest(base, keep_every), notes
 
 
 def run_timeline(

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import torch
 from diffusers.loaders.lora_pipeline import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
-from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft, convert_unet_state_dict_to_peft
 
 from pipelines.errors import StudioError
+from pipelines.lora.library_internals import to_peft_keys
 
 KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 KOHYA_LORA_PARTS = ("lora_down.weight", "lora_up.weight", "alpha")
@@ -222,7 +222,7 @@ def _with_component_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
 def _match_component(prefix: str, part: dict[str, torch.Tensor], module: torch.nn.Module, plan: AdapterPlan) -> None:
     inner = {key.removeprefix(prefix + "."): value for key, value in part.items()}
     try:
-        peft = _to_peft(prefix, inner)
+        peft = to_peft_keys(prefix, inner)
     except ValueError:  # diffusers cannot tell the key style apart either, so it would not load them
         plan.unmatched.extend(sorted({f"{prefix}.{key.split('.lora')[0]}" for key in inner}))
         return
@@ -255,14 +255,6 @@ def _layer_of(key: str) -> str:
 def _holds(held: dict[str, torch.Tensor], key: str, sent: torch.Tensor) -> bool:
     """peft copies what it loads into the layer's own dtype and device; compare after the same cast."""
     return key in held and torch.equal(held[key], sent.to(held[key].device, held[key].dtype))
-
-
-def _to_peft(prefix: str, inner: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    if any(".lora_A." in key for key in inner):
-        return inner
-    if prefix == "unet":
-        return convert_unet_state_dict_to_peft(inner)
-    return convert_state_dict_to_peft(convert_state_dict_to_diffusers(inner))
 
 
 def _check_shapes(prefix: str, layer_name: str, parts: dict[str, torch.Tensor], target: torch.nn.Module) -> None:

@@ -37,6 +37,7 @@ from safetensors.torch import load_file
 
 from pipelines.errors import StudioError
 from pipelines.lora.formats import check_family, plan_adapter
+from pipelines.lora.library_internals import TRANSFORMERS_ADAPTER_LOGGER
 from pipelines.lora.metadata import family_from_metadata
 from pipelines.lora.safety import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UPLOAD_BYTES, SafetensorsHeader, read_header
 from pipelines.lora.slot import UNET_PREFIX, LoraSlot, SlotLora
@@ -54,7 +55,6 @@ from pipelines.request import LoraChoice
 DEFAULT_MAX_LOADED = 8
 DEFAULT_MAX_BYTES = 2048 * 2**20  # adapters kept loaded, all together
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
-TRANSFORMERS_ADAPTER_LOGGER = "transformers.integrations.peft"
 
 
 @dataclass

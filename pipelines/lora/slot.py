@@ -25,14 +25,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from diffusers.utils import convert_unet_state_dict_to_peft
-from diffusers.utils.peft_utils import _create_lora_config
-from peft.utils.other import get_pattern_key
 
 from pipelines.errors import StudioError
+from pipelines.lora.library_internals import adapter_config, pattern_value
 
 SLOT = "studio_slot"
-UNET_PREFIX = "unet."
+UNET = "unet"
+UNET_PREFIX = f"{UNET}."
 _serials = itertools.count()
 
 
@@ -75,11 +74,10 @@ class LoraSlot:
         targets = slot_layers(unet)
         # Before the first adapter loads, as diffusers asks: the slot's scalings become tensors.
         unet.enable_lora_hotswap(target_rank=rank)
-        unet.load_lora_adapter(_zero_lora(targets, rank, unet.dtype), prefix="unet", adapter_name=SLOT)
+        unet.load_lora_adapter(
+            _zero_lora(targets, rank, unet.dtype), prefix=None, adapter_name=SLOT, metadata=_unit_scale(targets, rank)
+        )
         self.layers = {name: unet.get_submodule(name) for name in targets}
-        with torch.no_grad():
-            for layer in self.layers.values():
-                _set_scaling(layer, 1.0)  # each LoRA's own scale is folded into its B
         self.active: tuple[tuple[int, float], ...] = ()
 
     def covers(self, layer: str) -> bool:
@@ -91,8 +89,6 @@ class LoraSlot:
                       if key.startswith(UNET_PREFIX)}
         if not unet_state:
             return SlotLora({}, [])
-        if not any("lora_A" in key for key in unet_state):
-            unet_state = convert_unet_state_dict_to_peft(unet_state)
         scales = _scales(unet_state, network_alphas, metadata, self.unet)
         factors, outside = {}, []
         device, dtype = next(iter(self.layers.values())).weight.device, self.unet.dtype
@@ -148,35 +144,27 @@ def _zero_lora(targets: dict[str, torch.nn.Module], rank: int, dtype: torch.dtyp
         else:
             down = torch.zeros(rank, layer.in_features, dtype=dtype)
             up = torch.zeros(layer.out_features, rank, dtype=dtype)
-        state[f"{UNET_PREFIX}{name}.lora_A.weight"] = down
-        state[f"{UNET_PREFIX}{name}.lora_B.weight"] = up
+        state[f"{name}.lora_A.weight"] = down
+        state[f"{name}.lora_B.weight"] = up
     return state
+
+
+def _unit_scale(targets: dict[str, torch.nn.Module], rank: int) -> dict:
+    """The slot's LoraConfig: alpha = rank makes every layer's scaling 1, as each LoRA's own scale goes into its B."""
+    return {"r": rank, "lora_alpha": rank, "target_modules": sorted(targets)}
 
 
 def _scales(state: dict[str, torch.Tensor], network_alphas: dict | None, metadata: dict | None,
             unet: torch.nn.Module) -> dict[str, float]:
-    """layer -> alpha / rank, from the same LoraConfig diffusers would make when loading the LoRA as an adapter
-    (`UNet2DConditionModel.load_lora_adapter`), and the pattern matching peft applies when it builds the layers."""
-    ranks = {f"^{key}": value.shape[1] for key, value in state.items() if "lora_B" in key and value.ndim > 1}
-    alphas = None
-    if network_alphas:
-        alphas = {key.removeprefix(UNET_PREFIX): value for key, value in network_alphas.items()
-                  if key.startswith(UNET_PREFIX)}
-    config = _create_lora_config(state, alphas, metadata, ranks, model_state_dict=unet.state_dict())
+    """layer -> alpha / rank (alpha / sqrt(rank) with rsLoRA), as peft sets each layer's scaling when diffusers
+    loads the LoRA as an adapter."""
+    config = adapter_config(state, network_alphas, metadata, unet, prefix=UNET)
     scales = {}
     for key in state:
         if ".lora_A." not in key:
             continue
         layer = key.split(".lora_A.")[0]
-        rank = config.rank_pattern.get(get_pattern_key(config.rank_pattern.keys(), layer), config.r)
-        alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), layer), config.lora_alpha)
+        rank = pattern_value(config.rank_pattern, layer, config.r)
+        alpha = pattern_value(config.alpha_pattern, layer, config.lora_alpha)
         scales[layer] = alpha / (math.sqrt(rank) if config.use_rslora else rank)
     return scales
-
-
-def _set_scaling(layer: torch.nn.Module, value: float) -> None:
-    scaling = layer.scaling[SLOT]
-    if isinstance(scaling, torch.Tensor):
-        scaling.fill_(value)
-    else:
-        layer.scaling[SLOT] = value

@@ -13,36 +13,19 @@ A stop (`should_stop`) ends the grid at its next denoising step, or between rows
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
-from pipelines.errors import StudioError
+from pipelines.endpoints import validate_grid
+from pipelines.layout import GridCell, compose_grid, grid_text_entries
 from pipelines.lora.triggers import add_trigger_words
 from pipelines.request import GridRequest, LoraChoice
-from pipelines.studio import Progress, ShouldStop
-from pipelines.validation import validate_grid
+from pipelines.studio import Progress, ShouldStop, steps_after, stop_if_asked
 
-MAX_CELLS = 48
 BASELINE_LABEL = "no LoRA"
-LABEL_PADDING = 8
-# Small native sizes (the embedded model's 64 px) are enlarged, pixel for pixel, so a cell reads on screen.
-MIN_CELL_SIDE = 256
-FONT_SIZE = 20
-
-
-@dataclass(frozen=True)
-class GridCell:
-    row: int
-    column: int
-    row_label: str
-    column_label: str
-    image: Image.Image
-    parameters: str
 
 
 @dataclass
@@ -80,11 +63,6 @@ def render_grid(
     """
     grid, notes = validate_grid(grid, studio.served)
     rows = grid_rows(grid.lora_names, grid.weights, grid.together)
-    total = len(rows) * len(grid.seeds)
-    if total > MAX_CELLS:
-        raise StudioError(
-            f"This grid would have {total} images; the limit is {MAX_CELLS}. Use fewer LoRAs, weights or seeds."
-        )
     for name in dict.fromkeys([*grid.lora_names, *(choice.name for choice in grid.together)]):
         studio.loras.check(name)  # refuse a bad file before rendering anything
     row_labels, column_labels = [label for label, _ in rows], [f"seed {seed}" for seed in grid.seeds]
@@ -109,68 +87,6 @@ def render_grid(
     return GridResult(image, cells, notes, time.perf_counter() - started)
 
 
-def steps_after(progress: Progress | None, done: int, total: int) -> Progress | None:
-    """`progress` for one run of several: its steps count on from the `done` steps of the runs before it."""
-    return None if progress is None else lambda step, _steps: progress(done + step, total)
-
-
-def stop_if_asked(should_stop: ShouldStop | None) -> None:
-    """Between the runs of a grid or sweep: a stop asked for since the last step ends the whole job."""
-    if should_stop is not None and should_stop():
-        raise StudioError("Stopped before the last image; the rest was not made.")
-
-
 def _with_triggers(studio, prompt: str, choices: Sequence[LoraChoice]) -> str:
     words = [word for choice in choices if choice.weight for word in studio.loras.check(choice.name).trigger_words]
     return add_trigger_words(prompt, words)
-
-
-def compose_grid(
-    cells: list[GridCell], row_labels: list[str], column_labels: list[str], footers: Sequence[str] = ()
-) -> Image.Image:
-    """The labelled grid; `footers` are text under each column (the Explore tab's measured figures), if any."""
-    scale = math.ceil(MIN_CELL_SIDE / min(cells[0].image.size))
-    width, height = (side * scale for side in cells[0].image.size)
-    font = _font(FONT_SIZE)
-    font_size = getattr(font, "size", 11)
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    left = int(max(measure.textlength(label, font=font) for label in row_labels)) + 2 * LABEL_PADDING
-    top = font_size + 2 * LABEL_PADDING
-    footer_lines = [line for footer in footers for line in footer.splitlines()]
-    widest = max(measure.textlength(text, font=font) for text in [*column_labels, *footer_lines])
-    column_width = max(width, int(widest) + LABEL_PADDING)
-    bottom = (max(footer.count("\n") + 1 for footer in footers) * (font_size + LABEL_PADDING)) if footers else 0
-    body = top + height * len(row_labels)
-    grid = Image.new("RGB", (left + column_width * len(column_labels), body + bottom), "white")
-    draw = ImageDraw.Draw(grid)
-    for column, label in enumerate(column_labels):
-        draw.text((left + column * column_width + LABEL_PADDING // 2, LABEL_PADDING), label, fill="black", font=font)
-    for column, footer in enumerate(footers):
-        where = (left + column * column_width + LABEL_PADDING // 2, body + LABEL_PADDING // 2)
-        draw.multiline_text(where, footer, fill="black", font=font, spacing=LABEL_PADDING)
-    for row, label in enumerate(row_labels):
-        draw.text((LABEL_PADDING, top + row * height + (height - font_size) // 2), label, fill="black", font=font)
-    for cell in cells:
-        enlarged = cell.image.convert("RGB").resize((width, height), Image.Resampling.NEAREST)
-        grid.paste(enlarged, (left + cell.column * column_width, top + cell.row * height))
-    return grid
-
-
-def grid_text_entries(cells: list[GridCell]) -> dict[str, str]:
-    """The PNG text entries: the baseline's parameters, the layout, and every cell's parameters."""
-    layout = [
-        {"row": c.row, "column": c.column, "row_label": c.row_label, "column_label": c.column_label} for c in cells
-    ]
-    entries = {
-        "parameters": cells[0].parameters,
-        "grid": json.dumps({"cells": layout, "cell_size": list(cells[0].image.size)}),
-    }
-    entries.update({f"parameters r{cell.row} c{cell.column}": cell.parameters for cell in cells})
-    return entries
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType has only the fixed bitmap font
-        return ImageFont.load_default()

@@ -1,0 +1,111 @@
+"""AUTOMATIC1111's `parameters` vocabulary, spelled once: the studio writes it and PNG info reads it.
+
+Each `Setting` is one `Key: value` of A1111's settings line: the request fields it holds, how the writer
+writes their values, and how PNG info reads it back (`pipelines/png_info.py`). ComfyUI's and InvokeAI's
+metadata are read into the same keys (`pipelines/metadata.py`). A ControlNet unit is one more such line, the
+value of "ControlNet <n>"; which A1111 module a preprocessor is written as is part of its mode's declaration
+(`Mode.a1111_modules` in `pipelines/modes.py`).
+
+Two fields are the writer's rather than a request's: `model` (the checkpoint's or the ControlNet's name) and
+`module` (the unit's A1111 module).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+# How PNG info reads a setting: as its one field's declared kind (pipelines/parameters.py), or by a reader of its
+# own: the seed (-1 means a new one each run), the size (WIDTHxHEIGHT), the sampler (with "Schedule type"), the
+# module (a preprocessor and its switches); "none": a tab has no place for it, so it is listed as not used.
+Reading = Literal["declared", "seed", "size", "sampler", "module", "none"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # as A1111 writes it
+    fields: tuple[str, ...]  # what it holds: request fields, or a value of the writer's (the docstring above)
+    text: str = "{}"  # the fields' values, as written (str.format)
+    read: Reading = "declared"
+    unit_field: str = ""  # for what every ControlNet unit has: its field in `ControlUnit`
+
+    def written(self, values: Mapping[str, object]) -> str:
+        return self.text.format(*(values[name] for name in self.fields))
+
+
+STEPS = Setting("Steps", ("steps",))
+SAMPLER = Setting("Sampler", ("scheduler",), read="sampler")
+CFG_SCALE = Setting("CFG scale", ("guidance_scale",))
+SEED = Setting("Seed", ("seed",), read="seed")
+SIZE = Setting("Size", ("width", "height"), text="{}x{}", read="size")
+MODEL = Setting("Model", ("model",), read="none")  # the studio serves one model: a file's is no choice in a tab
+MODE = Setting("Mode", ("mode",), read="none")  # the studio's own; PNG info reads it first, to pick the tab
+DENOISING_STRENGTH = Setting("Denoising strength", ("strength",))
+MASK_BLUR = Setting("Mask blur", ("mask_blur",))
+MASKED_CONTENT = Setting("Masked content", ("masked_content",))  # the studio's own
+VERSION = Setting("Version", (), read="none")  # STUDIO_VERSION, written last, after the ControlNet units
+# In the order A1111 writes them
+SETTINGS = (STEPS, SAMPLER, CFG_SCALE, SEED, SIZE, MODEL, MODE, DENOISING_STRENGTH, MASK_BLUR, MASKED_CONTENT)
+
+# Read, never written: since A1111 1.9 "DPM++ 2M" + "Schedule type: Karras" is the studio's "DPM++ 2M Karras";
+# a hires pass makes A1111 write a denoising strength for a text-to-image run.
+SCHEDULE_TYPE = "Schedule type"
+HIRES_UPSCALE = "Hires upscale"
+# What a ComfyUI graph's latent batch is said as; no tab takes it (each image's PNG carries its own seed).
+BATCH_SIZE = "Batch size"
+NEGATIVE_PROMPT = "Negative prompt"  # the line after the prompt: "Negative prompt: ..."
+STUDIO_VERSION = "diffusion-studio"
+
+MODULE = Setting("Module", ("module",), read="module")
+WEIGHT = Setting("Weight", ("controlnet_scale",), text="{:g}", unit_field="scale")
+GUIDANCE_START = Setting("Guidance Start", ("control_start",), text="{:g}", unit_field="start")
+GUIDANCE_END = Setting("Guidance End", ("control_end",), text="{:g}", unit_field="end")
+# The preprocessor's options, written when it has them; A1111 writes -1 for an option its module lacks.
+PROCESSOR_RES = Setting("Processor Res", ("detect_resolution",))
+THRESHOLD_A = Setting("Threshold A", ("low_threshold",))
+THRESHOLD_B = Setting("Threshold B", ("high_threshold",))
+UNIT_SETTINGS = (MODULE, MODEL, WEIGHT, GUIDANCE_START, GUIDANCE_END, PROCESSOR_RES, THRESHOLD_A, THRESHOLD_B)
+# sd-webui-controlnet 1.1.2 and later: "ControlNet 0: "Module: canny, ...""; before, one unit as separate settings
+# ("ControlNet Module: canny, ...").
+CONTROLNET = "ControlNet"
+
+# A1111's module for a ready map, which is also the studio's preprocessor of that name.
+READY_MAP = "none"
+
+
+@dataclass(frozen=True)
+class ControlModule:
+    """What an A1111 ControlNet module is here: a preprocessor, with the switches the module implies (A1111 draws
+    OpenPose's hands and face with separate modules where the studio has two switches)."""
+
+    preprocessor: str
+    switches: Mapping[str, bool] = field(default_factory=dict)
+
+
+def written_settings(table: Iterable[Setting], values: Mapping[str, object]) -> dict[str, str]:
+    """The settings of `table` whose fields `values` has, in the table's order, as written."""
+    return {setting.key: setting.written(values) for setting in table if all(name in values for name in setting.fields)}
+
+
+def unit_key(number: int) -> str:
+    return f"{CONTROLNET} {number}"
+
+
+def module_name(modules: Mapping[str, ControlModule], preprocessor: str, options: Mapping[str, object]) -> str:
+    """The A1111 module that does what `preprocessor` did with `options`: of a mode's `modules`, the first listed
+    for it whose switches match (the others are other tools' names, read too)."""
+    if preprocessor == READY_MAP:
+        return READY_MAP
+    return next(name for name, module in modules.items()
+                if module.preprocessor == preprocessor and _switched(module, options))
+
+
+def _switched(module: ControlModule, options: Mapping[str, object]) -> bool:
+    return all(bool(options.get(name)) == on for name, on in module.switches.items())
+
+
+def module_named(modules: Mapping[str, ControlModule], name: str) -> ControlModule | None:
+    """What A1111's module `name` is among a mode's `modules`; None for a module the mode does not have."""
+    name = name.lower()
+    return ControlModule(READY_MAP) if name == READY_MAP else modules.get(name)

@@ -17,6 +17,7 @@ from pipelines.settings import EMBEDDED_MODEL, Settings
 from pipelines.studio import Studio
 from ui import cache_writes
 from ui.app import CSS, build_app
+from ui.mcp_tools import tool_schemas_repaired
 from ui.page_cache import page_cache
 from ui.queue import configure_queue
 
@@ -52,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--session-queue", type=_at_least_one,
                         help="generating jobs one visitor may have waiting or running (env STUDIO_SESSION_QUEUE; "
                         "default 3)")
+    parser.add_argument("--no-mcp", action="store_true",
+                        help="do not serve the endpoints as MCP tools (env GRADIO_MCP_SERVER=False)")
     return parser.parse_args(argv)
 
 
@@ -123,7 +126,9 @@ def main(argv: list[str] | None = None) -> None:
         css=CSS,
         show_error=True,
         max_file_size=MAX_UPLOAD,  # Gradio refuses a larger upload before writing it to disk
-        app_kwargs={"middleware": [page_cache()]},  # the page is built once per address, not once per visit
+        # The page is built once per address, not once per visit; the MCP tools' schemas are valid JSON Schema.
+        app_kwargs={"middleware": [page_cache()], "lifespan": tool_schemas_repaired(demo)},
+        mcp_server=settings.mcp_server and not args.no_mcp,
     )
 
 

@@ -63,6 +63,7 @@ class Settings:
     queue_size: int = 32  # jobs that may wait in the queue, all visitors together
     session_queue: int = 3  # generating jobs one visitor (a page, or a gradio_client Client) may have queued or running
     speed: SpeedSettings = field(default_factory=SpeedSettings)  # GPU paths: offload, compile, fusing, SDXL's VAE
+    mcp_server: bool = True  # every endpoint is also an MCP tool (Gradio's own variable, whose default is off)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -105,6 +106,7 @@ class Settings:
                 compile_lora_rank=read.whole("STUDIO_COMPILE_LORA_RANK", SpeedSettings.compile_lora_rank),
                 sdxl_vae=_none_means_off(read.text("STUDIO_SDXL_VAE", FP16_FIX_VAE)),
             ),
+            mcp_server=read.flag("GRADIO_MCP_SERVER", default=cls.mcp_server),
         )
 
     def with_flags(
@@ -155,9 +157,11 @@ class _Reader:
             raise StudioError(f"The setting {name} must be at least 1, not {number}.")
         return number
 
-    def flag(self, name: str) -> bool:
+    def flag(self, name: str, default: bool = False) -> bool:
         value = self.environ.get(name, "").strip().lower()
-        if value in ("", "0", "false", "no", "off"):
+        if not value:
+            return default
+        if value in ("0", "false", "no", "off"):
             return False
         if value in ("1", "true", "yes", "on"):
             return True

@@ -124,11 +124,13 @@ def _is_open_ended(param: Param) -> bool:
 
 
 def with_signature(handler: Callable, params: Iterable[Param], name: str, hidden: Iterable[str] = ()) -> Callable:
-    """Give `handler(*args)` the declared parameters as its signature, so the API takes them by name.
+    """Give `handler(*args)` the declared parameters as its signature, so the API takes them by name, and a
+    docstring that documents each of them, so its MCP tool does too.
 
     `args` are the declared values, then the `hidden` inputs API callers never send (a session's `gr.State`),
     then the caller's `gr.Request` and a `gr.Progress`, which Gradio fills in by their place in this signature.
     """
+    params = list(params)
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
     parameters = [
         inspect.Parameter(
@@ -147,4 +149,14 @@ def with_signature(handler: Callable, params: Iterable[Param], name: str, hidden
     handler.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters
                                if parameter.annotation is not inspect.Parameter.empty}
     handler.__name__ = name
+    handler.__doc__ = tool_docstring(params)
     return handler
+
+
+def tool_docstring(params: Iterable[Param]) -> str:
+    """An "Args:" section with one line per parameter, its label and help: Gradio's MCP server reads each
+    parameter's description from it (`gradio.utils.get_function_description`, one line each).
+
+    It has no summary line: the tool's description is the event's `api_description`, and where an event has none
+    Gradio would show a summary here in `client.view_api()` too, changing the API's description."""
+    return "\n".join(["Args:", *(f"    {param.name}: {param.label}: {describe(param)}" for param in params)])

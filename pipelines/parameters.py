@@ -14,7 +14,8 @@ from typing import Literal
 
 from pipelines.preprocessors.weights import DetectorSources
 
-Kind = Literal[
+# What each kind is (its API type, how a value is checked, which input shows it): `pipelines/validation.py` KINDS.
+KindName = Literal[
     "text", "whole", "number", "flag", "choice", "image", "loras", "names", "numbers", "wholes", "units",
 ]
 
@@ -29,7 +30,7 @@ class Ref:
 @dataclass(frozen=True)
 class Param:
     name: str
-    kind: Kind
+    kind: KindName
     label: str
     help: str
     default: object = None
@@ -42,11 +43,14 @@ class Param:
     multiple_of: int | Ref | None = None
 
     @property
-    def python_type(self) -> type:
-        return {
-            "text": str, "whole": int, "number": float, "flag": bool, "choice": str, "loras": str,
-            "names": list, "numbers": str, "wholes": str, "image": str, "units": list,
-        }[self.kind]
+    def range_text(self) -> str:
+        """The range as people read it ("0 to 255 px", "at most 2000 characters"); "" where there is none."""
+        unit = f" {self.unit}" if self.unit else ""
+        if self.low is not None and self.high is not None:
+            return f"{number_text(self.low)} to {number_text(self.high)}{unit}"
+        if self.high is not None:
+            return f"at most {number_text(self.high)}{unit}"
+        return ""
 
 
 @dataclass(frozen=True)

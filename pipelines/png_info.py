@@ -564,11 +564,8 @@ def _fitted(param: Param, value: object) -> tuple[object, str]:
     if fitted == value:
         return value, ""
     fitted = int(fitted) if param.kind == "whole" else float(fitted)
-    unit = f" {param.unit}" if param.unit else ""
-    return fitted, (
-        f"{param.label} {_number_shown(value)} is outside {number_text(param.low)} to {number_text(param.high)}{unit} "
-        f"here: {fitted:g} is sent instead."
-    )
+    shown = _number_shown(value)
+    return fitted, f"{param.label} {shown} is outside {param.range_text} here: {fitted:g} is sent instead."
 
 
 def _fitted_text(param: Param, text: str) -> tuple[str, str]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
 
 from PIL import Image
 
@@ -37,7 +39,7 @@ def clean(param: Param, value: object, notes: list[str]) -> object:
     """`value` checked against `param` (already bound) and converted to its type; None means the default."""
     if value is None and param.kind != "image":
         value = param.default
-    return _CLEANERS[param.kind](param, value, notes)
+    return KINDS[param.kind].clean(param, value, notes)
 
 
 def field_name(param: Param) -> str:
@@ -191,10 +193,7 @@ def _number_in_range(param: Param, value: object, whole: bool) -> float:
 
 
 def _range_text(param: Param) -> str:
-    unit = f" {param.unit}" if param.unit else ""
-    if param.low is not None and param.high is not None:
-        return f" from {number_text(param.low)} to {number_text(param.high)}{unit}"
-    return ""
+    return f" from {param.range_text}" if param.low is not None and param.high is not None else ""
 
 
 def _is_number(value: object) -> bool:
@@ -274,7 +273,27 @@ def _unit(what: str, unit: object) -> ControlUnit:
     return ControlUnit(mode=mode, preprocessor=preprocessor, **checked)
 
 
-_CLEANERS = {
-    "text": _text, "whole": _whole, "number": _number, "flag": _flag, "choice": _choice, "image": _image,
-    "loras": _loras, "names": _names, "numbers": _numbers, "wholes": _wholes, "units": _units,
+@dataclass(frozen=True)
+class Kind:
+    """What a kind of parameter is (`Param.kind` names it), in the spirit of ComfyUI's input types: the type API
+    callers send (the endpoint signature's annotation), how a value is checked and converted, and which input
+    shows it on the page (`ui/fields.py` makes it)."""
+
+    api_type: type
+    clean: Callable[[Param, object, list[str]], object]
+    component: Literal["textbox", "slider", "checkbox", "dropdown", "multiselect", "image", "units"]
+
+
+KINDS: Mapping[str, Kind] = {
+    "text": Kind(str, _text, "textbox"),
+    "whole": Kind(int, _whole, "slider"),
+    "number": Kind(float, _number, "slider"),
+    "flag": Kind(bool, _flag, "checkbox"),
+    "choice": Kind(str, _choice, "dropdown"),
+    "image": Kind(str, _image, "image"),
+    "loras": Kind(str, _loras, "textbox"),
+    "names": Kind(list, _names, "multiselect"),
+    "numbers": Kind(str, _numbers, "textbox"),
+    "wholes": Kind(str, _wholes, "textbox"),
+    "units": Kind(list, _units, "units"),
 }

@@ -10,8 +10,8 @@ Measured on these 6 pairs (20 steps, default guidance, prompt: the edge object's
 and background of both): edge alone draws its object (IoU 0.785, min 0.571) and never the depth object (0.000);
 depth alone draws its object (0.692, min 0.548) and never the edge object; both at once draw the edge object in 4
 of 6 (IoU 0.596), the depth object in 3 of 6 (0.320), and both in 1 of 6. The model was trained on one object per
-scene: the second unit adds its object only sometimes, at a cost to the first. The ceiling below records that
-limitation; a model that learns to draw both should raise it.
+scene: the second unit adds its object only sometimes, at a cost to the first. Those limitations are measured and
+printed by the script, not asserted here: the tests hold the floors, which a better model keeps.
 """
 
 import pytest
@@ -57,9 +57,7 @@ def test_each_control_alone_draws_its_own_object_and_not_the_other(made):
     assert depth["depth_iou"] >= 0.6 and depth["depth_present"] == 1 and depth["edge_present"] == 0
 
 
-def test_the_second_unit_adds_its_object_only_sometimes(made):
+def test_the_second_unit_adds_its_object_and_the_first_still_draws_its_own(made):
     both, edge = made["both"], made["edge"]
     assert both["depth_present"] >= 3 / 6 - ONE > edge["depth_present"]  # the depth unit does add its object
     assert both["edge_present"] >= 4 / 6 - ONE
-    assert both["both"] <= 1 / 6 + ONE  # measured limitation: one object per training scene
-    assert both["edge_iou"] < edge["edge_iou"]  # the second unit costs the first object

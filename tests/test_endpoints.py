@@ -92,3 +92,15 @@ def test_a_new_mode_is_one_entry(tmp_path):
     assert "/sketch2img" in found["endpoints"]
     assert found["parameters"][:2] == ["image", "prompt"] and "low_threshold" in found["parameters"]
     assert "Preprocessor" in found["refusal"] and "pencil" in found["refusal"]
+
+
+def test_every_kind_of_parameter_is_declared_once():
+    """Each kind carries its API type, its checks and its component in one entry (pipelines/validation.py KINDS),
+    and every declared parameter is of one of them."""
+    from typing import get_args
+
+    from pipelines.parameters import PARAMETERS, KindName
+    from pipelines.validation import KINDS
+
+    assert set(KINDS) == set(get_args(KindName))
+    assert {param.kind for param in PARAMETERS.values()} <= set(KINDS)

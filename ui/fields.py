@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable
 
 import gradio as gr
 
-from pipelines.parameters import Param, number_text
+from pipelines.parameters import Param
+from pipelines.validation import KINDS
 from ui.control_image import ControlImage
 
 
@@ -78,12 +79,9 @@ class DeclaredImage(_Declared, ControlImage):
 
 def describe(param: Param) -> str:
     """The one-line help with the range or choices, as the API page shows it."""
-    unit = f" {param.unit}" if param.unit else ""
-    if param.low is not None and param.high is not None:
-        return f"{param.help}; {number_text(param.low)} to {number_text(param.high)}{unit}"
-    if param.high is not None:
-        return f"{param.help}; at most {number_text(param.high)}{unit}"
-    if isinstance(param.choices, tuple) and param.kind == "choice":
+    if param.range_text:
+        return f"{param.help}; {param.range_text}"
+    if isinstance(param.choices, tuple) and KINDS[param.kind].component == "dropdown":
         return f"{param.help}; one of {', '.join(param.choices)}"
     return param.help
 
@@ -98,21 +96,21 @@ def component_for(param: Param, **overrides) -> gr.components.Component:
 
 
 def _build(param: Param, common: dict) -> gr.components.Component:
-    kind = param.kind
-    precision = 0 if kind == "whole" else None
-    if kind == "image":
+    kind = KINDS[param.kind]
+    if kind.component == "image":
         return DeclaredImage(type="filepath", **{**common, "value": None})
-    if kind == "units":
+    if kind.component == "units":
         return DeclaredUnits(**{**common, "value": list(common["value"])})
-    if kind in ("whole", "number") and _is_open_ended(param):
+    precision = 0 if kind.api_type is int else None
+    if kind.component == "slider" and _is_open_ended(param):
         return DeclaredNumber(precision=precision, minimum=param.low, **common)
-    if kind in ("whole", "number"):
+    if kind.component == "slider":
         return DeclaredSlider(param.low, param.high, step=param.step, precision=precision, **common)
-    if kind == "flag":
+    if kind.component == "checkbox":
         return DeclaredCheckbox(**common)
-    if kind == "choice":
+    if kind.component == "dropdown":
         return DeclaredDropdown(common.pop("choices", list(param.choices)), **common)
-    if kind == "names":
+    if kind.component == "multiselect":
         common["value"] = list(common["value"] or ())
         return DeclaredDropdown(list(param.choices or ()), multiselect=True, allow_custom_value=True, **common)
     return DeclaredTextbox(**common)
@@ -134,8 +132,8 @@ def with_signature(handler: Callable, params: Iterable[Param], name: str, hidden
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
     parameters = [
         inspect.Parameter(
-            param.name, positional, default=None if param.kind == "image" else param.default,
-            annotation=param.python_type,
+            param.name, positional, default=None if KINDS[param.kind].component == "image" else param.default,
+            annotation=KINDS[param.kind].api_type,
         )
         for param in params
     ]

@@ -105,8 +105,10 @@ def test_a_burst_from_one_visitor_gets_its_share_and_busy_refusals_for_the_rest(
 def test_a_full_queue_refuses_everyone_and_says_how_many_wait():
     with toy_studio(queue_size=1, session_queue=3) as (demo, url, started, release):
         first = Client(url, verbose=False)
-        jobs = [first.submit("running", api_name="/work") for _ in range(RUNNING_AT_ONCE)]
-        wait_until(lambda: len(started) == RUNNING_AT_ONCE)
+        jobs = []
+        for running in range(1, RUNNING_AT_ONCE + 1):  # one by one: a queue of one holds a second joining at once
+            jobs.append(first.submit("running", api_name="/work"))
+            wait_until(lambda running=running: len(started) == running)
         jobs.append(first.submit("waiting", api_name="/work"))
         wait_until(lambda: len(demo._queue) == 1)
 

@@ -156,10 +156,10 @@ _PARAMETERS = (
     # The LoRA lab's grid
     Param("lora_names", "names", "LoRAs in the grid", "LoRA names: folder files, uploads or hub:owner/repo",
           default=(), choices=Ref("lora_names")),
-    Param("weights", "numbers", "Weights", "weights to try, comma-separated", default="0.5, 1",
-          low=-MAX_LORA_WEIGHT, high=MAX_LORA_WEIGHT),
-    Param("seeds", "wholes", "Seeds (one column each)", "seeds, comma-separated", default="1, 2",
-          low=0, high=MAX_SEED),
+    Param("weights", "numbers", "Weights", "weights to try, comma-separated, or a range: 0-1 step 0.25",
+          default="0.5, 1", low=-MAX_LORA_WEIGHT, high=MAX_LORA_WEIGHT),
+    Param("seeds", "wholes", "Seeds (one column each)", "seeds, comma-separated, or a range: 1-4 step 1",
+          default="1, 2", low=0, high=MAX_SEED),
     Param("together", "loras", "Weight per LoRA for the 'together' row",
           "name:weight pairs for a row with all chosen LoRAs at once", default=""),
     Param("add_together", "flag", "Add a 'together' row", "a last row with all chosen LoRAs at once",
@@ -179,10 +179,11 @@ _PARAMETERS = (
     Param("sweep", "choice", "Sweep", "what changes from column to column", default="guidance scale",
           choices=("guidance scale", "steps", "samplers")),
     Param("guidance_scales", "numbers", "Guidance scales",
-          "guidance scales to compare (guidance sweep), comma-separated",
+          "guidance scales to compare (guidance sweep), comma-separated, or a range: 2-8 step 2",
           default="1, 2, 4, 8, 12", low=0.0, high=Ref("max_guidance")),
     Param("step_counts", "wholes", "Step counts",
-          "step counts to compare (steps and samplers sweeps), comma-separated", default="10, 20, 50",
+          "step counts to compare (steps and samplers sweeps), comma-separated, or a range: 10-50 step 20",
+          default="10, 20, 50",
           low=1, high=Ref("max_steps")),
 )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -27,6 +28,8 @@ from pipelines.parameters import (
 from pipelines.request import ControlUnit, LoraChoice
 
 MAX_GRID_VALUES = 8  # weights or seeds in one grid
+# A range among listed numbers: "0-1 step 0.25", "-1 - 1 step 0.5" (no nested quantifiers: linear on any text).
+_RANGE = re.compile(r"(?P<start>[-+]?[\d.]+)\s*-\s*(?P<end>[-+]?[\d.]+)\s+step\s+(?P<step>[\d.]+)", re.IGNORECASE)
 # Lists written as text are bounded before they are split: parsing a megabyte of "stripes:1," held the server's
 # GIL for 1.4 s. 2000 characters hold far more than the counts below allow.
 MAX_LIST_CHARS = 2000
@@ -156,12 +159,13 @@ def _wholes(param: Param, value: object, notes: list[str]) -> tuple[int, ...]:
 
 
 def _listed_numbers(param: Param, value: object, whole: bool) -> list[float]:
-    """'0.5, 1' text or a list of numbers, each within the declared range."""
+    """'0.5, 1' text, ranges like '0-1 step 0.25' among the items, or a list of numbers; each within the declared
+    range."""
     if isinstance(value, str):
         _check_list_length(param, value)
         _check_characters(field_name(param), value)
         items = [item.strip() for item in value.replace(";", ",").split(",") if item.strip()]
-        numbers = [_parse_number(param, item) for item in items]
+        numbers = [number for item in items for number in _parse_item(param, item)]
     elif isinstance(value, (list, tuple)):
         numbers = list(value)
     else:
@@ -174,6 +178,23 @@ def _listed_numbers(param: Param, value: object, whole: bool) -> list[float]:
 def _check_list_length(param: Param, text: str) -> None:
     if len(text) > MAX_LIST_CHARS:
         raise StudioError(f"{field_name(param)} has {len(text)} characters; the limit is {MAX_LIST_CHARS}.")
+
+
+def _parse_item(param: Param, item: str) -> list[float]:
+    """One number, or a range 'start-end step size' (A1111's X/Y plot and the LoRA Block Weight extension write
+    ranges so): its ends included, counted before it is made, so '0-1000000 step 0.001' is refused, not built."""
+    found = _RANGE.fullmatch(item)
+    if found is None:
+        return [_parse_number(param, item)]
+    start, end, step = (_parse_number(param, found[name]) for name in ("start", "end", "step"))
+    if not (step > 0 and end >= start) or not all(map(math.isfinite, (start, end, step))):
+        raise StudioError(f"{field_name(param)}: the range {item!r} must go up from its start to its end by a step "
+                          "above 0, like '0-1 step 0.25'.")
+    count = math.floor((end - start) / step + 1e-9) + 1
+    if count > MAX_GRID_VALUES:
+        raise StudioError(f"{field_name(param)}: the range {item!r} has {count} values; at most {MAX_GRID_VALUES} "
+                          "fit in one grid.")
+    return [round(start + index * step, 10) for index in range(count)]
 
 
 def _parse_number(param: Param, item: str) -> float:

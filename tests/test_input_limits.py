@@ -57,3 +57,26 @@ def test_lora_and_name_counts_have_limits(tiny_studio):
         cleaned(tiny_studio, "lora_names", [f"style{index}" for index in range(MAX_NAMES + 1)])
     with pytest.raises(StudioError, match=rf"the limit is {MAX_NAME_CHARS}"):
         cleaned(tiny_studio, "lora_names", ["x" * (MAX_NAME_CHARS + 1)])
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("0-1 step 0.25", (0.0, 0.25, 0.5, 0.75, 1.0)),
+    ("0, 0.5, 1", (0.0, 0.5, 1.0)),
+    ("-1 - 1 step 1, 1.5", (-1.0, 0.0, 1.0, 1.5)),
+    ("0-0.3 step 0.1", (0.0, 0.1, 0.2, 0.3)),  # the end is kept despite 0.1's float error
+])
+def test_weights_take_ranges_as_trainers_write_them(tiny_studio, text, expected):
+    assert cleaned(tiny_studio, "weights", text) == expected
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("0-2 step 0.001", "has 2001 values; at most 8"),
+    ("0-1000000000 step 0.000001", "values; at most 8"),
+    ("1-0 step 0.5", "must go up"),
+    ("0-1 step 0", "must go up"),
+    ("0-3 step 1", "from -2 to 2"),  # each value still within the declared range
+])
+def test_a_range_past_the_limits_is_refused_by_name_without_being_built(tiny_studio, text, words):
+    with pytest.raises(StudioError, match="Weights") as refused:
+        cleaned(tiny_studio, "weights", text)
+    assert words in str(refused.value)

@@ -158,3 +158,20 @@ def test_an_image_made_again_while_it_is_downloaded_is_always_read_whole(tmp_pat
     writer.join()
     assert reads[False] == 0 and reads[True] > 100, reads
     assert path.parent.name == processing_utils.hash_bytes(whole) and path.name == "image.png"  # Gradio's own path
+
+
+def test_agents_calling_through_mcp_each_get_a_visitors_share():
+    """Gradio's MCP server sends every agent's calls through one client (one session, `x-gradio-user: mcp`) with the
+    agent's request headers: each address a Space's proxy forwards gets its own share, and agents without one share
+    one."""
+    with toy_studio(queue_size=32, session_queue=2) as (demo, url, started, release):
+        mcp = Client(url, verbose=False, headers={"x-gradio-user": "mcp"})
+        first, second = ({"x-forwarded-for": f"203.0.113.9, 10.0.0.{n}"} for n in (1, 2))
+        jobs = [mcp.submit("a", api_name="/work", headers=first) for _ in range(2)]
+        wait_until(lambda: len(started) + len(demo._queue) == 2)
+        with pytest.raises(AppError, match="you have 2 queued or running already"):
+            mcp.submit("a", api_name="/work", headers=first).result(timeout=30)
+        jobs.append(mcp.submit("b", api_name="/work", headers=second))  # another agent behind the same first hop
+        wait_until(lambda: len(started) + len(demo._queue) == 3)
+        release.release(3)
+        assert sorted(job.result(timeout=30) for job in jobs) == ["A", "A", "B"]

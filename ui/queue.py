@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from asyncio import Queue as AsyncQueue
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import gradio as gr
 from gradio.block_function import BlockFunction
@@ -71,6 +71,21 @@ def session_full_message(waiting: int, yours: int) -> str:
     )
 
 
+def visitor(session_hash: str | None, headers: Mapping[str, str]) -> str | None:
+    """Whose job it is: its session's. Gradio's MCP server sends every agent's calls through one client of its own
+    (one session, marked `x-gradio-user: mcp`, with the agent's request headers), so there the address the nearest
+    proxy saw (the last `x-forwarded-for` entry, which a Space's proxy writes) tells agents apart; without a proxy
+    all agents share one visitor's share."""
+    if session_hash is None or headers.get("x-gradio-user") != "mcp":
+        return session_hash
+    address = headers.get("x-forwarded-for", "").split(",")[-1].strip()
+    return f"{session_hash} {address}" if address else session_hash
+
+
+def _headers(event: Event) -> Mapping[str, str]:
+    return event.request.headers if event.request is not None else {}
+
+
 class SessionLimit:
     """Refuses any job when the queue is full, and a generating job when its session already has `per_session` of
     them queued or running (PNG info, the LoRA list or Stop are never counted against a session)."""
@@ -91,13 +106,13 @@ class SessionLimit:
             return await self._push(body=body, request=request, username=username)
         # Counted and queued under one lock, so that jobs of one client joining at once are counted one by one.
         async with self._lock:
-            refusal = self.refusal(fn, body.session_hash)
+            refusal = self.refusal(fn, visitor(body.session_hash, request.headers))
             if refusal is None:
                 return await self._push(body=body, request=request, username=username)
         logger.debug("refused a %s job of session %s: %s", fn.api_name, body.session_hash, refusal)
         return await self._refuse(body, fn, request, username, refusal)
 
-    def refusal(self, fn: BlockFunction, session_hash: str | None) -> str | None:
+    def refusal(self, fn: BlockFunction, who: str | None) -> str | None:
         """The message that refuses this session's new job of `fn`, or None when it may join the queue.
 
         The queue is full at Gradio's own `max_size`, counted as Gradio counts it, so Gradio's refusal never comes
@@ -107,20 +122,20 @@ class SessionLimit:
             return queue_full_message(waiting)
         if not self.is_generating(fn):
             return None
-        yours = self.jobs_of(session_hash)
+        yours = self.jobs_of(who)
         if yours >= self.per_session:
             return session_full_message(waiting, yours)
         return None
 
-    def jobs_of(self, session_hash: str | None) -> int:
-        """The session's generating jobs, waiting or running (an API call without a session is its own)."""
-        if session_hash is None:
+    def jobs_of(self, who: str | None) -> int:
+        """The visitor's generating jobs, waiting or running (an API call without a session is its own)."""
+        if who is None:
             return 0
         waiting = (event for group in self.queue.event_queue_per_concurrency_id.values() for event in group.queue)
         running = (event for job in self.queue.active_jobs if job for event in job)
         return sum(
             1 for events in (waiting, running) for event in events
-            if event.session_hash == session_hash and self.is_generating(event.fn)
+            if self.is_generating(event.fn) and visitor(event.session_hash, _headers(event)) == who
         )
 
     async def _refuse(self, body, fn: BlockFunction, request, username, message: str):

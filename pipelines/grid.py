@@ -14,13 +14,14 @@ A stop (`should_stop`) ends the grid at its next denoising step, or between rows
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
 from pipelines.endpoints import validate_grid
 from pipelines.layout import GridCell, compose_grid, grid_text_entries
+from pipelines.lora.runs import TrainingPoint, in_training_order
 from pipelines.lora.triggers import add_trigger_words
 from pipelines.request import GridRequest, LoraChoice
 from pipelines.studio import Progress, ShouldStop, steps_after, stop_if_asked
@@ -37,12 +38,21 @@ class GridResult:
 
 
 def grid_rows(
-    loras: Sequence[str], weights: Sequence[float], together: Sequence[LoraChoice] = ()
+    loras: Sequence[str],
+    weights: Sequence[float],
+    together: Sequence[LoraChoice] = (),
+    points: Mapping[str, TrainingPoint] | None = None,
 ) -> list[tuple[str, tuple[LoraChoice, ...]]]:
-    """The baseline first, then every LoRA at every weight, then (optionally) one row of several LoRAs at once."""
+    """The baseline first, then every LoRA at every weight, then (optionally) one row of several LoRAs at once.
+
+    With the LoRAs' `points`, the checkpoints of one training run come together in training order, each labelled
+    with its epoch or step."""
     rows = [(BASELINE_LABEL, ())]
+    if points is not None:
+        loras = in_training_order(loras, points)
     for name in loras:
-        rows += [(f"{LoraChoice(name).label} @ {weight:g}", (LoraChoice(name, weight),)) for weight in weights]
+        label = (points[name].shown if points is not None else "") or LoraChoice(name).label
+        rows += [(f"{label} @ {weight:g}", (LoraChoice(name, weight),)) for weight in weights]
     if together:
         rows.append((" + ".join(f"{choice.label} @ {choice.weight:g}" for choice in together), tuple(together)))
     return rows
@@ -62,9 +72,11 @@ def render_grid(
     last (the rows still to come left blank); `should_stop`, polled at every step, ends the grid (StudioError).
     """
     grid, notes = validate_grid(grid, studio.served)
-    rows = grid_rows(grid.lora_names, grid.weights, grid.together)
-    for name in dict.fromkeys([*grid.lora_names, *(choice.name for choice in grid.together)]):
-        studio.loras.check(name)  # refuse a bad file before rendering anything
+    # Each file is checked before anything is rendered: a bad one is refused at once.
+    entries = {name: studio.loras.check(name) for name in dict.fromkeys([*grid.lora_names,
+                                                                         *(choice.name for choice in grid.together)])}
+    points = {name: entries[name].point for name in grid.lora_names}
+    rows = grid_rows(grid.lora_names, grid.weights, grid.together, points)
     row_labels, column_labels = [label for label, _ in rows], [f"seed {seed}" for seed in grid.seeds]
     steps = grid.base.steps
     started = time.perf_counter()

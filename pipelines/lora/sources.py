@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from pipelines.errors import StudioError
 from pipelines.lora.formats import cross_attention_width, family_from_shapes, family_label
 from pipelines.lora.metadata import describe_metadata, family_from_metadata
+from pipelines.lora.runs import TrainingPoint, training_point
 from pipelines.lora.safety import (
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_UPLOAD_BYTES,
@@ -40,6 +41,7 @@ class LoraEntry:
     title: str | None
     source: str  # "folder", "upload" or "hub"
     fields: dict[str, str] = field(default_factory=dict)
+    point: TrainingPoint = TrainingPoint("")  # its training run, and its epoch or step in it where it says
 
     @property
     def size_label(self) -> str:
@@ -63,6 +65,7 @@ def describe_file(path: Path, name: str, source: str, max_file_bytes: int = DEFA
         title=metadata.title,
         source=source,
         fields=metadata.fields,
+        point=training_point(name, header.metadata),
     )
 
 

@@ -1,0 +1,53 @@
+"""Checkpoints of one training run: where each stands (from its metadata or its name as trainers write it), and the
+grid's rows in training order, each labelled with its epoch or step."""
+
+from __future__ import annotations
+
+import pytest
+
+from embedded.synthetic_loras import lora_tensors, write_lora
+from pipelines.grid import BASELINE_LABEL, render_grid
+from pipelines.lora.runs import TrainingPoint, in_training_order, training_point
+from pipelines.request import GenerationRequest, GridRequest
+from pipelines.settings import Settings
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.mark.parametrize(("name", "metadata", "expected"), [
+    ("ink-000004.safetensors", {}, TrainingPoint("ink", epoch=4, output="ink")),  # kohya, --save_every_n_epochs
+    ("ink-step00000500.safetensors", {}, TrainingPoint("ink", step=500, output="ink")),  # --save_every_n_steps
+    ("out/checkpoint-300/pytorch_lora_weights.safetensors", {}, TrainingPoint("out", step=300, output="out")),
+    ("ink.safetensors", {"ss_epoch": "6", "ss_steps": "1200"}, TrainingPoint("ink", 6, 1200, output="ink")),
+    ("a-000001.safetensors", {"ss_session_id": "42"}, TrainingPoint("42", epoch=1, output="a")),
+    ("ink.safetensors", {"ss_epoch": "six"}, TrainingPoint("ink", output="ink")),  # not a number: not a place
+    ("pytorch_lora_weights.safetensors", {}, TrainingPoint("pytorch_lora_weights", output="pytorch_lora_weights")),
+])
+def test_a_checkpoint_says_where_it_stands_in_its_run(name, metadata, expected):
+    assert training_point(name, metadata) == expected
+
+
+def test_each_runs_checkpoints_come_together_in_training_order():
+    names = ["b-000002.safetensors", "style.safetensors", "a-000003.safetensors", "b-000001.safetensors",
+             "a-000001.safetensors"]
+    points = {name: training_point(name, {}) for name in names}
+    assert in_training_order(names, points) == [
+        "b-000001.safetensors", "b-000002.safetensors", "style.safetensors", "a-000001.safetensors",
+        "a-000003.safetensors",
+    ]
+    assert [points[name].shown for name in names] == ["b (epoch 2)", "", "a (epoch 3)", "b (epoch 1)", "a (epoch 1)"]
+
+
+def test_a_grid_of_one_runs_checkpoints_renders_them_in_order_under_their_steps(tiny_sd_dir, tmp_path):
+    from pipelines.studio import Studio
+
+    studio = Studio(Settings(model=str(tiny_sd_dir), lora_dir=str(tmp_path), device="cpu"))
+    for step in (300, 100, 200):
+        write_lora(tmp_path / f"run/checkpoint-{step}/pytorch_lora_weights.safetensors",
+                   lora_tensors(studio.base, layout="peft", seed=step))
+    names = [f"run/checkpoint-{step}/pytorch_lora_weights.safetensors" for step in (300, 100, 200)]
+    grid = GridRequest(GenerationRequest(prompt="a circle", steps=1), tuple(names), "1", "1")
+    result = render_grid(studio, grid)
+    labels = list(dict.fromkeys(cell.row_label for cell in result.cells))
+    assert labels[0] == BASELINE_LABEL
+    assert labels[1:] == ["run (step 100) @ 1", "run (step 200) @ 1", "run (step 300) @ 1"]

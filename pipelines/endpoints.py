@@ -32,8 +32,9 @@ from pipelines.request import (
     NoiseRequest,
     SweepRequest,
     TimelineRequest,
+    XYRequest,
 )
-from pipelines.validation import clean, show
+from pipelines.validation import MAX_GRID_VALUES, clean, show
 
 Request = TypeVar("Request")
 
@@ -248,6 +249,120 @@ LORA_GRID: Endpoint[GridRequest] = Endpoint(
 )
 
 
+# ------------------------------------------------------------------ the LoRA lab's X/Y plot
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One setting an X/Y plot can vary: the parameter whose declaration checks a list of its values, how a value
+    changes a request, and how it reads as a row or column label."""
+
+    checked_as: str
+    apply: Callable[[GenerationRequest, object], GenerationRequest]
+    label: Callable[[object], str]
+
+
+def _with_lora_weight(request: GenerationRequest, weight: float) -> GenerationRequest:
+    return replace(request, loras=tuple(LoraChoice(choice.name, weight) for choice in request.loras))
+
+
+def _with_lora(request: GenerationRequest, choice: LoraChoice | None) -> GenerationRequest:
+    return replace(request, loras=() if choice is None else (choice,))
+
+
+def _replaced(request: GenerationRequest, pair: tuple[str, str]) -> GenerationRequest:
+    """A1111's prompt S/R: the search text replaced in the prompt and the negative prompt."""
+    search, value = pair
+    return replace(request, prompt=request.prompt.replace(search, value),
+                   negative_prompt=request.negative_prompt.replace(search, value))
+
+
+AXES: Mapping[str, Axis] = {
+    "LoRA weight": Axis("weights", _with_lora_weight, lambda weight: f"weight {weight:g}"),
+    "LoRA": Axis("loras", _with_lora, lambda choice: "no LoRA" if choice is None else
+                 f"{choice.label} @ {choice.weight:g}"),
+    "seed": Axis("seeds", lambda request, seed: replace(request, seed=seed), lambda seed: f"seed {seed}"),
+    "steps": Axis("step_counts", lambda request, steps: replace(request, steps=steps), lambda steps: f"{steps} steps"),
+    "guidance": Axis("guidance_scales", lambda request, scale: replace(request, guidance_scale=scale),
+                     lambda scale: f"guidance {scale:g}"),
+    "sampler": Axis("scheduler", lambda request, name: replace(request, scheduler=name), str),
+    "prompt S/R": Axis("prompt", _replaced, lambda pair: pair[1]),
+}
+NO_LORA = "none"
+
+
+def validate_xy(plot: XYRequest, served: Served) -> tuple[XYRequest, list[str]]:
+    """The base as every cell starts from (its seed fixed), each axis's values checked by its parameter's own
+    declaration, the two axes different, and at most MAX_CELLS images."""
+    base, notes = validate_request(replace(plot.base, randomize_seed=False, num_images=1), served)
+    with_axes = replace(served, axes=tuple(AXES))
+    axes = {name: clean(bind(PARAMETERS[name], with_axes), getattr(plot, name), notes) for name in ("x_axis", "y_axis")}
+    if axes["x_axis"] == axes["y_axis"]:
+        raise StudioError(f"The X and Y axes (x_axis, y_axis) must differ; both are {axes['x_axis']!r}.")
+    values = {f"{side}_values": _axis_values(axes[f"{side}_axis"], getattr(plot, f"{side}_values"), base, side,
+                                            served, notes) for side in ("x", "y")}
+    plot = XYRequest(base, axes["x_axis"], values["x_values"], axes["y_axis"], values["y_values"])
+    cells = len(plot.x_values) * len(plot.y_values)
+    if cells > MAX_CELLS:
+        raise StudioError(f"This plot would have {cells} images; the limit is {MAX_CELLS}. Use fewer values.")
+    return plot, notes
+
+
+def _axis_values(axis: str, text: object, base: GenerationRequest, side: str, served: Served,
+                 notes: list[str]) -> tuple:
+    """`text` as the values of `axis`, each checked as the axis's parameter checks it."""
+    what = f"{side.upper()} values"
+    if not isinstance(text, str) or not text.strip():
+        raise StudioError(f"{what} must be values separated by commas, like '1, 2'; got {show(text)}.")
+    if not base.loras and axis == "LoRA weight":
+        raise StudioError("The LoRA weight axis changes the weight of the LoRAs in LoRAs (loras); name at least one.")
+    param = replace(bind(PARAMETERS[AXES[axis].checked_as], served), name=f"{side}_values", label=what)
+    if param.kind in ("numbers", "wholes"):
+        return clean(param, text, notes)
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if len(items) > MAX_GRID_VALUES:
+        raise StudioError(f"{what}: at most {MAX_GRID_VALUES} values fit in one plot; got {len(items)}.")
+    if axis == "sampler":
+        return tuple(clean(param, item, notes) for item in items)
+    if axis == "LoRA":
+        return tuple(None if item == NO_LORA else clean(param, item, notes)[0] for item in items)
+    search = items[0]
+    if search not in base.prompt and search not in base.negative_prompt:
+        raise StudioError(f"{what}: prompt S/R replaces its first value, {search!r}, which is not in the prompt.")
+    return tuple((search, clean(param, item, notes)) for item in items)
+
+
+def xy_cells(plot: XYRequest) -> list[list[GenerationRequest]]:
+    """A checked plot's requests: a row per Y value, a column per X value."""
+    x_axis, y_axis = AXES[plot.x_axis], AXES[plot.y_axis]
+    return [[x_axis.apply(y_axis.apply(plot.base, y), x) for x in plot.x_values] for y in plot.y_values]
+
+
+def _xy_request(arguments: dict[str, object]) -> XYRequest:
+    plotted = {name: arguments.pop(name) for name in ("x_axis", "x_values", "y_axis", "y_values") if name in arguments}
+    return XYRequest(GenerationRequest(preprocessor="none", **arguments), **plotted)
+
+
+def _xy_work(plot: XYRequest) -> GpuWork:
+    cells = [cell for row in xy_cells(plot) for cell in row]
+    names = sorted({choice.name for cell in cells for choice in cell.loras})
+    return replace(generation_work(plot.base), denoising_steps=sum(cell.steps for cell in cells), loras=tuple(names))
+
+
+XY_PLOT: Endpoint[XYRequest] = Endpoint(
+    "xy_plot",
+    "X/Y plot",
+    "Any two settings against each other: LoRA, LoRA weight, seed, prompt S/R, guidance, steps or sampler along the "
+    "columns and the rows, every cell labelled, the plot's PNG carrying each cell's parameters.",
+    ("x_axis", "x_values", "y_axis", "y_values", "prompt", "negative_prompt", "loras", "mode", "image", "seed",
+     "steps", "guidance_scale", "scheduler"),
+    build=_xy_request,
+    rules=validate_xy,
+    work=_xy_work,
+    served_for=lambda served: replace(served, preprocessors=("none",), axes=tuple(AXES)),
+)
+
+
 # ------------------------------------------------------------------ the Explore tab: every image a text-mode run
 
 
@@ -334,5 +449,5 @@ SWEEP: Endpoint[SweepRequest] = Endpoint(
 
 EXPLORE = (DENOISE_TIMELINE, FORWARD_NOISE, SWEEP)
 ENDPOINTS: Mapping[str, Endpoint] = {
-    endpoint.name: endpoint for endpoint in (*MODE_ENDPOINTS.values(), LORA_GRID, *EXPLORE)
+    endpoint.name: endpoint for endpoint in (*MODE_ENDPOINTS.values(), LORA_GRID, XY_PLOT, *EXPLORE)
 }

@@ -76,6 +76,7 @@ class Served:
     unavailable_preprocessors: tuple[str, ...] = ()  # their weights are not on this machine
     lora_names: tuple[str, ...] = ()
     detectors: DetectorSources = DetectorSources()
+    axes: tuple[str, ...] = ()  # the X/Y plot's axes
 
 
 def bind(param: Param, served: Served) -> Param:
@@ -167,6 +168,15 @@ _PARAMETERS = (
     Param("add_triggers", "flag", "Add each row's trigger words", "each row's prompt gets its LoRAs' trigger "
           "words; the 'no LoRA' row keeps the prompt as written", default=True),
     Param("mode", "choice", "Mode", "which mode renders the cells", default="text", choices=Ref("modes")),
+    # The LoRA lab's X/Y plot (its axes: pipelines/endpoints.py AXES)
+    Param("x_axis", "choice", "X axis", "what changes from column to column", default="LoRA weight",
+          choices=Ref("axes")),
+    Param("x_values", "text", "X values", "the columns' values, comma-separated (ranges too: 0-1 step 0.25); for "
+          "prompt S/R the first is the text the others replace", default="0, 0.5, 1", high=Ref("max_prompt_chars"),
+          unit="characters"),
+    Param("y_axis", "choice", "Y axis", "what changes from row to row", default="seed", choices=Ref("axes")),
+    Param("y_values", "text", "Y values", "the rows' values, comma-separated", default="1, 2",
+          high=Ref("max_prompt_chars"), unit="characters"),
     # The Explore tab
     Param("keep_every", "whole", "Keep every k-th step", "a frame every this many steps; the last step is always kept",
           default=2, low=1, high=Ref("max_steps"), step=1),

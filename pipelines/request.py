@@ -87,6 +87,17 @@ class GridRequest:
 
 
 @dataclass(frozen=True)
+class XYRequest:
+    """The LoRA lab's X/Y plot: `base` with one setting changed along the columns and another down the rows."""
+
+    base: GenerationRequest
+    x_axis: str | None = None
+    x_values: tuple | str = ()  # "0, 0.5, 1" as sent; the axis's values once checked
+    y_axis: str | None = None
+    y_values: tuple | str = ()
+
+
+@dataclass(frozen=True)
 class TimelineRequest:
     """The Explore tab's denoising timeline: `base` (text mode, one image), every k-th step kept as a frame."""
 

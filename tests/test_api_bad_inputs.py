@@ -87,6 +87,7 @@ EXPLORE_ARGUMENTS = {
     "denoise_timeline": dict(prompt="a red circle", steps=1),
     "forward_noise": {},
     "sweep": dict(prompt="a red circle", steps=1, guidance_scales="1", step_counts="1"),
+    "xy_plot": dict(prompt="a red circle", steps=1, x_axis="seed", x_values="1", y_axis="guidance", y_values="2"),
 }
 CASES = [
     (endpoint, name, value)

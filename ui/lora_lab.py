@@ -9,6 +9,7 @@ streams its rows as they are made, and a Stop ends it at its next denoising step
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import partial
@@ -16,10 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import gradio as gr
+import pandas as pd
 
 from pipelines.endpoints import LORA_GRID
 from pipelines.errors import StudioError
 from pipelines.grid import GridResult, render_grid
+from pipelines.lora.formats import family_label
+from pipelines.lora.hashes import LoraHashes, lora_hashes
+from pipelines.lora.inspect import LoraInspection, TagFolder, inspect_lora
 from pipelines.lora.sources import HUB_PREFIX, LoraEntry
 from pipelines.outputs import OutputFolder
 from pipelines.parameters import Param, Served
@@ -30,6 +35,7 @@ from ui.errors import shown_to_person
 from ui.fields import component_for
 from ui.live import Done, Progress, Send, ShouldStop, live
 from ui.stop import request_stop
+from ui.xy_plot import build_xy_plot
 
 if TYPE_CHECKING:
     from ui.history import History
@@ -37,6 +43,9 @@ if TYPE_CHECKING:
 LIBRARY_HEADERS = ["name", "size", "family", "trigger words", "title"]
 # Two grids may interleave row by row: each row is one studio.generate call under the studio's lock.
 GRID_CONCURRENCY = 2
+HEADER_COLUMNS = ["field", "value"]
+CHART_X, CHART_Y = "block", "change"
+MARKDOWN_MARKS = re.compile(r"([\\`*_{}\[\]()#+\-!|<>~])")
 
 
 def build_lora_lab(studio: Studio, history: History | None = None) -> None:
@@ -108,6 +117,9 @@ def build_lora_lab(studio: Studio, history: History | None = None) -> None:
             lambda: None, None, grid_image, queue=False, **private
         )
 
+        build_xy_plot(studio, served, GRID_CONCURRENCY)
+        build_inspector(studio, uploads, chosen, refresh)
+
         def loras() -> list[dict]:
             """Every LoRA in the folder: name, size, family, trigger words, title and header metadata."""
             return [entry_as_dict(entry) for entry in manager.available()]
@@ -168,6 +180,157 @@ def render(
                 yield result.image, "\n\n".join([summary, *result.notes])
             else:
                 yield item, gr.skip()  # the rows made so far
+
+
+def build_inspector(studio: Studio, uploads: gr.State, chosen: gr.Dropdown, refresh: gr.Button) -> None:
+    """The "Inspect a LoRA" panel inside the lab's tab (its menu follows the lab's LoRAs), and `/lora_info`."""
+    with gr.Accordion("Inspect a LoRA", open=False):
+        gr.Markdown(
+            "What a LoRA file says about itself and where its weights are: the training facts its header records "
+            "(kohya's `ss_*` fields, `modelspec.*`), trigger words and dataset tags, the hashes A1111 and Civitai know "
+            "it by, the whole header, and the change it makes per block: ||up @ down||<sub>F</sub> x alpha / rank of "
+            "every layer, summed per block as the LoRA Block Weight extension numbers them (SD 1.x/2.x, SDXL), or per "
+            "IN/MID/OUT. BASE is the text encoders."
+        )
+        with gr.Row():
+            picked = gr.Dropdown(label="LoRA to inspect", choices=_choices(studio.loras, [], None), value=None, scale=4)
+            inspect = gr.Button("Inspect", scale=1)
+        summary = gr.Markdown()
+        chart = gr.BarPlot(
+            x=CHART_X, y=CHART_Y, label="Change per block", y_title="||up @ down||_F x alpha / rank, summed"
+        )
+        header = gr.Dataframe(
+            headers=HEADER_COLUMNS, interactive=False, wrap=True, label="Header (__metadata__)",
+            column_widths=["25%", "75%"],
+        )
+    private = dict(api_visibility="private")
+    for changed in (refresh.click, chosen.change):
+        changed(partial(inspector_choices, studio), [picked, chosen, uploads], picked, **private)
+    gr.on(
+        [inspect.click, picked.input], partial(on_inspect, studio), [picked, uploads], [summary, chart, header],
+        **private,
+    )
+
+    def lora_info(name: str) -> dict:
+        """What a LoRA file is and where its weights are: its training facts, trigger words and dataset tags, its
+        hashes (A1111, Civitai AutoV2 and AutoV3), its whole header, and the change it makes per UNet block.
+
+        Args:
+            name: a file in the LoRA folder (`stripes` or `stripes.safetensors`) or a Hub LoRA (`hub:owner/repo`)
+        Returns:
+            {"name", "size_bytes", "layout", "family", "facts", "trigger_words", "top_tags", "tag_folders", "hashes",
+            "block_layout", "blocks" (summed change per block, in block order), "coarse" (BASE, IN, MID, OUT),
+            "ranks", "layers", "header", "notes"}
+        """
+        with shown_to_person():
+            _check_session([name], [])  # uploads belong to a page's session, which an API call has none of
+            return inspection_as_dict(name, *inspect_named(studio, name))
+
+    gr.api(lora_info, api_name="lora_info")
+
+
+def inspector_choices(studio: Studio, picked: str | None, current: list[str] | None, kept: list[str]) -> gr.Dropdown:
+    """The lab's LoRAs; the one shown stays, or becomes the last one chosen for the grid."""
+    choices = _choices(studio.loras, kept, current)
+    values = [choice[1] if isinstance(choice, tuple) else choice for choice in choices]
+    value = picked if picked in values else (current or [None])[-1]
+    return gr.Dropdown(choices=choices, value=value)
+
+
+def on_inspect(studio: Studio, name: str | None, kept: list[str]) -> tuple:
+    if not name:
+        return "Choose a LoRA to inspect.", gr.skip(), gr.skip()
+    with shown_to_person():
+        _check_session([name], kept or [])
+        inspection, hashes = inspect_named(studio, name)
+    rows = [list(row) for row in inspection.header]
+    return inspection_markdown(name, inspection, hashes), block_chart(inspection), rows
+
+
+def inspect_named(studio: Studio, name: str) -> tuple[LoraInspection, LoraHashes]:
+    """Any LoRA the lab can use, for whichever family it was made: inspecting one is how to find that out."""
+    path = studio.loras.resolve(name)
+    limit = studio.loras.max_file_bytes
+    return inspect_lora(path, limit), lora_hashes(path, limit)
+
+
+def block_chart(inspection: LoraInspection) -> gr.BarPlot:
+    blocks = inspection.blocks
+    frame = pd.DataFrame({CHART_X: list(blocks), CHART_Y: list(blocks.values())})
+    return gr.BarPlot(value=frame, sort=list(blocks), caption=inspection.block_layout.name)
+
+
+def inspection_markdown(name: str, inspection: LoraInspection, hashes: LoraHashes) -> str:
+    ranks = ", ".join(str(rank) for rank in inspection.ranks) or "none"
+    scales = ", ".join(f"{scale:g}" for scale in inspection.scales) or "none"
+    recorded = " (A1111's is the one the file records, `sshs_model_hash`)" if hashes.recorded else ""
+    parts = [
+        f"**{_markdown_text(Path(name).name)}**: {inspection.file_bytes / 2**20:.1f} MiB, {inspection.layout} layout, "
+        f"made for {family_label(inspection.family)}; {len(inspection.layers)} layers measured, rank {ranks}, "
+        f"alpha / rank {scales}.",
+        f"**Trigger words:** {_markdown_text(', '.join(inspection.trigger_words)) or 'none recorded'}",
+        f"**Hashes:** A1111 `{hashes.a1111}` · Civitai AutoV2 `{hashes.autov2}` · AutoV3 `{hashes.autov3}`{recorded}",
+        f"**Change per block:** {_shares(inspection.coarse)}; the chart: {inspection.block_layout.name}.",
+    ]
+    if inspection.facts:
+        rows = "\n".join(f"| {label} | {_markdown_text(value)} |" for label, value in inspection.facts)
+        parts.append(f"| training | |\n|---|---|\n{rows}")
+    if inspection.top_tags:
+        parts.append(f"**Most frequent training tags:** {_tag_counts(inspection.top_tags)}")
+    parts += [_folder_line(folder) for folder in inspection.tag_folders]
+    parts += [f"- {_markdown_text(note)}" for note in inspection.notes]
+    return "\n\n".join(parts)
+
+
+def inspection_as_dict(name: str, inspection: LoraInspection, hashes: LoraHashes) -> dict:
+    return {
+        "name": name,
+        "size_bytes": inspection.file_bytes,
+        "layout": inspection.layout,
+        "family": inspection.family,
+        "facts": dict(inspection.facts),
+        "trigger_words": list(inspection.trigger_words),
+        "top_tags": dict(inspection.top_tags),
+        "tag_folders": [
+            {"name": folder.name, "images": folder.images, "repeats": folder.repeats,
+             "distinct_tags": folder.distinct_tags, "tags": dict(folder.tags)}
+            for folder in inspection.tag_folders
+        ],
+        "hashes": {"a1111": hashes.a1111, "autov2": hashes.autov2, "autov3": hashes.autov3,
+                   "sha256": hashes.file_sha256},
+        "block_layout": inspection.block_layout.name,
+        "blocks": inspection.blocks,
+        "coarse": inspection.coarse,
+        "ranks": list(inspection.ranks),
+        "layers": len(inspection.layers),
+        "header": dict(inspection.header),
+        "notes": list(inspection.notes),
+    }
+
+
+def _shares(coarse: dict[str, float]) -> str:
+    total = sum(coarse.values())
+    if not total:
+        return "none measured"
+    return ", ".join(f"{block} {value / total:.0%}" for block, value in coarse.items())
+
+
+def _folder_line(folder: TagFolder) -> str:
+    counts = [
+        f"{folder.images} images" if folder.images is not None else "",
+        f"{folder.repeats} repeats" if folder.repeats is not None else "",
+        f"{folder.distinct_tags} distinct tags",
+    ]
+    return f"- `{folder.name}` ({', '.join(filter(None, counts))}): {_tag_counts(folder.tags)}"
+
+
+def _tag_counts(tags: tuple[tuple[str, int], ...]) -> str:
+    return ", ".join(f"{_markdown_text(tag)} ({count})" for tag, count in tags)
+
+
+def _markdown_text(text: str) -> str:
+    """Header text shown as itself: markdown's marks escaped, one line (a table cell ends at a newline)."""
+    return MARKDOWN_MARKS.sub(r"\\\1", " ".join(text.split()))
 
 
 def refresh_library(studio: Studio, current: list[str] | None, kept: list[str]):

@@ -29,7 +29,7 @@ from gradio.queueing import Event, Queue
 from gradio.server_messages import ProcessCompletedMessage
 from gradio.utils import error_payload
 
-from pipelines.endpoints import LORA_GRID
+from pipelines.endpoints import LORA_GRID, XY_PLOT
 from pipelines.settings import Settings
 from ui.modes import GPU_QUEUE
 
@@ -44,8 +44,9 @@ RUNNING_AT_ONCE = 2
 
 
 def generating(fn: BlockFunction) -> bool:
-    """The events that run the model: the GPU group, and the LoRA grid (its own group; rows share the studio's lock)."""
-    return fn.concurrency_id == GPU_QUEUE or fn.api_name == LORA_GRID.name
+    """The events that run the model: the GPU group, and the LoRA lab's grid and X/Y plot (their own groups; their
+    runs share the studio's lock)."""
+    return fn.concurrency_id == GPU_QUEUE or fn.api_name in (LORA_GRID.name, XY_PLOT.name)
 
 
 def configure_queue(demo: gr.Blocks, settings: Settings) -> gr.Blocks:

@@ -12,14 +12,16 @@ Two fields are the writer's rather than a request's: `model` (the checkpoint's o
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 # How PNG info reads a setting: as its one field's declared kind (pipelines/parameters.py), or by a reader of its
 # own: the seed (-1 means a new one each run), the size (WIDTHxHEIGHT), the sampler (with "Schedule type"), the
-# module (a preprocessor and its switches); "none": a tab has no place for it, so it is listed as not used.
-Reading = Literal["declared", "seed", "size", "sampler", "module", "none"]
+# module (a preprocessor and its switches), the LoRAs' hashes (matched to the LoRA folder's files); "none": a tab
+# has no place for it, so it is listed as not used.
+Reading = Literal["declared", "seed", "size", "sampler", "module", "lora hashes", "none"]
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,13 @@ MODE = Setting("Mode", ("mode",), read="none")  # the studio's own; PNG info rea
 DENOISING_STRENGTH = Setting("Denoising strength", ("strength",))
 MASK_BLUR = Setting("Mask blur", ("mask_blur",))
 MASKED_CONTENT = Setting("Masked content", ("masked_content",))  # the studio's own
+# Each LoRA of the prompt's tags by its label there and its file's hash (pipelines/lora/hashes.py), as A1111's Lora
+# extension writes them: `lora_hashes_text`. Written only for a request with LoRAs.
+LORA_HASHES = Setting("Lora hashes", ("lora_hashes",), read="lora hashes")
 VERSION = Setting("Version", (), read="none")  # STUDIO_VERSION, written last, after the ControlNet units
 # In the order A1111 writes them
-SETTINGS = (STEPS, SAMPLER, CFG_SCALE, SEED, SIZE, MODEL, MODE, DENOISING_STRENGTH, MASK_BLUR, MASKED_CONTENT)
+SETTINGS = (STEPS, SAMPLER, CFG_SCALE, SEED, SIZE, MODEL, MODE, DENOISING_STRENGTH, MASK_BLUR, MASKED_CONTENT,
+            LORA_HASHES)
 
 # Read, never written: since A1111 1.9 "DPM++ 2M" + "Schedule type: Karras" is the studio's "DPM++ 2M Karras";
 # a hires pass makes A1111 write a denoising strength for a text-to-image run.
@@ -72,6 +78,7 @@ CONTROLNET = "ControlNet"
 
 # A1111's module for a ready map, which is also the studio's preprocessor of that name.
 READY_MAP = "none"
+_LORA_NAME_BREAKS = re.compile("[:,]")
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,27 @@ class ControlModule:
 def written_settings(table: Iterable[Setting], values: Mapping[str, object]) -> dict[str, str]:
     """The settings of `table` whose fields `values` has, in the table's order, as written."""
     return {setting.key: setting.written(values) for setting in table if all(name in values for name in setting.fields)}
+
+
+def lora_hashes_text(hashes: Iterable[tuple[str, str]]) -> str:
+    """`name: hash, name: hash`: A1111 leaves colons and commas out of a name, so the text splits back apart."""
+    return ", ".join(f"{lora_hash_name(name)}: {digits}" for name, digits in hashes)
+
+
+def read_lora_hashes(text: str) -> list[tuple[str, str]]:
+    """(name, hash) pairs of a `Lora hashes` value, names as `lora_hashes_text` writes them; the hash is '' where an
+    item has none. The last colon splits an item: a hash has none, a name another tool wrote may."""
+    pairs = []
+    for item in text.split(","):
+        name, colon, digits = item.rpartition(":")
+        if item.strip():
+            pairs.append((lora_hash_name(name), digits.strip()) if colon else (lora_hash_name(item), ""))
+    return pairs
+
+
+def lora_hash_name(name: str) -> str:
+    """A LoRA's name as `Lora hashes` holds it: what matches a prompt tag's name to its hash."""
+    return _LORA_NAME_BREAKS.sub("", name).strip()
 
 
 def unit_key(number: int) -> str:

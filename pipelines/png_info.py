@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -30,6 +31,7 @@ from pipelines.a1111 import (
     CONTROLNET,
     DENOISING_STRENGTH,
     HIRES_UPSCALE,
+    LORA_HASHES,
     MASK_BLUR,
     MODE,
     MODEL,
@@ -46,11 +48,14 @@ from pipelines.a1111 import (
     UNIT_SETTINGS,
     ControlModule,
     Setting,
+    lora_hash_name,
     module_named,
+    read_lora_hashes,
     unit_key,
 )
 from pipelines.endpoints import MODE_ENDPOINTS
 from pipelines.errors import StudioError
+from pipelines.lora.hashes import MAX_SEARCH_BYTES, find_local, local_name, short_hash
 from pipelines.metadata import (
     A1111,
     MAX_JSON_CHARS,
@@ -72,6 +77,9 @@ from pipelines.parameters import (
 )
 from pipelines.preprocessors import PREPROCESSORS
 from pipelines.validation import MAX_LORAS
+
+if TYPE_CHECKING:
+    from pipelines.lora import LoraManager
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 # PNG text chunks that hold a tool's settings, in the order tried, with the most of each that is read
@@ -145,8 +153,11 @@ def read_parameters_text(path: str | os.PathLike | None) -> str:
     )
 
 
-def settings_from_parameters(text: str, served: Served) -> PngSettings:
-    """The studio parameters in `text` (any layout `read_parameters_text` returns), for the mode they were made in."""
+def settings_from_parameters(text: str, served: Served, loras: LoraManager | None = None) -> PngSettings:
+    """The studio parameters in `text` (any layout `read_parameters_text` returns), for the mode they were made in.
+
+    With `loras`, the LoRAs the text names by hash (`Lora hashes`) are looked for in its LoRA folder, by hash.
+    """
     parsed = parse_generation_text(text)
     settings = dict(parsed.settings)
     unit = _controlnet_unit(settings)
@@ -154,7 +165,10 @@ def settings_from_parameters(text: str, served: Served) -> PngSettings:
     reading = _Reading(_bound_parameters(mode, served), notes=notes + parsed.notes)
     reading.put("prompt", parsed.prompt, "Prompt")
     reading.put("negative_prompt", parsed.negative_prompt, NEGATIVE_PROMPT)
-    _read_loras(reading, parsed.loras, parsed.partly_read_lora_tags)
+    hashes = settings.pop(LORA_HASHES.key) if loras is not None and LORA_HASHES.key in settings else ""
+    instead = _read_lora_hashes(reading, hashes, [name for name, _ in parsed.loras], loras) if hashes else {}
+    _read_loras(reading, [(instead.get(name, name), weight) for name, weight in parsed.loras],
+                parsed.partly_read_lora_tags)
     _read_settings(reading, settings)
     if unit and mode.is_controlled:
         _read_unit(reading, unit)
@@ -427,10 +441,61 @@ def _read_loras(reading: _Reading, loras: list[tuple[str, float]], partly_read: 
         reading.notes.append(f"Only the first weight of {tags}{more} was read: the studio gives a LoRA one weight.")
 
 
+def _read_lora_hashes(reading: _Reading, text: str, tags: list[str], loras: LoraManager) -> dict[str, str]:
+    """Which of the LoRAs `text` (a `Lora hashes` value) names by hash are in the LoRA folder, and under which file
+    name, said in the notes with the ones that are not; none is left out.
+
+    Returns the prompt's LoRA names to send as another file of the folder: the file with the hash the image names,
+    where the name is no file here or another file (a LoRA renamed, or named by another tool's folder). The hash
+    is what says which file made the image; A1111 swaps the names the same way when it pastes parameters. A name
+    that is the right file here, or whose hash is not here, is sent as it is.
+    """
+    by_hash_name = {lora_hash_name(name): name for name in tags}
+    pairs = read_lora_hashes(text)
+    wanted = {name: digits for name, raw in pairs if (digits := short_hash(raw))}
+    unreadable = [f"{_short(name)} ({_short(raw)!r})" for name, raw in pairs if not short_hash(raw)]
+    found, unsearched = find_local(loras.library, set(wanted.values()), loras.max_file_bytes,
+                                   first=[by_hash_name.get(name, name) for name in wanted])
+    here, missing, untagged, instead = [], [], [], {}
+    for name, digits in wanted.items():
+        tag, local = by_hash_name.get(name), found.get(digits)
+        named_file = local_name(loras.library, tag or name)
+        if local is None:
+            missing.append(f"{_short(name)} (hash {digits})")
+            if named_file:
+                reading.notes.append(f"The LoRA folder's {_short(named_file)} is not the file the image used: its "
+                                     f"hashes are not {digits}.")
+        elif local == named_file:
+            here.append(_short(name))
+        else:
+            sent = ", which is sent" if tag is not None else ""
+            here.append(f"{_short(name)} (as {_short(local)}{sent})")
+            if tag is not None:
+                instead[tag] = local
+        if tag is None:
+            untagged.append(_short(name))
+    if here:
+        reading.notes.append(f"In the LoRA folder, by {LORA_HASHES.key}: {_some(here)}.")
+    if missing:
+        reading.notes.append(f"Not in the LoRA folder: {_some(missing)}.")
+    if missing and unsearched:
+        reading.notes.append(f"{unsearched} file(s) of the LoRA folder were not searched: one lookup reads at most "
+                             f"{MAX_SEARCH_BYTES >> 30} GiB of files not hashed yet (a file is hashed once used).")
+    if untagged:
+        reading.notes.append(f"{LORA_HASHES.key} names LoRAs the prompt has no <lora:...> tag for, so no weight to "
+                             f"send: {_some(untagged)}.")
+    if unreadable:
+        reading.notes.append(f"{LORA_HASHES.key}: not a hash the studio matches (10 to 64 hex digits): "
+                             f"{_some(unreadable)}.")
+    return instead
+
+
 def _read_settings(reading: _Reading, settings: dict[str, str]) -> None:
     """The settings this tab has a place for, each read as its entry in the A1111 table says; the rest stay."""
     for setting in SETTINGS:
-        if setting.read == "none" or setting.key not in settings or not set(setting.fields) <= reading.params.keys():
+        if setting.read in ("none", "lora hashes"):  # the hashes are read with the LoRAs, before
+            continue
+        if setting.key not in settings or not set(setting.fields) <= reading.params.keys():
             continue
         raw = settings.pop(setting.key)
         if setting.read == "seed":
@@ -603,6 +668,11 @@ def _is_unset(raw: str) -> bool:
         return float(raw) == -1
     except ValueError:
         return False
+
+
+def _some(items: list[str]) -> str:
+    more = f"; and {len(items) - _SHOWN_UNUSED} more" if len(items) > _SHOWN_UNUSED else ""
+    return ", ".join(items[:_SHOWN_UNUSED]) + more
 
 
 def _listed(chunks: Mapping[str, str]) -> str:

@@ -24,7 +24,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from pipelines.a1111 import SETTINGS, STUDIO_VERSION, VERSION, written_settings
+from pipelines.a1111 import LORA_HASHES, SETTINGS, STUDIO_VERSION, VERSION, lora_hashes_text, written_settings
 from pipelines.acceleration import Accelerator, plan_acceleration, use_fp16_fix_vae
 from pipelines.control import (
     UsedControl,
@@ -41,6 +41,7 @@ from pipelines.errors import StudioError
 from pipelines.gpu import on_zero_gpu
 from pipelines.loader import device_report, display_name, load_base_pipeline, pick_device
 from pipelines.lora import LoraManager
+from pipelines.lora.hashes import lora_hashes
 from pipelines.memory import check_fits, fitting_limits, gpu_gib, out_of_memory_as_message
 from pipelines.metadata import format_parameters, tag_with_parameters
 from pipelines.modes import MODES, UNION
@@ -306,9 +307,15 @@ class Studio:
     def _parameters(
         self, request: GenerationRequest, seed: int, controls: list[UsedControl], controlnets: tuple[str, ...]
     ) -> str:
-        """AUTOMATIC1111's text for one image: the settings its mode takes, then every ControlNet unit."""
+        """AUTOMATIC1111's text for one image: the settings its mode takes, the LoRAs' hashes, then every ControlNet
+        unit."""
         values = {name: getattr(request, name) for name in MODES[request.mode].parameters}
         values.update(seed=seed, mode=request.mode, model=self.model.name)
+        if request.loras:
+            values[LORA_HASHES.fields[0]] = lora_hashes_text(
+                (lora.label, lora_hashes(self.loras.resolve(lora.name), self.loras.max_file_bytes).a1111)
+                for lora in request.loras
+            )
         model_names = {name: display_name(source) for name, source in self.controlnets.registry.items()}
         if controlnets == (UNION,):
             model_names = {control.mode: model_names[UNION] for control in controls}

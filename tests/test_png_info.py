@@ -167,7 +167,10 @@ def test_an_a1111_png_maps_to_the_edge_tab_through_the_endpoint(client, tmp_path
     assert ("Size 512x768 has a side past 64 px, the most served; scaled down, keeping its shape: 40x64 is sent "
             "instead.") in notes
     assert "Only the first weight of <lora:pastel:0.6:0.3> was read" in notes
-    for unused in ("Model hash: abc123", "Model: v1-5-pruned", "Lora hashes: add_detail: 7c6bad76eb54",
+    # the LoRA folder holds neither file the hashes name: each is named with its hash, and none is "Not used"
+    assert "Not in the LoRA folder: add_detail (hash 7c6bad76eb54), pastel (hash 1f2e3d4c5b6a)." in notes
+    assert "Lora hashes" not in next(note for note in answer["notes"] if note.startswith("Not used:"))
+    for unused in ("Model hash: abc123", "Model: v1-5-pruned",
                    "ControlNet 0 Model: control_v11p_sd15_canny [d14c016b]", "ControlNet 0 Control Mode: Balanced",
                    "ControlNet 0 Pixel Perfect: False", "Version: v1.10.1"):
         assert unused in notes

@@ -86,7 +86,7 @@ def png_info_handler(studio: Studio) -> Callable[[str], tuple[str, dict]]:
         """
         with shown_to_person():
             text = read_parameters_text(image)
-            return text, settings_from_parameters(text, studio.served).as_json()
+            return text, settings_from_parameters(text, studio.served, studio.loras).as_json()
 
     return png_info
 
@@ -127,7 +127,7 @@ def summary_rows(settings: PngSettings) -> list[list[str]]:
 def _settings(text: str, studio: Studio) -> PngSettings:
     if not text or not text.strip():
         raise StudioError("Upload an image with generation parameters first.")
-    return settings_from_parameters(text, studio.served)
+    return settings_from_parameters(text, studio.served, studio.loras)
 
 
 def _shown(value: object) -> str:

@@ -64,6 +64,8 @@ class Settings:
     session_queue: int = 3  # generating jobs one visitor (a page, or a gradio_client Client) may have queued or running
     speed: SpeedSettings = field(default_factory=SpeedSettings)  # GPU paths: offload, compile, fusing, SDXL's VAE
     mcp_server: bool = True  # every endpoint is also an MCP tool (Gradio's own variable, whose default is off)
+    # The secret a Ray Serve backend (serving/) and the page that calls it share; kept out of the repr (and logs).
+    backend_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -107,6 +109,7 @@ class Settings:
                 sdxl_vae=_none_means_off(read.text("STUDIO_SDXL_VAE", FP16_FIX_VAE)),
             ),
             mcp_server=read.flag("GRADIO_MCP_SERVER", default=cls.mcp_server),
+            backend_token=read.text("STUDIO_BACKEND_TOKEN", None),
         )
 
     def with_flags(

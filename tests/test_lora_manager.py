@@ -328,3 +328,19 @@ def test_embedded_models_own_loras():
         assert not any("skipped" in note for note in styled.notes), styled.notes
         assert np.abs(np.asarray(styled.images[0]).astype(int) - base).mean() > 1, entry.name
     assert np.array_equal(np.asarray(embedded.generate(request).images[0]), base)
+
+
+def test_load_readies_adapters_without_applying_them_and_unload_deletes_them(studio):
+    """What a Ray Serve replica does with the LoRA sets it holds (serving/app.py)."""
+    manager = studio.loras
+    base, ink = pixels(studio), pixels(studio, [LoraChoice("ink.safetensors")])
+    adapters = manager.load(["ink.safetensors", "neon.safetensors"])
+    assert {"ink.safetensors", "neon.safetensors"} <= set(manager.loaded)
+    assert np.array_equal(pixels(studio), base)  # loaded, not applied
+    pixels(studio, [LoraChoice("ink.safetensors")])
+    manager.unload(adapters)
+    present = {name for names in studio.base.get_list_adapters().values() for name in names}
+    assert not present & set(adapters) and not {"ink.safetensors", "neon.safetensors"} & set(manager.loaded)
+    assert manager.active == []
+    assert np.array_equal(pixels(studio), base)  # the active adapter went with the others: the base, exactly
+    assert np.array_equal(pixels(studio, [LoraChoice("ink.safetensors")]), ink)  # loaded again when asked for

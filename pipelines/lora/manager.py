@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +139,28 @@ class LoraManager:
                     self.fuse_active()
             self._last_set = wanted
             return notes
+
+    def load(self, names: Sequence[str]) -> list[str]:
+        """Load the LoRAs `names` without making them active (a Serve replica loads a LoRA set when it is given the
+        set to hold); returns their adapter names. Loading one already loaded only marks it recently used."""
+        with self._lock:
+            adapter_names = [self._ensure_loaded(name).adapter_name for name in names]
+            self._evict(keep={*adapter_names, *self.active})
+            return adapter_names
+
+    def unload(self, adapter_names: Iterable[str]) -> None:
+        """Delete these adapters from the model (a Serve replica lets go of a LoRA set). An active one is switched
+        off with them: the next request sets its own LoRAs, or the base model, again."""
+        with self._lock:
+            going = set(adapter_names) & set(self._loaded)
+            if not going:
+                return
+            self.unfuse()  # fused weights would keep the deleted adapters in the base
+            for adapter_name in going:
+                self._forget(adapter_name)
+                del self._loaded[adapter_name]
+            self._active = tuple((name, weight) for name, weight in self._active if name not in going)
+            self._last_set = None
 
     @property
     def active(self) -> list[str]:

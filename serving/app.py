@@ -1,0 +1,208 @@
+"""The studio as a Ray Serve application: `Generator` replicas, each holding one `Studio`, behind an HTTP `Ingress`
+that checks a shared token. `serve run serving/config.yaml` starts it (README, "Generation on Ray Serve").
+
+LoRA sets are multiplexed on the Generator, not on the ingress (Ray is moving to forbid multiplexing there): the
+model id of a request is its LoRA set (`serving.wire.lora_set_id`, weights included), so Serve routes a set to a
+replica that holds it; a replica holds at most `lora_sets_per_replica` sets as loaded adapters on its one base model
+and deletes the least recently used set's adapters when a new set comes. A request without LoRAs has no model id
+and goes to any replica.
+
+Where each setting comes from:
+- the Studio's (model, LoRA folder, device, threads, limits): the environment, read by `Settings.from_env` as for
+  `python app.py`; per application, the Serve config's `runtime_env.env_vars` (one application per base model);
+- replicas or autoscaling, the queue limit (`max_queued_requests`) and CPUs or GPUs per replica: the Serve config's
+  `deployments` section, Serve's own options;
+- the LoRA sets a replica keeps: the Serve config's `args` (`StudioAppArgs`);
+- the token: STUDIO_BACKEND_TOKEN in the environment of the cluster, never in the config file.
+"""
+
+import asyncio
+import hmac
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve import Application
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from pipelines.errors import StudioError, message_for_person
+from pipelines.settings import Settings
+from pipelines.studio import Studio
+from serving.wire import (
+    REPLICA_LOST_STATUS,
+    lora_set_id,
+    lora_set_names,
+    request_from_wire,
+    result_to_wire,
+    served_to_wire,
+    wire_lora_set_id,
+)
+
+BUSY = ("The studio is busy: every replica is generating and its queue is full. Try again in a moment, when a "
+        "request has finished.")
+REPLICA_LOST = ("The replica running this request stopped before it finished; Serve is replacing it. Sending the "
+                "request again runs it on another replica with the same seed.")
+
+
+class StudioAppArgs(BaseModel):
+    """The application's `args` in the Serve config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lora_sets_per_replica: int = Field(
+        default=3, ge=1, description="LoRA sets a Generator replica keeps loaded, least recently used deleted first"
+    )
+
+
+class HeldLoraSet:
+    """What a replica's multiplexing LRU holds for one LoRA set. Serve calls `__del__` when it lets go of the set;
+    the garbage collector may call it again later, which then does nothing."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release: Callable[[], None] | None = release
+
+    def __del__(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+@serve.deployment(max_ongoing_requests=1, max_queued_requests=16)
+class Generator:
+    """One Studio; one request at a time (its LoRA weights and scheduler live on shared modules)."""
+
+    def __init__(self, lora_sets_per_replica: int) -> None:
+        self.studio = Studio(Settings.from_env())
+        self._held: dict[str, list[str]] = {}  # LoRA set id -> its adapter names, for each set this replica holds
+
+        async def hold(set_id: str) -> HeldLoraSet:  # a function of its own: Serve keeps its LRU on it
+            return await self._load_lora_set(set_id)
+
+        self._hold_lora_set = serve.multiplexed(max_num_models_per_replica=lora_sets_per_replica)(hold)
+
+    async def generate(self, wire: dict) -> dict:
+        """The result of the request `wire`, both as `serving.wire` writes them, with what the replica holds; or
+        {"detail": message, "status": HTTP status} when it cannot be served."""
+        try:
+            with tempfile.TemporaryDirectory(prefix="studio-request-") as folder:
+                request = request_from_wire(wire, Path(folder))
+                set_id = lora_set_id(request.loras)
+                if set_id:  # Serve takes no empty model id; the base model needs nothing loaded
+                    await self._hold_lora_set(set_id)
+                result = await asyncio.to_thread(self.studio.generate, request)
+        except Exception as error:  # every failure becomes an answer; a fault is logged under an id it names
+            return {"detail": message_for_person(error), "status": 400 if isinstance(error, StudioError) else 500}
+        return {**result_to_wire(result), "replica": self.report()}
+
+    def served(self) -> dict:
+        return served_to_wire(self.studio.served)
+
+    def report(self) -> dict:
+        """Which process this replica is and what it holds: LoRA sets (by id) and adapters (by LoRA file)."""
+        return {"pid": os.getpid(), "lora_sets": sorted(self._held), "adapters": sorted(self.studio.loras.loaded)}
+
+    async def _load_lora_set(self, set_id: str) -> HeldLoraSet:
+        adapters = await asyncio.to_thread(self._load_adapters, lora_set_names(set_id))
+        self._held[set_id] = adapters
+        return HeldLoraSet(lambda: self._release(set_id))
+
+    def _load_adapters(self, names: list[str]) -> list[str]:
+        with self.studio.lock:
+            return self.studio.loras.load(names)
+
+    def _release(self, set_id: str) -> None:
+        """Delete the adapters of a set Serve let go of, except those a set still held shares."""
+        adapters = self._held.pop(set_id, [])
+        still_held = {adapter for others in self._held.values() for adapter in others}
+        with self.studio.lock:
+            self.studio.loras.unload(set(adapters) - still_held)
+
+
+api = FastAPI(title="Diffusion studio: generation backend")
+
+
+# `serve.ingress` pickles the FastAPI app when it decorates the class, with the module's globals of that moment:
+# whatever the routes call is defined above the class.
+def _error(status: int, message: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+
+@serve.deployment(max_ongoing_requests=64)
+@serve.ingress(api)
+class Ingress:
+    """HTTP in front of the Generator: the token, the request's LoRA set as Serve's model id, and errors as status
+    codes with messages for people."""
+
+    def __init__(self, generator: DeploymentHandle) -> None:
+        token = Settings.from_env().backend_token
+        if not token:
+            raise StudioError("Set STUDIO_BACKEND_TOKEN to a secret shared with the page that calls this backend; "
+                              "without it every request would be refused.")
+        self._token = token.encode()
+        self._generator = generator
+        self._served: dict | None = None
+
+    @api.post("/generate")
+    async def generate(self, request: Request) -> JSONResponse:
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        try:
+            wire = await request.json()
+        except ValueError:
+            return _error(400, "The body must be a request as JSON (serving/wire.py writes it).")
+        try:
+            set_id = wire_lora_set_id(wire)
+        except StudioError as error:
+            return _error(400, str(error))
+        answer = await self._call(self._generator.options(multiplexed_model_id=set_id).generate, wire)
+        if isinstance(answer, JSONResponse):
+            return answer
+        if "detail" in answer:
+            return _error(answer["status"], answer["detail"])
+        return JSONResponse(answer)
+
+    @api.get("/served")
+    async def served(self, request: Request) -> JSONResponse:
+        """What requests are checked against (the model's limits and defaults): the same on every replica."""
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        if self._served is None:
+            answer = await self._call(self._generator.served)
+            if isinstance(answer, JSONResponse):
+                return answer
+            self._served = answer
+        return JSONResponse(self._served)
+
+    def _refusal(self, request: Request) -> JSONResponse | None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            return _error(401, "This studio backend needs its token: send the header 'Authorization: Bearer "
+                               "<token>' with the value of STUDIO_BACKEND_TOKEN.")
+        if not hmac.compare_digest(given.encode(), self._token):
+            return _error(401, "The token sent is not this backend's STUDIO_BACKEND_TOKEN; set the same value on "
+                               "the page that calls it.")
+        return None
+
+    async def _call(self, method, *args: object) -> dict | JSONResponse:
+        """The Generator's answer, or an error response when it is busy or its replica died."""
+        try:
+            return await method.remote(*args)
+        except BackPressureError:
+            return _error(503, BUSY)
+        except RayActorError:
+            return _error(REPLICA_LOST_STATUS, REPLICA_LOST)
+
+
+def build_app(args: StudioAppArgs) -> Application:
+    """The application `serve run serving/config.yaml` builds: the ingress in front of the Generator."""
+    return Ingress.bind(Generator.bind(args.lora_sets_per_replica))

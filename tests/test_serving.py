@@ -1,0 +1,262 @@
+"""The studio on Ray Serve (serving/) on a real local cluster: two Generator replicas of the embedded model behind the
+token-checking ingress. A request gives the in-process pixels; a LoRA set stays on its replica and a replica's least
+recent set goes when a third comes; a missing or wrong token, a full queue and a killed replica each end as a person
+can read. The wire format and the Serve config are checked first, without a cluster."""
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import ray
+import yaml
+from PIL import Image
+from ray import serve
+from ray.serve.schema import ServeDeploySchema
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from pipelines.errors import StudioError
+from pipelines.metadata import tag_with_parameters
+from pipelines.request import ControlUnit, GenerationRequest, GenerationResult, LoraChoice
+from pipelines.settings import EMBEDDED_LORAS, PROJECT_ROOT, Settings
+from pipelines.studio import Studio
+from serving.app import Generator, Ingress, StudioAppArgs
+from serving.client import RemoteStudio
+from serving.wire import (
+    PICTURE_FIELDS,
+    lora_set_id,
+    lora_set_names,
+    request_from_wire,
+    request_to_wire,
+    result_from_wire,
+    result_to_wire,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TOKEN = "a-test-token"
+QUEUE_LIMIT = 2  # requests waiting for a Generator replica before the studio answers that it is busy
+EDGE_MAP = PROJECT_ROOT / "examples" / "embedded" / "edge_1_map.png"
+# Five LoRAs of their own content (the embedded two and scaled copies), one per set: each set is its own adapter.
+LORAS = {"stripes": ("stripes", 1.0), "mono": ("mono", 1.0), "faint-stripes": ("stripes", 0.5),
+         "faint-mono": ("mono", 0.5), "strong-stripes": ("stripes", 1.5)}
+
+
+def text_request(**changes) -> GenerationRequest:
+    return GenerationRequest(**{"prompt": "a red circle on a blue background", "steps": 2, "seed": 5, **changes})
+
+
+def as_run(request: GenerationRequest) -> dict[str, object]:
+    """A request's settings; its pictures are the ones the caller sent."""
+    return {item.name: getattr(request, item.name) for item in fields(request) if item.name not in PICTURE_FIELDS}
+
+
+def same_pixels(one: GenerationResult, other: GenerationResult) -> bool:
+    return len(one.images) == len(other.images) and all(
+        np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(one.images, other.images))
+
+
+# ------------------------------------------------------------------ without a cluster
+
+
+def test_a_request_crosses_as_json_with_its_files_and_comes_back_the_same(tmp_path):
+    mask = Image.new("L", (64, 64), 0)
+    request = GenerationRequest(
+        mode="edge", prompt="a square", image=str(EDGE_MAP), mask=mask, loras=(LoraChoice("stripes", 0.8),),
+        control_units=(ControlUnit("depth", str(EDGE_MAP), scale=0.5),), steps=3,
+    )
+    back = request_from_wire(json.loads(json.dumps(request_to_wire(request))), tmp_path)
+    for name in {item.name for item in fields(GenerationRequest)} - set(PICTURE_FIELDS):
+        assert getattr(back, name) == getattr(request, name), name
+    assert Path(back.image).name == EDGE_MAP.name and Path(back.image).read_bytes() == EDGE_MAP.read_bytes()
+    assert np.array_equal(np.asarray(Image.open(back.mask)), np.asarray(mask))
+    unit = back.control_units[0]
+    assert (unit["mode"], unit["scale"]) == ("depth", 0.5)
+    assert Path(unit["image"]).read_bytes() == EDGE_MAP.read_bytes()
+
+
+def test_a_result_crosses_with_each_images_parameters():
+    image = tag_with_parameters(Image.new("RGB", (8, 8), (200, 10, 30)), "a square\nSteps: 3, Seed: 9")
+    sent = GenerationRequest(prompt="a square", image=str(EDGE_MAP), steps=3)
+    result = GenerationResult([image], [9], ["a square\nSteps: 3, Seed: 9"], replace(sent, seed=9), None, ["a note"])
+    back = result_from_wire(json.loads(json.dumps(result_to_wire(result))), sent)
+    assert np.array_equal(np.asarray(back.images[0]), np.asarray(image))
+    assert back.images[0].info["parameters"] == "a square\nSteps: 3, Seed: 9"
+    assert (back.seeds, back.notes, back.request) == ([9], ["a note"], replace(sent, seed=9))
+
+
+def test_a_lora_sets_id_is_canonical_and_names_its_loras():
+    text = lora_set_id("stripes:0.8, mono:1")
+    assert text == lora_set_id((LoraChoice("mono", 1.0), LoraChoice("stripes", 0.8)))
+    assert text == lora_set_id("mono:0.5, stripes:0.8, mono:0.5")  # named twice: one LoRA, weights added
+    assert text != lora_set_id("stripes:0.7, mono:1")
+    assert lora_set_names(text) == ["mono", "stripes"]
+    assert lora_set_id("") == lora_set_id(()) == ""
+    with pytest.raises(StudioError, match="LoRAs"):
+        lora_set_id("stripes:heavy")
+
+
+@pytest.mark.parametrize(
+    ("wire", "words"),
+    [({"prompt": "x", "colour": "red"}, "does not know: colour"),
+     ({"image": {"name": "map.png", "data": "not base64!"}}, "Image: the data of 'map.png' is not base64"),
+     ({"image": "/etc/passwd"}, "Image must be sent as an object like"),
+     ({"loras": [{"file": "stripes"}]}, "LoRAs: each LoRA must be an object"),
+     (["prompt"], "must be a JSON object")],
+)
+def test_a_bad_request_on_the_wire_is_refused_naming_the_field(wire, words, tmp_path):
+    with pytest.raises(StudioError, match=words):
+        request_from_wire(wire, tmp_path)
+
+
+def test_the_config_serves_the_embedded_model_one_call_at_a_time_never_from_zero_replicas():
+    config = ServeDeploySchema.model_validate(yaml.safe_load((PROJECT_ROOT / "serving" / "config.yaml").read_text()))
+    (application,) = config.applications
+    assert application.import_path == "serving.app:build_app"
+    StudioAppArgs.model_validate(application.args)
+    generator = {deployment.name: deployment for deployment in application.deployments}["Generator"]
+    assert generator.max_ongoing_requests == 1 and generator.autoscaling_config["min_replicas"] >= 1
+    with pytest.raises(ValueError, match="lora_sets_per_replica"):
+        StudioAppArgs.model_validate({"lora_sets_per_replica": 0})
+
+
+# ------------------------------------------------------------------ on a local cluster
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("serving-loras")
+    for name, (source, scale) in LORAS.items():
+        with safe_open(EMBEDDED_LORAS / f"{source}.safetensors", "pt") as file:
+            tensors = {key: file.get_tensor(key) * (scale if "lora_B" in key else 1.0) for key in file.keys()}
+            save_file(tensors, folder / f"{name}.safetensors", metadata=file.metadata())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def local_studio(lora_dir) -> Studio:
+    """The in-process studio every remote result is compared with."""
+    return Studio(Settings(lora_dir=str(lora_dir), device="cpu", threads=1))
+
+
+@pytest.fixture(scope="module")
+def url(lora_dir):
+    """The application on a local cluster of two CPUs: two Generators of the embedded model, the ingress in front."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    environment = {"STUDIO_BACKEND_TOKEN": TOKEN, "STUDIO_LORA_DIR": str(lora_dir), "STUDIO_DEVICE": "cpu",
+                   "STUDIO_THREADS": "1"}
+    with pytest.MonkeyPatch.context() as env:  # the cluster's processes inherit the environment it starts with
+        for name, value in environment.items():
+            env.setenv(name, value)
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, logging_level=logging.WARNING)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        quick_stop = {"graceful_shutdown_wait_loop_s": 0.1}  # Serve checks every 2 s whether a replica is idle
+        generator = Generator.options(
+            num_replicas=2, max_queued_requests=QUEUE_LIMIT, ray_actor_options={"num_cpus": 0.5}, **quick_stop
+        ).bind(2)
+        serve.run(Ingress.options(ray_actor_options={"num_cpus": 0.25}, **quick_stop).bind(generator),
+                  name="embedded", route_prefix="/embedded")
+        yield f"http://127.0.0.1:{port}/embedded"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def remote(url):
+    with RemoteStudio(url, TOKEN, timeout_s=60) as studio:
+        yield studio
+
+
+def post(url: str, request: GenerationRequest, token: str | None = TOKEN) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.post(f"{url}/generate", json=request_to_wire(request), headers=headers, timeout=60)
+
+
+def test_a_request_through_the_ingress_gives_the_in_process_pixels(remote, local_studio):
+    assert asdict(remote.served()) == asdict(local_studio.served)  # a difference names its field
+    for request in (text_request(num_images=2), replace(text_request(), mode="edge", image=str(EDGE_MAP),
+                                                        preprocessor="none", loras="stripes:0.8")):
+        there, here = remote.generate(request), local_studio.generate(request)
+        assert same_pixels(there, here)
+        assert [image.info["parameters"] for image in there.images] == here.parameters == there.parameters
+        assert as_run(there.request) == as_run(here.request)
+
+
+def test_a_lora_set_stays_on_its_replica_and_a_third_set_evicts_the_least_recent(url):
+    def run(name: str) -> dict:
+        response = post(url, text_request(loras=f"{name}:1"))
+        assert response.status_code == 200, response.text
+        return response.json()["replica"]
+
+    first = [run("stripes")["pid"] for _ in range(3)]
+    assert len(set(first)) == 1
+    # Five sets over two replicas holding two each: some replica got three, and the first of them went.
+    sets_by_replica: dict[int, list[str]] = {}
+    last_report = {}
+    for name in LORAS:
+        report = run(name)
+        sets_by_replica.setdefault(report["pid"], []).append(name)
+        last_report[report["pid"]] = report
+    pid, names = max(sets_by_replica.items(), key=lambda item: len(item[1]))
+    assert len(names) >= 3
+    assert last_report[pid]["lora_sets"] == sorted(lora_set_id(f"{name}:1") for name in names[-2:])
+    assert last_report[pid]["adapters"] == sorted(names[-2:])
+
+
+def test_a_request_without_the_token_or_with_a_wrong_one_is_refused_readably(url):
+    missing = post(url, text_request(), token=None)
+    assert missing.status_code == 401 and "needs its token" in missing.json()["detail"]
+    wrong = post(url, text_request(), token="not-" + TOKEN)
+    assert wrong.status_code == 401 and "not this backend's STUDIO_BACKEND_TOKEN" in wrong.json()["detail"]
+    assert httpx.get(f"{url}/served", timeout=10).status_code == 401
+    with RemoteStudio(url, "not-" + TOKEN) as stranger, pytest.raises(StudioError, match="refused this page"):
+        stranger.generate(text_request())
+
+
+def test_a_request_the_studio_refuses_says_why(remote):
+    with pytest.raises(StudioError, match=r"Steps must be a whole number from 1 to \d+; got 0"):
+        remote.generate(text_request(steps=0))
+
+
+def test_past_the_queue_limit_a_caller_reads_that_the_studio_is_busy(remote):
+    def outcome(seed: int) -> str:
+        try:
+            remote.generate(text_request(steps=12, seed=seed))
+        except StudioError as error:
+            return str(error)
+        return "made"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(outcome, range(8)))
+    busy = [text for text in outcomes if text != "made"]
+    assert busy and all(text.startswith("The studio is busy") for text in busy), outcomes
+    assert outcomes.count("made") >= 2  # each replica ran one
+
+
+def test_a_replica_killed_under_a_request_costs_no_request(url, remote, local_studio, caplog):
+    request = text_request(loras="mono:1", steps=100)  # about 2 s: killed in the middle
+    holder = post(url, replace(request, steps=1)).json()["replica"]["pid"]  # the replica that holds this set
+    results = []
+    running = threading.Thread(target=lambda: results.append(remote.generate(request)))
+    with caplog.at_level(logging.WARNING, logger="serving.client"):
+        running.start()
+        time.sleep(0.8)  # routed to the replica that holds the set, and running there
+        os.kill(holder, signal.SIGKILL)
+        running.join(timeout=60)
+    assert "once more" in caplog.text  # the replica died under it, and the client sent it again
+    (result,) = results
+    assert same_pixels(result, local_studio.generate(request))

@@ -51,7 +51,7 @@ print(json.dumps({"tabs": tabs, "parameters": [item["parameter_name"] for item i
 
 def test_every_served_endpoint_is_declared_once():
     served = set(json.loads(DUMP.read_text())["named_endpoints"])
-    assert served - {"/loras", "/png_info"} == {f"/{name}" for name in ENDPOINTS}
+    assert served - {"/loras", "/lora_info", "/png_info"} == {f"/{name}" for name in ENDPOINTS}
     assert {endpoint.name for endpoint in MODE_ENDPOINTS.values()} == {mode.endpoint for mode in MODES.values()}
 
 

@@ -1,8 +1,9 @@
 """The "LoRA lab" tab: find LoRAs (folder, upload, Hub), read what they say about themselves, and
 compare them in a labelled grid against the "no LoRA" baseline.
 
-API endpoints: `/loras` (what the LoRA folder holds) and `/lora_grid` (render a grid; its parameters are
-declared in `pipelines/endpoints.py` like every mode's). Uploads live in a `gr.State`, so each visitor only
+API endpoints: `/loras` (what the LoRA folder holds), `/lora_info` (what one LoRA file is and where its weights are,
+the inspector's answer as JSON) and `/lora_grid` (render a grid; its parameters are declared in
+`pipelines/endpoints.py` like every mode's). Uploads live in a `gr.State`, so each visitor only
 ever sees and uses their own. The handlers are plain functions of the studio and one typed request; the grid's
 streams its rows as they are made, and a Stop ends it at its next denoising step (`ui/live.py`).
 """

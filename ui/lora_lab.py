@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 LIBRARY_HEADERS = ["name", "size", "family", "trigger words", "title"]
 # Two grids may interleave row by row: each row is one studio.generate call under the studio's lock.
 GRID_CONCURRENCY = 2
+LORA_INFO = "lora_info"  # reads a whole LoRA file: counted in a visitor's share like generation (ui/queue.py)
 HEADER_COLUMNS = ["field", "value"]
 CHART_X, CHART_Y = "block", "change"
 MARKDOWN_MARKS = re.compile(r"([\\`*_{}\[\]()#+\-!|<>~])")
@@ -227,7 +228,7 @@ def build_inspector(studio: Studio, uploads: gr.State, chosen: gr.Dropdown, refr
             _check_session([name], [])  # uploads belong to a page's session, which an API call has none of
             return inspection_as_dict(name, *inspect_named(studio, name))
 
-    gr.api(lora_info, api_name="lora_info")
+    gr.api(lora_info, api_name=LORA_INFO)
 
 
 def inspector_choices(studio: Studio, picked: str | None, current: list[str] | None, kept: list[str]) -> gr.Dropdown:

@@ -31,6 +31,7 @@ from gradio.utils import error_payload
 
 from pipelines.endpoints import LORA_GRID, XY_PLOT
 from pipelines.settings import Settings
+from ui.lora_lab import LORA_INFO
 from ui.modes import GPU_QUEUE
 
 logger = logging.getLogger(__name__)
@@ -44,9 +45,9 @@ RUNNING_AT_ONCE = 2
 
 
 def generating(fn: BlockFunction) -> bool:
-    """The events that run the model: the GPU group, and the LoRA lab's grid and X/Y plot (their own groups; their
-    runs share the studio's lock)."""
-    return fn.concurrency_id == GPU_QUEUE or fn.api_name in (LORA_GRID.name, XY_PLOT.name)
+    """The events a visitor's share counts: those that run the model (the GPU group, the LoRA lab's grid and X/Y plot
+    in groups of their own, their runs sharing the studio's lock) and the inspector's, which reads a whole file."""
+    return fn.concurrency_id == GPU_QUEUE or fn.api_name in (LORA_GRID.name, XY_PLOT.name, LORA_INFO)
 
 
 def configure_queue(demo: gr.Blocks, settings: Settings) -> gr.Blocks:

@@ -18,6 +18,7 @@ Where each setting comes from:
 
 import asyncio
 import hmac
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -59,6 +60,8 @@ class StudioAppArgs(BaseModel):
     lora_sets_per_replica: int = Field(
         default=3, ge=1, description="LoRA sets a Generator replica keeps loaded, least recently used deleted first"
     )
+    # Four pictures at the pixel limit as PNG (about 64 MB each), in base64, with room to spare.
+    max_body_mb: int = Field(default=512, ge=1, description="the largest request body the ingress reads, in MiB")
 
 
 class HeldLoraSet:
@@ -135,19 +138,34 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
 
+async def _bounded_body(request: Request, max_bytes: int) -> bytes | JSONResponse:
+    """The body, read no further than `max_bytes` (a declared length past it is refused before any is read)."""
+    too_large = _error(413, f"The request is larger than the {max_bytes >> 20} MiB this backend reads (max_body_mb).")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        return too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            return too_large
+    return bytes(body)
+
+
 @serve.deployment(max_ongoing_requests=64)
 @serve.ingress(api)
 class Ingress:
     """HTTP in front of the Generator: the token, the request's LoRA set as Serve's model id, and errors as status
     codes with messages for people."""
 
-    def __init__(self, generator: DeploymentHandle) -> None:
+    def __init__(self, generator: DeploymentHandle, max_body_mb: int = StudioAppArgs().max_body_mb) -> None:
         token = Settings.from_env().backend_token
         if not token:
             raise StudioError("Set STUDIO_BACKEND_TOKEN to a secret shared with the page that calls this backend; "
                               "without it every request would be refused.")
         self._token = token.encode()
         self._generator = generator
+        self._max_body_bytes = max_body_mb << 20
         self._served: dict | None = None
 
     @api.post("/generate")
@@ -155,8 +173,11 @@ class Ingress:
         refusal = self._refusal(request)
         if refusal is not None:
             return refusal
+        body = await _bounded_body(request, self._max_body_bytes)
+        if isinstance(body, JSONResponse):
+            return body
         try:
-            wire = await request.json()
+            wire = json.loads(body)
         except ValueError:
             return _error(400, "The body must be a request as JSON (serving/wire.py writes it).")
         try:
@@ -205,4 +226,4 @@ class Ingress:
 
 def build_app(args: StudioAppArgs) -> Application:
     """The application `serve run serving/config.yaml` builds: the ingress in front of the Generator."""
-    return Ingress.bind(Generator.bind(args.lora_sets_per_replica))
+    return Ingress.bind(Generator.bind(args.lora_sets_per_replica), args.max_body_mb)

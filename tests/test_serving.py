@@ -46,6 +46,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TOKEN = "a-test-token"
 QUEUE_LIMIT = 2  # requests waiting for a Generator replica before the studio answers that it is busy
+MAX_BODY_MB = 1  # the ingress reads at most this much of a body: small here, so the test can pass it
 EDGE_MAP = PROJECT_ROOT / "examples" / "embedded" / "edge_1_map.png"
 # Five LoRAs of their own content (the embedded two and scaled copies), one per set: each set is its own adapter.
 LORAS = {"stripes": ("stripes", 1.0), "mono": ("mono", 1.0), "faint-stripes": ("stripes", 0.5),
@@ -167,7 +168,7 @@ def url(lora_dir):
         generator = Generator.options(
             num_replicas=2, max_queued_requests=QUEUE_LIMIT, ray_actor_options={"num_cpus": 0.5}, **quick_stop
         ).bind(2)
-        serve.run(Ingress.options(ray_actor_options={"num_cpus": 0.25}, **quick_stop).bind(generator),
+        serve.run(Ingress.options(ray_actor_options={"num_cpus": 0.25}, **quick_stop).bind(generator, MAX_BODY_MB),
                   name="embedded", route_prefix="/embedded")
         yield f"http://127.0.0.1:{port}/embedded"
     finally:
@@ -225,6 +226,14 @@ def test_a_request_without_the_token_or_with_a_wrong_one_is_refused_readably(url
     assert httpx.get(f"{url}/served", timeout=10).status_code == 401
     with RemoteStudio(url, "not-" + TOKEN) as stranger, pytest.raises(StudioError, match="refused this page"):
         stranger.generate(text_request())
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared length", "chunked"])
+def test_a_body_past_the_limit_is_refused_without_being_read_whole(url, chunked):
+    junk = b"x" * ((MAX_BODY_MB << 20) + 1)
+    body = (junk[start : start + 65536] for start in range(0, len(junk), 65536)) if chunked else junk
+    answer = httpx.post(f"{url}/generate", content=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    assert answer.status_code == 413 and "larger than the 1 MiB" in answer.json()["detail"]
 
 
 def test_a_request_the_studio_refuses_says_why(remote):

@@ -51,3 +51,17 @@ def test_a_grid_of_one_runs_checkpoints_renders_them_in_order_under_their_steps(
     labels = list(dict.fromkeys(cell.row_label for cell in result.cells))
     assert labels[0] == BASELINE_LABEL
     assert labels[1:] == ["run (step 100) @ 1", "run (step 200) @ 1", "run (step 300) @ 1"]
+
+
+def test_a_runs_checkpoints_uploaded_at_once_are_all_chosen(tiny_sd_dir, tmp_path):
+    """The lab takes several uploads at once (a run's checkpoints); each is checked and chosen for the grid."""
+    from pipelines.studio import Studio
+    from ui.lora_lab import on_upload
+
+    studio = Studio(Settings(model=str(tiny_sd_dir), lora_dir=str(tmp_path / "folder"), device="cpu"))
+    paths = [str(write_lora(tmp_path / f"ink-00000{epoch}.safetensors", lora_tensors(studio.base, seed=epoch)))
+             for epoch in (2, 1)]
+    menu, kept, details = on_upload(studio, paths, ["stripes.safetensors"], [])
+    assert kept == [str((tmp_path / f"ink-00000{epoch}.safetensors").resolve()) for epoch in (2, 1)]
+    assert menu.value == ["stripes.safetensors", *kept]
+    assert [studio.loras.check(name).point.shown for name in kept] == ["ink (epoch 2)", "ink (epoch 1)"]

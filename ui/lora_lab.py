@@ -68,7 +68,8 @@ def build_lora_lab(studio: Studio, history: History | None = None) -> None:
         )
         refresh = gr.Button("Refresh the list", size="sm")
         with gr.Row():
-            upload = gr.File(label="Upload a LoRA (.safetensors)", file_types=[".safetensors"], type="filepath")
+            upload = gr.File(label="Upload LoRAs (.safetensors; a run's checkpoints at once)", file_count="multiple",
+                             file_types=[".safetensors"], type="filepath")
             with gr.Column():
                 hub_id = gr.Textbox(label="Hub LoRA", placeholder="hub:owner/repo or hub:owner/repo/file.safetensors")
                 add_hub = gr.Button("Add the Hub LoRA", size="sm")
@@ -340,14 +341,18 @@ def refresh_library(studio: Studio, current: list[str] | None, kept: list[str]):
     return library_rows(entries), gr.Dropdown(choices=_choices(studio.loras, kept, current, entries))
 
 
-def on_upload(studio: Studio, path: str | None, current: list[str] | None, kept: list[str]):
-    if not path:
+def on_upload(studio: Studio, paths: list[str] | None, current: list[str] | None, kept: list[str]):
+    """Each uploaded file checked and chosen for the grid (a run's checkpoints come in training order there)."""
+    if not paths:
         return gr.skip(), kept, gr.skip()
     with shown_to_person():
-        entry = studio.loras.add_upload(path)
-    kept = [*kept, entry.name] if entry.name not in kept else kept
-    value = _with(current, entry.name)
-    return gr.Dropdown(choices=_choices(studio.loras, kept, value), value=value), kept, describe_entries([entry])
+        entries = [studio.loras.add_upload(path) for path in paths]
+    names = [entry.name for entry in entries]
+    kept = list(dict.fromkeys([*kept, *names]))
+    value = list(current or [])
+    for name in names:
+        value = _with(value, name)
+    return gr.Dropdown(choices=_choices(studio.loras, kept, value), value=value), kept, describe_entries(entries)
 
 
 def on_hub(studio: Studio, spec: str, current: list[str] | None, kept: list[str]):

@@ -15,26 +15,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from PIL import Image
 
 from pipelines.endpoints import validate_grid
-from pipelines.layout import GridCell, compose_grid, grid_text_entries
+from pipelines.layout import GridCell, RenderedGrid, compose_grid, grid_text_entries
 from pipelines.lora.runs import TrainingPoint, in_training_order
 from pipelines.lora.triggers import add_trigger_words
 from pipelines.request import GridRequest, LoraChoice
 from pipelines.studio import Progress, ShouldStop, steps_after, stop_if_asked
 
 BASELINE_LABEL = "no LoRA"
-
-
-@dataclass
-class GridResult:
-    image: Image.Image  # with its PNG text entries in `image.info`
-    cells: list[GridCell]
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 def grid_rows(
@@ -65,7 +57,7 @@ def render_grid(
     progress: Progress | None = None,
     should_stop: ShouldStop | None = None,
     on_row: Callable[[Image.Image], None] | None = None,
-) -> GridResult:
+) -> RenderedGrid:
     """Render `grid` with `studio.generate` (any mode): every cell is `grid.base` with its row's LoRAs and seed.
 
     `progress` counts the denoising steps of the whole grid; `on_row` sees the grid so far after each row but the
@@ -96,7 +88,7 @@ def render_grid(
             on_row(compose_grid(cells, row_labels, column_labels))
     image = compose_grid(cells, row_labels, column_labels)
     image.info.update(grid_text_entries(cells))
-    return GridResult(image, cells, notes, time.perf_counter() - started)
+    return RenderedGrid(image, cells, notes, time.perf_counter() - started)
 
 
 def _with_triggers(studio, prompt: str, choices: Sequence[LoraChoice]) -> str:

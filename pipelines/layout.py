@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -26,6 +26,16 @@ class GridCell:
     column_label: str
     image: Image.Image
     parameters: str
+
+
+@dataclass
+class RenderedGrid:
+    """A grid made of studio runs (the LoRA lab's grid, its X/Y plot)."""
+
+    image: Image.Image  # with its PNG text entries in `image.info`
+    cells: list[GridCell]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 def compose_grid(

@@ -11,22 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from PIL import Image
 
 from pipelines.endpoints import AXES, validate_request, validate_xy, xy_cells
-from pipelines.layout import GridCell, compose_grid, grid_text_entries
+from pipelines.layout import GridCell, RenderedGrid, compose_grid, grid_text_entries
 from pipelines.request import GenerationRequest, XYRequest
 from pipelines.studio import Progress, ShouldStop, steps_after, stop_if_asked
-
-
-@dataclass
-class XYResult:
-    image: Image.Image  # with its PNG text entries in `image.info`
-    cells: list[GridCell]
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 def render_xy(
@@ -36,7 +28,7 @@ def render_xy(
     progress: Progress | None = None,
     should_stop: ShouldStop | None = None,
     on_row: Callable[[Image.Image], None] | None = None,
-) -> XYResult:
+) -> RenderedGrid:
     """Render `plot`; `on_row` sees the plot so far after each row but the last."""
     plot, notes = validate_xy(plot, studio.served)
     rows = xy_cells(plot)
@@ -61,7 +53,7 @@ def render_xy(
     cells.sort(key=_place)
     image = compose_grid(cells, row_labels, column_labels)
     image.info.update(grid_text_entries(cells))
-    return XYResult(image, cells, notes, time.perf_counter() - started)
+    return RenderedGrid(image, cells, notes, time.perf_counter() - started)
 
 
 def _runs(requests: list[GenerationRequest]) -> list[tuple[list[int], GenerationRequest, list[int]]]:

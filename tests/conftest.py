@@ -58,19 +58,26 @@ def tiny_studio(tiny_sd_dir, tiny_controlnet_dirs, empty_lora_dir):
 
 
 @contextmanager
-def running_app(studio):
-    """The whole page served on a free local port, and a `gradio_client` talking to it."""
+def served_blocks(demo):
+    """`demo` served on a free local port, and a `gradio_client` talking to it."""
     from gradio_client import Client
 
-    from ui.app import build_app
-
-    demo = build_app(studio)
-    demo.queue(default_concurrency_limit=1, max_size=64)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
     try:
         yield Client(url, verbose=False)
     finally:
         demo.close()
+
+
+@contextmanager
+def running_app(studio):
+    """The whole page served on a free local port, and a `gradio_client` talking to it."""
+    from ui.app import build_app
+
+    demo = build_app(studio)
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    with served_blocks(demo) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")
@@ -86,6 +93,11 @@ def app_url(tmp_path_factory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def launch_app():
     return running_app
+
+
+@pytest.fixture(scope="session")
+def serve_blocks():
+    return served_blocks
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -303,17 +302,11 @@ def test_the_page_refuses_another_session_s_upload(embedded_library):
 
 
 @pytest.fixture(scope="module")
-def inspector_client(embedded_library):
-    from gradio_client import Client
-
+def inspector_client(embedded_library, serve_blocks):
     with gr.Blocks() as demo:
         build_inspector(embedded_library, gr.State([]), gr.Dropdown(multiselect=True), gr.Button())
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    demo.close()
+    with serve_blocks(demo) as served:
+        yield served
 
 
 def test_lora_info_answers_what_the_panel_shows(inspector_client):

@@ -3,7 +3,6 @@ concurrent grids with different LoRA sets, each identical to the same grid rende
 
 from __future__ import annotations
 
-import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,18 +45,12 @@ def studio(tiny_sd_dir, tiny_controlnet_dirs, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(studio):
-    from gradio_client import Client
-
+def client(studio, serve_blocks):
     with gr.Blocks() as demo:
         build_lora_lab(studio)
     demo.queue(default_concurrency_limit=1)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    demo.close()
+    with serve_blocks(demo) as served:
+        yield served
 
 
 def grid_args(loras, weights="0, 1", seeds="3, 4"):

@@ -22,7 +22,8 @@ import pandas as pd
 
 from pipelines.endpoints import LORA_GRID
 from pipelines.errors import StudioError
-from pipelines.grid import GridResult, render_grid
+from pipelines.grid import render_grid
+from pipelines.layout import RenderedGrid
 from pipelines.lora.formats import family_label
 from pipelines.lora.hashes import LoraHashes, lora_hashes
 from pipelines.lora.inspect import LoraInspection, TagFolder, inspect_lora
@@ -165,7 +166,7 @@ def render(
     """Yields the grid so far after each row, nothing new every few denoising steps (`ui/live.py`), then the grid and
     its notes (saved to `outputs` first, where a failure to save is a note)."""
 
-    def work(send: Send, stop: ShouldStop) -> GridResult:
+    def work(send: Send, stop: ShouldStop) -> RenderedGrid:
         return render_grid(
             studio, grid, progress=lambda done, total: send(Progress(done, total)), should_stop=stop, on_row=send
         )

@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterator
 import gradio as gr
 
 from pipelines.endpoints import XY_PLOT
+from pipelines.layout import RenderedGrid
 from pipelines.parameters import Served
 from pipelines.request import XYRequest
 from pipelines.studio import Studio
-from pipelines.xy import XYResult, render_xy
+from pipelines.xy import render_xy
 from ui.endpoints import Call, endpoint_handler
 from ui.errors import shown_to_person
 from ui.fields import component_for
@@ -64,7 +65,7 @@ def stream_xy(studio: Studio, plot: XYRequest, progress=None, should_stop: Shoul
     """The plot so far after each row, nothing new every few denoising steps (`ui/live.py`), then the plot and its
     notes."""
 
-    def work(send: Send, stop: ShouldStop) -> XYResult:
+    def work(send: Send, stop: ShouldStop) -> RenderedGrid:
         return render_xy(studio, plot, progress=lambda done, total: send(Progress(done, total)), should_stop=stop,
                          on_row=send)
 

@@ -60,6 +60,7 @@ def test_prompt_sr_replaces_its_first_value_and_lora_weight_changes_every_lora(s
     (dict(x_axis="seed", x_values="1-8 step 1", y_axis="guidance", y_values="1-7 step 1"), "56 images; the limit"),
     (dict(x_axis="steps", x_values="1, 1000", y_axis="seed", y_values="1"), "X values must be a whole number"),
     (dict(x_axis="colour", x_values="1", y_axis="seed", y_values="1"), "X axis must be one of: LoRA weight"),
+    (dict(x_axis="sampler", x_values="DDIM," * 500_000, y_axis="seed", y_values="1"), "the limit is 2000"),
 ])
 def test_a_plot_that_cannot_be_made_is_refused_by_name(studio, arguments, words):
     with pytest.raises(StudioError) as refused:

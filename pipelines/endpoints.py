@@ -300,7 +300,8 @@ def validate_xy(plot: XYRequest, served: Served) -> tuple[XYRequest, list[str]]:
     if axes["x_axis"] == axes["y_axis"]:
         raise StudioError(f"The X and Y axes (x_axis, y_axis) must differ; both are {axes['x_axis']!r}.")
     # Each list checked as text first (its length, its characters), then as the axis's values.
-    texts = {name: clean(bind(PARAMETERS[name], served), getattr(plot, name), notes) for name in ("x_values", "y_values")}
+    texts = {name: clean(bind(PARAMETERS[name], served), getattr(plot, name), notes)
+             for name in ("x_values", "y_values")}
     values = {f"{side}_values": _axis_values(axes[f"{side}_axis"], texts[f"{side}_values"], base, side, served, notes)
               for side in ("x", "y")}
     plot = XYRequest(base, axes["x_axis"], values["x_values"], axes["y_axis"], values["y_values"])

@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from PIL import Image
@@ -108,6 +109,9 @@ def _loras(param: Param, value: object, notes: list[str]) -> tuple[LoraChoice, .
     merged: dict[str, float] = {}
     for choice in choices:
         _check_characters(f"The LoRA name {choice.name[:40]!r}", choice.name)
+        if any(len(part) > MAX_NAME_CHARS for part in Path(choice.name).parts):
+            raise StudioError(f"{field_name(param)}: the LoRA name {choice.name[:40]!r}... has a part longer than "
+                              f"{MAX_NAME_CHARS} characters, which no file name can be.")
         if choice.name in merged:
             notes.append(f"The LoRA {choice.label!r} was named more than once; its weights were added.")
         merged[choice.name] = merged.get(choice.name, 0.0) + _lora_weight(param, choice)

@@ -80,3 +80,8 @@ def test_a_range_past_the_limits_is_refused_by_name_without_being_built(tiny_stu
     with pytest.raises(StudioError, match="Weights") as refused:
         cleaned(tiny_studio, "weights", text)
     assert words in str(refused.value)
+
+
+def test_a_lora_name_no_file_can_have_is_refused_by_name(tiny_studio):
+    with pytest.raises(StudioError, match="LoRAs: the LoRA name 'aaaa.*longer than 255"):
+        cleaned(tiny_studio, "loras", "a" * 1500 + ":1")

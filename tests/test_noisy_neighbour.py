@@ -102,11 +102,17 @@ def heavy_requests(files: dict[str, str]) -> list[tuple[str, str, dict]]:
         ("too large to noise", "/forward_noise", dict(clean_image=too_large, timestep=500)),
         ("longest timeline prompt", "/denoise_timeline", dict(prompt=long_prompt[:2000], steps=2, keep_every=1)),
         ("megabyte sweep list", "/sweep", dict(prompt="x", guidance_scales="1," * 500_000)),
+        ("a plot", "/xy_plot", dict(x_axis="seed", x_values="1, 2", y_axis="guidance", y_values="1, 4", prompt="x",
+                                    steps=2)),
+        ("megabyte plot values", "/xy_plot", dict(x_axis="sampler", x_values="DDIM," * 500_000, y_axis="seed",
+                                                  y_values="1", prompt="x")),
+        ("megabyte LoRA name to inspect", "/lora_info", dict(name="a" * 1_000_000)),
     ]
 
 
 REFUSED = {"megabyte prompt", "megabyte LoRA list", "too large a map", "too large a mask", "huge PNG text",
-           "megabyte grid weights", "too large to noise", "megabyte sweep list"}
+           "megabyte grid weights", "too large to noise", "megabyte sweep list", "megabyte plot values",
+           "megabyte LoRA name to inspect"}
 
 
 def test_no_request_stalls_the_page_or_the_next_person(app_url, files):

@@ -29,9 +29,10 @@ from pipelines.lora.hashes import LoraHashes, lora_hashes
 from pipelines.lora.inspect import LoraInspection, TagFolder, inspect_lora
 from pipelines.lora.sources import HUB_PREFIX, LoraEntry
 from pipelines.outputs import OutputFolder
-from pipelines.parameters import Param, Served
+from pipelines.parameters import PARAMETERS, Param, Served
 from pipelines.request import GridRequest
 from pipelines.studio import Studio
+from pipelines.validation import clean
 from ui.endpoints import Call, endpoint_handler
 from ui.errors import shown_to_person
 from ui.fields import component_for
@@ -46,6 +47,7 @@ LIBRARY_HEADERS = ["name", "size", "family", "trigger words", "title"]
 # Two grids may interleave row by row: each row is one studio.generate call under the studio's lock.
 GRID_CONCURRENCY = 2
 LORA_INFO = "lora_info"  # reads a whole LoRA file: counted in a visitor's share like generation (ui/queue.py)
+LORA_NAME = replace(PARAMETERS["lora_names"], name="name", label="LoRA name")
 HEADER_COLUMNS = ["field", "value"]
 CHART_X, CHART_Y = "block", "change"
 MARKDOWN_MARKS = re.compile(r"([\\`*_{}\[\]()#+\-!|<>~])")
@@ -227,6 +229,7 @@ def build_inspector(studio: Studio, uploads: gr.State, chosen: gr.Dropdown, refr
             "ranks", "layers", "header", "notes"}
         """
         with shown_to_person():
+            [name] = clean(LORA_NAME, [name], [])  # its type, length and characters, as the grid's names are checked
             _check_session([name], [])  # uploads belong to a page's session, which an API call has none of
             return inspection_as_dict(name, *inspect_named(studio, name))
 

@@ -18,6 +18,7 @@ of files.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 from collections import OrderedDict
@@ -105,6 +106,15 @@ def lora_hashes(path: str | Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) 
         while len(_cache) > MAX_CACHED_FILES:
             _cache.popitem(last=False)
     return hashes
+
+
+def content_digest(path: str | Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> str:
+    """What a LoRA file holds, to tell one LoRA under two names: its header canonicalised (writers order its JSON at
+    random) and its tensor bytes, whose hash `lora_hashes` reads once per file."""
+    tensors = lora_hashes(path, max_file_bytes).tensor_sha256  # the header is checked here first
+    with Path(path).open("rb") as handle:
+        header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+    return hashlib.sha256(json.dumps(header, sort_keys=True).encode() + tensors.encode()).hexdigest()
 
 
 def find_local(

@@ -37,6 +37,7 @@ from safetensors.torch import load_file
 
 from pipelines.errors import StudioError
 from pipelines.lora.formats import check_family, plan_adapter
+from pipelines.lora.hashes import content_digest, is_hashed
 from pipelines.lora.library_internals import TRANSFORMERS_ADAPTER_LOGGER
 from pipelines.lora.metadata import family_from_metadata
 from pipelines.lora.safety import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UPLOAD_BYTES, SafetensorsHeader, read_header
@@ -48,7 +49,6 @@ from pipelines.lora.sources import (
     LoraLibrary,
     UploadStore,
     describe_file,
-    file_digest,
 )
 from pipelines.request import LoraChoice
 
@@ -94,7 +94,6 @@ class LoraManager:
         self.max_bytes = max_bytes
         self.max_file_bytes = max_file_bytes
         self._loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()  # least recently used first
-        self._digests: dict[tuple[str, int, int], str] = {}
         self._lock = threading.RLock()
         self.slot = LoraSlot(pipe.unet, slot_rank) if slot_rank else None
         self.fuse = fuse
@@ -269,12 +268,11 @@ class LoraManager:
 
     def _ensure_loaded(self, name: str) -> LoadedAdapter:
         path = self.resolve(name)
-        known = self._digests.get(_file_key(path))
-        if known and "lora_" + known[:16] in self._loaded:
-            self._loaded.move_to_end("lora_" + known[:16])
-            return self._loaded["lora_" + known[:16]]
+        if is_hashed(path) and (known := self._adapter_name(path)) in self._loaded:
+            self._loaded.move_to_end(known)
+            return self._loaded[known]
         header = self._preflight(path)
-        adapter_name = "lora_" + self._digest(path)[:16]
+        adapter_name = self._adapter_name(path)
         if adapter_name in self._loaded:  # the same content under another name
             self._loaded.move_to_end(adapter_name)
             return self._loaded[adapter_name]
@@ -367,11 +365,9 @@ class LoraManager:
         if adapter_name in present:
             self.pipe.delete_adapters(adapter_name)
 
-    def _digest(self, path: Path) -> str:
-        key = _file_key(path)
-        if key not in self._digests:
-            self._digests[key] = file_digest(path)
-        return self._digests[key]
+    def _adapter_name(self, path: Path) -> str:
+        """One name per content: the same file under two names is one adapter."""
+        return "lora_" + content_digest(path, self.max_file_bytes)[:16]
 
 
 @contextmanager
@@ -384,11 +380,6 @@ def _quieter(logger_name: str, level: int) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(previous)
-
-
-def _file_key(path: Path) -> tuple[str, int, int]:
-    stat = path.stat()
-    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
 
 
 def _meta_tensors(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:

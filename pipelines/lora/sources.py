@@ -5,8 +5,6 @@ Every source ends in a local `.safetensors` path whose header has been checked (
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -75,18 +73,6 @@ def _family(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str]) -> str
     if known or width is None:
         return known
     return f"other ({width}-wide cross-attention)"
-
-
-def file_digest(path: Path) -> str:
-    """A digest of what the file holds: the header canonicalised (writers order its JSON at random) and the data."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        header_bytes = int.from_bytes(handle.read(8), "little")
-        header = json.loads(handle.read(header_bytes))
-        digest.update(json.dumps(header, sort_keys=True).encode())
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class LoraLibrary:

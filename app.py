@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--session-queue", type=_at_least_one,
                         help="generating jobs one visitor may have waiting or running (env STUDIO_SESSION_QUEUE; "
                         "default 3)")
+    parser.add_argument("--backend", metavar="URL",
+                        help="run every request on the Ray Serve application at URL (serving/; token in "
+                        "STUDIO_BACKEND_TOKEN) instead of in this process (env STUDIO_BACKEND; default: local)")
     parser.add_argument("--no-mcp", action="store_true",
                         help="do not serve the endpoints as MCP tools (env GRADIO_MCP_SERVER=False)")
     return parser.parse_args(argv)
@@ -76,7 +79,10 @@ def controlnet_overrides(pairs: list[str]) -> dict[str, str]:
 
 
 def open_studio(settings: Settings) -> tuple[Studio, str]:
-    """The requested model, or, when it cannot be loaded (say the Hub is out of reach), the embedded one."""
+    """The requested model, or, when it cannot be loaded (say the Hub is out of reach), the embedded one; or the
+    Ray Serve backend the settings name, which must answer now."""
+    if settings.backend:
+        return open_backend(settings), ""
     try:
         return Studio(settings), ""
     except StudioError as error:
@@ -85,6 +91,20 @@ def open_studio(settings: Settings) -> tuple[Studio, str]:
         warning = f"{error} Serving the embedded model instead."
         logger.warning(warning)
         return Studio(replace(settings, model=str(EMBEDDED_MODEL))), warning
+
+
+def open_backend(settings: Settings) -> Studio:
+    """The page's stand-in for a Studio that runs every request on the Ray Serve backend at `settings.backend`."""
+    from serving.client import RemoteStudio  # httpx only: the page needs no Ray
+
+    if not settings.backend_token:
+        raise SystemExit("STUDIO_BACKEND names a Ray Serve backend: set STUDIO_BACKEND_TOKEN to the token it expects.")
+    studio = RemoteStudio(settings.backend, settings.backend_token, settings)
+    try:
+        logger.info("generation runs on %s: %s", settings.backend, studio.model.name)
+    except StudioError as error:
+        raise SystemExit(f"The backend at {settings.backend} does not answer: {error}") from None
+    return studio
 
 
 def fewer_malloc_arenas(arenas: int = 2) -> bool:
@@ -114,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         outputs=args.outputs,
         queue_size=args.queue_size,
         session_queue=args.session_queue,
+        backend=args.backend,
     )
     studio, warning = open_studio(settings)
     warning = " ".join([warning, *studio.notes]).strip()  # say which GPU paths asked for are off, and why

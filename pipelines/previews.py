@@ -78,6 +78,11 @@ class Previewer:
         self.spent = 0.0
         self.count = 0
 
+    def options(self) -> dict[str, object]:
+        """What it takes besides `send` and the clock: enough to build the same previewer elsewhere (a remote
+        backend runs it where the model is and streams the previews, `serving/wire.py`)."""
+        return {"family": self.family, "share": self.share, "interval": self.interval}
+
     def __call__(self, step: DenoisingStep) -> None:
         now = self.clock()
         expected = self.spent / self.count if self.count else 0.0

@@ -64,6 +64,8 @@ class Settings:
     session_queue: int = 3  # generating jobs one visitor (a page, or a gradio_client Client) may have queued or running
     speed: SpeedSettings = field(default_factory=SpeedSettings)  # GPU paths: offload, compile, fusing, SDXL's VAE
     mcp_server: bool = True  # every endpoint is also an MCP tool (Gradio's own variable, whose default is off)
+    # Where requests run: None in this process; else the URL of a Ray Serve application (serving/) the page calls.
+    backend: str | None = None
     # The secret a Ray Serve backend (serving/) and the page that calls it share; kept out of the repr (and logs).
     backend_token: str | None = field(default=None, repr=False)
 
@@ -109,6 +111,7 @@ class Settings:
                 sdxl_vae=_none_means_off(read.text("STUDIO_SDXL_VAE", FP16_FIX_VAE)),
             ),
             mcp_server=read.flag("GRADIO_MCP_SERVER", default=cls.mcp_server),
+            backend=_backend_url(read.text("STUDIO_BACKEND", None)),
             backend_token=read.text("STUDIO_BACKEND_TOKEN", None),
         )
 
@@ -125,6 +128,7 @@ class Settings:
         outputs: str | None = None,
         queue_size: int | None = None,
         session_queue: int | None = None,
+        backend: str | None = None,
     ) -> Settings:
         """Flags given on the command line win over the environment (a switch flag can only turn its path on)."""
         return replace(
@@ -138,7 +142,18 @@ class Settings:
             speed=replace(self.speed, offload=offload or self.speed.offload, compile=compile or self.speed.compile),
             queue_size=queue_size or self.queue_size,
             session_queue=session_queue or self.session_queue,
+            backend=_backend_url(backend) if backend else self.backend,
         )
+
+
+def _backend_url(value: str | None) -> str | None:
+    """STUDIO_BACKEND: empty or "local" runs requests in this process; otherwise an http(s) URL."""
+    if value is None or value.strip().lower() in ("", "local"):
+        return None
+    if not value.startswith(("http://", "https://")):
+        raise StudioError(f"STUDIO_BACKEND must be 'local' or the http(s) URL of a Ray Serve application "
+                          f"(http://host:8000/embedded), not {value!r}.")
+    return value.strip()
 
 
 @dataclass(frozen=True)

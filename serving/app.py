@@ -21,28 +21,32 @@ import hmac
 import json
 import os
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve import Application
 from ray.serve.exceptions import BackPressureError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from pipelines.errors import StudioError, message_for_person
 from pipelines.settings import Settings
 from pipelines.studio import Studio
 from serving.wire import (
     REPLICA_LOST_STATUS,
+    facts_to_wire,
+    hook_from_wire,
+    lora_entry_to_wire,
     lora_set_id,
     lora_set_names,
+    progress_event,
     request_from_wire,
     result_to_wire,
-    served_to_wire,
     wire_lora_set_id,
 )
 
@@ -90,22 +94,53 @@ class Generator:
 
         self._hold_lora_set = serve.multiplexed(max_num_models_per_replica=lora_sets_per_replica)(hold)
 
-    async def generate(self, wire: dict) -> dict:
-        """The result of the request `wire`, both as `serving.wire` writes them, with what the replica holds; or
-        {"detail": message, "status": HTTP status} when it cannot be served."""
-        try:
-            with tempfile.TemporaryDirectory(prefix="studio-request-") as folder:
-                request = request_from_wire(wire, Path(folder))
+    async def run(self, call: dict) -> AsyncIterator[dict]:
+        """The events of one `Studio.generate` call (`serving.wire.call_to_wire`), as `serving.wire` writes them: its
+        progress and its hook's pictures while it runs, then {"result": ..., "replica": ...}, or {"detail": message,
+        "status": HTTP status} when it cannot be served. A caller that goes away (Stop) ends the run at its next
+        step."""
+        stop = threading.Event()
+        events: asyncio.Queue[dict] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def send(event: dict) -> None:  # from the run's thread
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        with tempfile.TemporaryDirectory(prefix="studio-request-") as folder:
+            running = None
+            try:
+                request = request_from_wire(call.get("request"), Path(folder))
                 set_id = lora_set_id(request.loras)
                 if set_id:  # Serve takes no empty model id; the base model needs nothing loaded
                     await self._hold_lora_set(set_id)
-                result = await asyncio.to_thread(self.studio.generate, request)
-        except Exception as error:  # every failure becomes an answer; a fault is logged under an id it names
-            return {"detail": message_for_person(error), "status": 400 if isinstance(error, StudioError) else 500}
-        return {**result_to_wire(result), "replica": self.report()}
+                hook = hook_from_wire(call.get("hook"), send)
+                running = asyncio.ensure_future(asyncio.to_thread(
+                    self.studio.generate, request, lambda done, total: send(progress_event(done, total)),
+                    stop.is_set, hook, seeds=call.get("seeds"), fuse_loras=bool(call.get("fuse_loras")),
+                ))
+                async for event in _until_done(events, running):
+                    yield event
+                result = running.result()
+            except Exception as error:  # every failure becomes an answer; a fault is logged under an id it names
+                yield {"detail": message_for_person(error), "status": 400 if isinstance(error, StudioError) else 500}
+                return
+            finally:
+                stop.set()
+                if running is not None:  # the request's files stay until its run lets go of them
+                    await asyncio.wait([running])
+        yield {"result": result_to_wire(result), "replica": self.report()}
 
-    def served(self) -> dict:
-        return served_to_wire(self.studio.served)
+    def facts(self) -> dict:
+        return facts_to_wire(self.studio)
+
+    def loras(self) -> list[dict]:
+        return [lora_entry_to_wire(entry) for entry in self.studio.loras.available()]
+
+    def check_lora(self, name: str) -> dict:
+        try:
+            return lora_entry_to_wire(self.studio.loras.check(name))
+        except Exception as error:
+            return {"detail": message_for_person(error), "status": 400 if isinstance(error, StudioError) else 500}
 
     def report(self) -> dict:
         """Which process this replica is and what it holds: LoRA sets (by id) and adapters (by LoRA file)."""
@@ -128,7 +163,36 @@ class Generator:
             self.studio.loras.unload(set(adapters) - still_held)
 
 
+async def _until_done(events: asyncio.Queue[dict], running: asyncio.Future) -> AsyncIterator[dict]:
+    """Each event as it comes, until `running` is done and every event it sent is out."""
+    while not (running.done() and events.empty()):
+        getting = asyncio.ensure_future(events.get())
+        await asyncio.wait([getting, running], return_when=asyncio.FIRST_COMPLETED)
+        if getting.done():
+            yield getting.result()
+        else:
+            getting.cancel()
+
+
 api = FastAPI(title="Diffusion studio: generation backend")
+
+
+def _status_of(error: Exception) -> tuple[int, str]:
+    return (503, BUSY) if isinstance(error, BackPressureError) else (REPLICA_LOST_STATUS, REPLICA_LOST)
+
+
+async def _as_lines(first: dict, events: DeploymentResponseGenerator) -> AsyncIterator[bytes]:
+    """The run's events as JSON lines; a replica lost mid-run is the last line's error. When the caller goes away
+    (Stop), the run is cancelled, and its replica ends it at the next step."""
+    yield json.dumps(first).encode() + b"\n"
+    try:
+        async for event in events:
+            yield json.dumps(event).encode() + b"\n"
+    except (BackPressureError, RayActorError) as error:
+        status, detail = _status_of(error)
+        yield json.dumps({"status": status, "detail": detail}).encode() + b"\n"
+    finally:
+        events.cancel()
 
 
 # `serve.ingress` pickles the FastAPI app when it decorates the class, with the module's globals of that moment:
@@ -166,10 +230,12 @@ class Ingress:
         self._token = token.encode()
         self._generator = generator
         self._max_body_bytes = max_body_mb << 20
-        self._served: dict | None = None
+        self._facts: dict | None = None
 
     @api.post("/generate")
-    async def generate(self, request: Request) -> JSONResponse:
+    async def generate(self, request: Request) -> Response:
+        """One `Studio.generate` call (`serving.wire.call_to_wire`): its events as JSON lines, the last one its
+        result or an error. A request refused before it runs is answered with an HTTP status instead."""
         refusal = self._refusal(request)
         if refusal is not None:
             return refusal
@@ -177,32 +243,46 @@ class Ingress:
         if isinstance(body, JSONResponse):
             return body
         try:
-            wire = json.loads(body)
+            call = json.loads(body)
+            set_id = wire_lora_set_id(call.get("request") if isinstance(call, dict) else None)
         except ValueError:
-            return _error(400, "The body must be a request as JSON (serving/wire.py writes it).")
-        try:
-            set_id = wire_lora_set_id(wire)
+            return _error(400, "The body must be a generate call as JSON (serving/wire.py writes it).")
         except StudioError as error:
             return _error(400, str(error))
-        answer = await self._call(self._generator.options(multiplexed_model_id=set_id).generate, wire)
-        if isinstance(answer, JSONResponse):
-            return answer
-        if "detail" in answer:
-            return _error(answer["status"], answer["detail"])
-        return JSONResponse(answer)
+        events = self._generator.options(multiplexed_model_id=set_id, stream=True).run.remote(call)
+        first = await self._first(events)
+        if "detail" in first:
+            events.cancel()
+            return _error(first["status"], first["detail"])
+        return StreamingResponse(_as_lines(first, events), media_type="application/x-ndjson")
 
-    @api.get("/served")
-    async def served(self, request: Request) -> JSONResponse:
-        """What requests are checked against (the model's limits and defaults): the same on every replica."""
+    @api.get("/facts")
+    async def facts(self, request: Request) -> JSONResponse:
+        """What requests are checked against and the page shows (`serving.wire.BackendFacts`): the same on every
+        replica, so asked once."""
         refusal = self._refusal(request)
         if refusal is not None:
             return refusal
-        if self._served is None:
-            answer = await self._call(self._generator.served)
+        if self._facts is None:
+            answer = await self._call(self._generator.facts)
             if isinstance(answer, JSONResponse):
                 return answer
-            self._served = answer
-        return JSONResponse(self._served)
+            self._facts = answer
+        return JSONResponse(self._facts)
+
+    @api.get("/loras")
+    async def loras(self, request: Request) -> JSONResponse:
+        """The backend's LoRA folder, each file described from its header."""
+        refusal = self._refusal(request) or await self._call(self._generator.loras)
+        return refusal if isinstance(refusal, JSONResponse) else JSONResponse(refusal)
+
+    @api.get("/lora")
+    async def lora(self, request: Request, name: str) -> JSONResponse:
+        """One LoRA by name (the folder's or hub:owner/repo), checked against the model and described."""
+        refusal = self._refusal(request) or await self._call(self._generator.check_lora, name)
+        if isinstance(refusal, JSONResponse):
+            return refusal
+        return _error(refusal["status"], refusal["detail"]) if "detail" in refusal else JSONResponse(refusal)
 
     def _refusal(self, request: Request) -> JSONResponse | None:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -214,14 +294,23 @@ class Ingress:
                                "the page that calls it.")
         return None
 
-    async def _call(self, method, *args: object) -> dict | JSONResponse:
+    async def _call(self, method, *args: object) -> dict | list | JSONResponse:
         """The Generator's answer, or an error response when it is busy or its replica died."""
         try:
             return await method.remote(*args)
-        except BackPressureError:
-            return _error(503, BUSY)
-        except RayActorError:
-            return _error(REPLICA_LOST_STATUS, REPLICA_LOST)
+        except (BackPressureError, RayActorError) as error:
+            return _error(*_status_of(error))
+
+    @staticmethod
+    async def _first(events: DeploymentResponseGenerator) -> dict:
+        """The run's first event, or an error event when it is busy or its replica died before it began."""
+        try:
+            return await events.__anext__()
+        except (BackPressureError, RayActorError) as error:
+            status, detail = _status_of(error)
+            return {"status": status, "detail": detail}
+        except StopAsyncIteration:
+            return {"status": 500, "detail": "The replica ended the run without an answer."}
 
 
 def build_app(args: StudioAppArgs) -> Application:

@@ -1,9 +1,14 @@
-"""A generation request, its result and the served limits as JSON, so they can cross HTTP to a Ray Serve backend.
+"""A generation request, its result, the events of its run and the served facts as JSON, so they can cross HTTP to a
+Ray Serve backend.
 
 JSON only: never pickle over HTTP (unpickling runs whatever code the sender chose). An input image that is a file
 travels as the file's own bytes (base64) under its file name, so the backend opens it with the same code and the same
 checks as in-process (the size before the pixels, EXIF orientation, messages that name the file); a PIL image travels
 as a PNG. Result images travel as PNGs with their text chunks, so each keeps its A1111 `parameters`.
+
+A run streams events, one JSON object per line: its progress, the pictures its step hook makes where the model is
+(previews, the timeline's frames), then its result or an error. A step hook crosses as its kind and options
+(`STEP_HOOKS`): the backend builds the same hook, and the page hands each picture to its own hook's `send`.
 
 A LoRA set's id (`lora_set_id`) names the set and its weights canonically: the ingress routes by it (Ray Serve's
 multiplexed model id) and the generator loads the set it names, both through this one function.
@@ -17,15 +22,20 @@ import io
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from PIL import Image
 
 from pipelines.errors import StudioError
+from pipelines.explore.timeline import FrameKeeper, TimelineFrame
+from pipelines.loader import ModelInfo
+from pipelines.lora.runs import TrainingPoint
+from pipelines.lora.sources import LoraEntry
 from pipelines.metadata import save_png
 from pipelines.parameters import PARAMETERS, Served
 from pipelines.preprocessors.weights import DetectorSources
+from pipelines.previews import Preview, Previewer
 from pipelines.request import ControlUnit, GenerationRequest, GenerationResult, LoraChoice
 from pipelines.validation import clean, field_name
 
@@ -220,6 +230,60 @@ def result_from_wire(wire: Mapping[str, object], sent: GenerationRequest) -> Gen
     )
 
 
+# ------------------------------------------------------------------ a run: the call and its events
+
+# The step hooks a backend can run for the page, by the name they cross under; each has `options()` and `send`.
+STEP_HOOKS: dict[str, type] = {"previews": Previewer, "frames": FrameKeeper}
+NOT_REMOTE = ("This part of the studio watches every step of a run on the page's own machine, and this page runs "
+              "generation on a Ray Serve backend; it is not served remotely.")
+
+
+def call_to_wire(request: GenerationRequest, seeds: list[int] | None, fuse_loras: bool, hook: object) -> dict:
+    """One `Studio.generate` call: the request, its keyword arguments and its step hook (one of `STEP_HOOKS`)."""
+    return {"request": request_to_wire(request), "seeds": seeds, "fuse_loras": fuse_loras, "hook": hook_to_wire(hook)}
+
+
+def hook_to_wire(hook: object) -> dict | None:
+    if hook is None:
+        return None
+    kind = next((name for name, kind in STEP_HOOKS.items() if type(hook) is kind), None)
+    if kind is None:
+        raise StudioError(NOT_REMOTE)
+    return {"kind": kind, "options": hook.options()}
+
+
+def hook_from_wire(wire: object, send) -> object:
+    """The step hook `wire` describes, sending what it makes to `send` (as `event_to_wire` writes it)."""
+    if wire is None:
+        return None
+    if not (isinstance(wire, Mapping) and wire.get("kind") in STEP_HOOKS and isinstance(wire.get("options"), Mapping)):
+        raise StudioError(f"A step hook must be one of {', '.join(STEP_HOOKS)} with its options.")
+    return STEP_HOOKS[wire["kind"]](**wire["options"], send=lambda made: send(event_to_wire(made)))
+
+
+def progress_event(done: int, total: int) -> dict:
+    return {"progress": [done, total]}
+
+
+def event_to_wire(made: Preview | TimelineFrame) -> dict:
+    """A picture a step hook made, as a line of the run's stream."""
+    if isinstance(made, Preview):
+        return {"preview": {"images": [png_to_wire(image) for image in made.images], "step": made.step,
+                            "total": made.total}}
+    predicted = None if made.predicted is None else png_to_wire(made.predicted)
+    return {"frame": {"step": made.step, "total": made.total, "timestep": made.timestep,
+                      "latent": png_to_wire(made.latent), "predicted": predicted}}
+
+
+def event_from_wire(event: Mapping[str, object]) -> Preview | TimelineFrame:
+    if "preview" in event:
+        preview = event["preview"]
+        return Preview([png_from_wire(data) for data in preview["images"]], preview["step"], preview["total"])
+    frame = event["frame"]
+    predicted = None if frame["predicted"] is None else png_from_wire(frame["predicted"])
+    return TimelineFrame(frame["step"], frame["total"], frame["timestep"], png_from_wire(frame["latent"]), predicted)
+
+
 # ------------------------------------------------------------------ what is served
 
 
@@ -231,3 +295,49 @@ def served_from_wire(wire: Mapping[str, object]) -> Served:
     """The limits a backend serves, for checking requests before they are sent."""
     values = {name: tuple(value) if isinstance(value, list) else value for name, value in wire.items()}
     return Served(**{**values, "detectors": DetectorSources(**wire["detectors"])})
+
+
+@dataclass(frozen=True)
+class BackendFacts:
+    """What a page shows and checks requests against, as the backend's Studio knows it."""
+
+    served: Served
+    model: ModelInfo
+    device: str
+    notes: tuple[str, ...]
+    controlnets: dict[str, str]  # mode -> ControlNet source
+    fuses_grid_rows: bool
+    lora_file_bytes: int  # the largest LoRA file the backend reads
+
+
+def facts_to_wire(studio) -> dict[str, object]:
+    """`BackendFacts` of a Studio, as JSON-able values."""
+    return {
+        "served": served_to_wire(studio.served),
+        "model": asdict(studio.model),
+        "device": studio.device,
+        "notes": list(studio.notes),
+        "controlnets": dict(studio.controlnets.registry),
+        "fuses_grid_rows": studio.fuses_grid_rows,
+        "lora_file_bytes": studio.loras.max_file_bytes,
+    }
+
+
+def facts_from_wire(wire: Mapping[str, object]) -> BackendFacts:
+    return BackendFacts(
+        served=served_from_wire(wire["served"]),
+        model=ModelInfo(**wire["model"]),
+        device=wire["device"],
+        notes=tuple(wire["notes"]),
+        controlnets=dict(wire["controlnets"]),
+        fuses_grid_rows=wire["fuses_grid_rows"],
+        lora_file_bytes=wire["lora_file_bytes"],
+    )
+
+
+def lora_entry_to_wire(entry: LoraEntry) -> dict[str, object]:
+    return asdict(entry)
+
+
+def lora_entry_from_wire(wire: Mapping[str, object]) -> LoraEntry:
+    return LoraEntry(**{**wire, "trigger_words": tuple(wire["trigger_words"]), "point": TrainingPoint(**wire["point"])})

@@ -1,7 +1,8 @@
 """The studio on Ray Serve (serving/) on a real local cluster: two Generator replicas of the embedded model behind the
-token-checking ingress. A request gives the in-process pixels; a LoRA set stays on its replica and a replica's least
-recent set goes when a third comes; a missing or wrong token, a full queue and a killed replica each end as a person
-can read. The wire format and the Serve config are checked first, without a cluster."""
+token-checking ingress. A request gives the in-process pixels, and so do a LoRA grid, a timeline's frames and a
+run's previews through `RemoteStudio`; Stop ends a remote run and frees its replica; a LoRA set stays on its replica
+and a replica's least recent set goes when a third comes; a missing or wrong token, a full queue and a killed replica
+each end as a person can read. The wire format and the Serve config are checked first, without a cluster."""
 
 import json
 import logging
@@ -26,14 +27,18 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from pipelines.errors import StudioError
+from pipelines.explore.timeline import run_timeline
+from pipelines.grid import render_grid
 from pipelines.metadata import tag_with_parameters
-from pipelines.request import ControlUnit, GenerationRequest, GenerationResult, LoraChoice
+from pipelines.previews import Previewer
+from pipelines.request import ControlUnit, GenerationRequest, GenerationResult, GridRequest, LoraChoice, TimelineRequest
 from pipelines.settings import EMBEDDED_LORAS, PROJECT_ROOT, Settings
 from pipelines.studio import Studio
 from serving.app import Generator, Ingress, StudioAppArgs
-from serving.client import RemoteStudio
+from serving.client import STOPPED, RemoteStudio
 from serving.wire import (
     PICTURE_FIELDS,
+    call_to_wire,
     lora_set_id,
     lora_set_names,
     request_from_wire,
@@ -184,11 +189,19 @@ def remote(url):
 
 def post(url: str, request: GenerationRequest, token: str | None = TOKEN) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.post(f"{url}/generate", json=request_to_wire(request), headers=headers, timeout=60)
+    return httpx.post(f"{url}/generate", json=call_to_wire(request, None, False, None), headers=headers, timeout=60)
+
+
+def last_event(response: httpx.Response) -> dict:
+    """The last line of a run's stream: its result (or the error it ended with)."""
+    assert response.status_code == 200, response.text
+    return json.loads(response.text.splitlines()[-1])
 
 
 def test_a_request_through_the_ingress_gives_the_in_process_pixels(remote, local_studio):
-    assert asdict(remote.served()) == asdict(local_studio.served)  # a difference names its field
+    assert asdict(remote.served) == asdict(local_studio.served)  # a difference names its field
+    assert (remote.model, remote.notes, remote.controlnets.registry) == (
+        local_studio.model, local_studio.notes, local_studio.controlnets.registry)
     for request in (text_request(num_images=2), replace(text_request(), mode="edge", image=str(EDGE_MAP),
                                                         preprocessor="none", loras="stripes:0.8")):
         there, here = remote.generate(request), local_studio.generate(request)
@@ -199,9 +212,7 @@ def test_a_request_through_the_ingress_gives_the_in_process_pixels(remote, local
 
 def test_a_lora_set_stays_on_its_replica_and_a_third_set_evicts_the_least_recent(url):
     def run(name: str) -> dict:
-        response = post(url, text_request(loras=f"{name}:1"))
-        assert response.status_code == 200, response.text
-        return response.json()["replica"]
+        return last_event(post(url, text_request(loras=f"{name}:1")))["replica"]
 
     first = [run("stripes")["pid"] for _ in range(3)]
     assert len(set(first)) == 1
@@ -223,7 +234,8 @@ def test_a_request_without_the_token_or_with_a_wrong_one_is_refused_readably(url
     assert missing.status_code == 401 and "needs its token" in missing.json()["detail"]
     wrong = post(url, text_request(), token="not-" + TOKEN)
     assert wrong.status_code == 401 and "not this backend's STUDIO_BACKEND_TOKEN" in wrong.json()["detail"]
-    assert httpx.get(f"{url}/served", timeout=10).status_code == 401
+    for path in ("/facts", "/loras", "/lora?name=stripes"):
+        assert httpx.get(f"{url}{path}", timeout=10).status_code == 401
     with RemoteStudio(url, "not-" + TOKEN) as stranger, pytest.raises(StudioError, match="refused this page"):
         stranger.generate(text_request())
 
@@ -234,6 +246,60 @@ def test_a_body_past_the_limit_is_refused_without_being_read_whole(url, chunked)
     body = (junk[start : start + 65536] for start in range(0, len(junk), 65536)) if chunked else junk
     answer = httpx.post(f"{url}/generate", content=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
     assert answer.status_code == 413 and "larger than the 1 MiB" in answer.json()["detail"]
+
+
+def test_a_grid_a_timeline_and_previews_through_the_backend_give_the_in_process_pictures(remote, local_studio):
+    grid = GridRequest(text_request(), lora_names=("stripes",), weights="0.5, 1", seeds="3, 4")
+    there, here = render_grid(remote, grid), render_grid(local_studio, grid)
+    assert np.array_equal(np.asarray(there.image), np.asarray(here.image))
+    assert [cell.parameters for cell in there.cells] == [cell.parameters for cell in here.cells]
+
+    timeline = TimelineRequest(text_request(steps=4), keep_every=2)
+    frames_there, frames_here = run_timeline(remote, timeline).frames, run_timeline(local_studio, timeline).frames
+    assert [frame.step for frame in frames_there] == [frame.step for frame in frames_here] == [2, 4]
+    for one, other in zip(frames_there, frames_here, strict=True):
+        assert np.array_equal(np.asarray(one.latent), np.asarray(other.latent))
+        assert np.array_equal(np.asarray(one.predicted), np.asarray(other.predicted))
+
+    previews, steps_seen = [], []
+    request = text_request(steps=6)
+    eager = Previewer("embedded", previews.append, share=1.0, interval=0.0)  # a preview at every step but the last
+    result = remote.generate(request, lambda done, total: steps_seen.append((done, total)), on_step=eager)
+    assert steps_seen == [(step, 6) for step in range(1, 7)]
+    assert [preview.step for preview in previews] == list(range(1, 6))
+    assert len(previews[0].images) == 1 and previews[0].images[0].size == (64, 64)
+    assert same_pixels(result, local_studio.generate(request))  # previews only read the latents
+
+
+def test_stop_ends_a_remote_run_and_frees_its_replica(remote):
+    steps_seen = []
+
+    def stop_after_two_steps() -> bool:
+        return len(steps_seen) >= 2
+
+    whole = text_request(steps=100, seed=77)
+    started = time.perf_counter()
+    remote.generate(whole)
+    whole_s = time.perf_counter() - started
+    started = time.perf_counter()
+    with pytest.raises(StudioError, match=STOPPED):
+        remote.generate(whole, lambda done, total: steps_seen.append(done), stop_after_two_steps)
+    # The stopped run no longer holds a replica: two runs at once, one per replica, finish before it would have.
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(remote.generate, [text_request(seed=1), text_request(seed=2)]))
+    print(f"whole run {whole_s:.2f} s; stopped, then two short runs: {time.perf_counter() - started:.2f} s")
+    assert time.perf_counter() - started < 0.6 * whole_s
+
+
+def test_the_page_sees_the_backends_lora_folder_and_is_told_what_stays_local(remote, local_studio):
+    assert [entry.name for entry in remote.loras.available()] == sorted(f"{name}.safetensors" for name in LORAS)
+    assert remote.loras.check("stripes") == local_studio.loras.check("stripes")
+    with pytest.raises(StudioError, match="no LoRA 'missing.safetensors'"):
+        remote.loras.check("missing")
+    with pytest.raises(StudioError, match="uploaded here cannot reach it"):
+        remote.loras.add_upload("/tmp/mine.safetensors")
+    with pytest.raises(StudioError, match="forward noising"):
+        remote.base  # noqa: B018
 
 
 def test_a_request_the_studio_refuses_says_why(remote):
@@ -258,7 +324,7 @@ def test_past_the_queue_limit_a_caller_reads_that_the_studio_is_busy(remote):
 
 def test_a_replica_killed_under_a_request_costs_no_request(url, remote, local_studio, caplog):
     request = text_request(loras="mono:1", steps=100)  # about 2 s: killed in the middle
-    holder = post(url, replace(request, steps=1)).json()["replica"]["pid"]  # the replica that holds this set
+    holder = last_event(post(url, replace(request, steps=1)))["replica"]["pid"]  # the replica that holds this set
     results = []
     running = threading.Thread(target=lambda: results.append(remote.generate(request)))
     with caplog.at_level(logging.WARNING, logger="serving.client"):

@@ -54,15 +54,33 @@ def run_timeline(
     timeline, _ = validate_timeline(timeline, studio.served)
     frames: list[TimelineFrame] = []
 
-    def keep(step: DenoisingStep) -> None:
-        if step.index % timeline.keep_every == 0 or step.index == step.total:
-            frames.append(_frame(step))
-            if on_frame is not None:
-                on_frame(frames[-1])
+    def keep(frame: TimelineFrame) -> None:
+        frames.append(frame)
+        if on_frame is not None:
+            on_frame(frame)
 
     # Validated already: the seed is fixed, so the studio runs exactly this request.
-    result = studio.generate(replace(timeline.base, num_images=1), progress, should_stop, on_step=keep)
+    keeper = FrameKeeper(timeline.keep_every, keep)
+    result = studio.generate(replace(timeline.base, num_images=1), progress, should_stop, on_step=keeper)
     return TimelineResult(frames, result)
+
+
+class FrameKeeper:
+    """A step hook that decodes every `keep_every`-th step (and the last) into a frame and sends it.
+
+    It runs where the model is; what it sends is plain pictures, so a remote backend runs it and streams the frames
+    (`serving/wire.py`)."""
+
+    def __init__(self, keep_every: int, send: Callable[[TimelineFrame], None]) -> None:
+        self.keep_every, self.send = keep_every, send
+
+    def options(self) -> dict[str, object]:
+        """What it takes besides `send`: enough to build the same keeper elsewhere."""
+        return {"keep_every": self.keep_every}
+
+    def __call__(self, step: DenoisingStep) -> None:
+        if step.index % self.keep_every == 0 or step.index == step.total:
+            self.send(_frame(step))
 
 
 def _frame(step: DenoisingStep) -> TimelineFrame:

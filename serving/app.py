@@ -23,6 +23,7 @@ import os
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -34,9 +35,11 @@ from ray.serve import Application
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from pipelines.endpoints import validate_request
 from pipelines.errors import StudioError, message_for_person
+from pipelines.request import GenerationRequest, GenerationResult
 from pipelines.settings import Settings
-from pipelines.studio import Studio
+from pipelines.studio import Studio, together_key
 from serving.wire import (
     REPLICA_LOST_STATUS,
     facts_to_wire,
@@ -50,6 +53,8 @@ from serving.wire import (
     wire_lora_set_id,
 )
 
+# How long a request waits on its replica for others to share its pipeline call, when batching is on.
+BATCH_WAIT_S = 0.05
 BUSY = ("The studio is busy: every replica is generating and its queue is full. Try again in a moment, when a "
         "request has finished.")
 REPLICA_LOST = ("The replica running this request stopped before it finished; Serve is replacing it. Sending the "
@@ -63,6 +68,11 @@ class StudioAppArgs(BaseModel):
 
     lora_sets_per_replica: int = Field(
         default=3, ge=1, description="LoRA sets a Generator replica keeps loaded, least recently used deleted first"
+    )
+    batch_size: int = Field(
+        default=1, ge=1, le=64,
+        description="text requests that may share one pipeline call on a replica; give the Generator as many "
+                    "max_ongoing_requests, or requests never meet there",
     )
     # Four pictures at the pixel limit as PNG (about 64 MB each), in base64, with room to spare.
     max_body_mb: int = Field(default=512, ge=1, description="the largest request body the ingress reads, in MiB")
@@ -81,18 +91,36 @@ class HeldLoraSet:
             release()
 
 
+@dataclass
+class Job:
+    """A request waiting to share a pipeline call with others on this replica (`Studio.generate_together`)."""
+
+    request: GenerationRequest  # checked
+    progress: Callable[[int, int], None]
+    stop: threading.Event
+    hook: object
+    shared: int = 1  # how many requests its pipeline calls ran
+
+
 @serve.deployment(max_ongoing_requests=1, max_queued_requests=16)
 class Generator:
-    """One Studio; one request at a time (its LoRA weights and scheduler live on shared modules)."""
+    """One Studio; one pipeline call at a time (its LoRA weights and scheduler live on shared modules). With
+    `batch_size` above 1 (and as many ongoing requests), text requests that differ only in prompts and seeds share
+    calls, in groups of up to `batch_size` that wait at most BATCH_WAIT_S for each other."""
 
-    def __init__(self, lora_sets_per_replica: int) -> None:
+    def __init__(self, lora_sets_per_replica: int, batch_size: int = 1) -> None:
         self.studio = Studio(Settings.from_env())
         self._held: dict[str, list[str]] = {}  # LoRA set id -> its adapter names, for each set this replica holds
 
         async def hold(set_id: str) -> HeldLoraSet:  # a function of its own: Serve keeps its LRU on it
             return await self._load_lora_set(set_id)
 
+        async def together(jobs: list[Job]) -> list[GenerationResult | Exception]:  # Serve keeps its queue on it
+            return await self._run_together(jobs)
+
         self._hold_lora_set = serve.multiplexed(max_num_models_per_replica=lora_sets_per_replica)(hold)
+        self._together = serve.batch(max_batch_size=batch_size, batch_wait_timeout_s=BATCH_WAIT_S)(together) \
+            if batch_size > 1 else None
 
     async def run(self, call: dict) -> AsyncIterator[dict]:
         """The events of one `Studio.generate` call (`serving.wire.call_to_wire`), as `serving.wire` writes them: its
@@ -106,21 +134,27 @@ class Generator:
         def send(event: dict) -> None:  # from the run's thread
             loop.call_soon_threadsafe(events.put_nowait, event)
 
+        def progress(done: int, total: int) -> None:
+            send(progress_event(done, total))
+
         with tempfile.TemporaryDirectory(prefix="studio-request-") as folder:
-            running = None
+            running = job = None
             try:
                 request = request_from_wire(call.get("request"), Path(folder))
                 set_id = lora_set_id(request.loras)
                 if set_id:  # Serve takes no empty model id; the base model needs nothing loaded
                     await self._hold_lora_set(set_id)
                 hook = hook_from_wire(call.get("hook"), send)
-                running = asyncio.ensure_future(asyncio.to_thread(
-                    self.studio.generate, request, lambda done, total: send(progress_event(done, total)),
-                    stop.is_set, hook, seeds=call.get("seeds"), fuse_loras=bool(call.get("fuse_loras")),
+                job = self._job(request, call, progress, stop, hook)
+                running = asyncio.ensure_future(self._together(job) if job else asyncio.to_thread(
+                    self.studio.generate, request, progress, stop.is_set, hook, seeds=call.get("seeds"),
+                    fuse_loras=bool(call.get("fuse_loras")),
                 ))
                 async for event in _until_done(events, running):
                     yield event
                 result = running.result()
+                if isinstance(result, Exception):
+                    raise result
             except Exception as error:  # every failure becomes an answer; a fault is logged under an id it names
                 yield {"detail": message_for_person(error), "status": 400 if isinstance(error, StudioError) else 500}
                 return
@@ -128,7 +162,44 @@ class Generator:
                 stop.set()
                 if running is not None:  # the request's files stay until its run lets go of them
                     await asyncio.wait([running])
-        yield {"result": result_to_wire(result), "replica": self.report()}
+        yield {"result": result_to_wire(result), "replica": {**self.report(), "shared": job.shared if job else 1}}
+
+    def _job(self, request: GenerationRequest, call: dict, progress, stop: threading.Event, hook) -> Job | None:
+        """The request as a job to run with others, or None where it runs alone (batching off, a grid row's seeds
+        or fused set, a picture to start from or follow)."""
+        if self._together is None or call.get("seeds") is not None or call.get("fuse_loras"):
+            return None
+        checked, _ = validate_request(request, self.studio.served)
+        return Job(checked, progress, stop, hook) if together_key(checked) is not None else None
+
+    async def _run_together(self, jobs: list[Job]) -> list[GenerationResult | Exception]:
+        """Each group of jobs that can share calls, one group after another; a result or an error per job."""
+        outcomes: dict[int, GenerationResult | Exception] = {}
+        groups: dict[str, list[int]] = {}
+        for index, job in enumerate(jobs):
+            groups.setdefault(together_key(job.request), []).append(index)
+        for members in groups.values():
+            group = [jobs[index] for index in members]
+            try:
+                results = await asyncio.to_thread(self._generate_together, group)
+            except Exception as error:
+                results = [error] * len(group)
+            outcomes.update(zip(members, results, strict=True))
+        return [outcomes[index] for index in range(len(jobs))]
+
+    def _generate_together(self, group: list[Job]) -> list[GenerationResult]:
+        for job in group:
+            job.shared = len(group)
+
+        def progress(done: int, total: int) -> None:
+            for job in group:
+                job.progress(done, total)
+
+        def all_stopped() -> bool:  # one caller's Stop must not end the others' images
+            return all(job.stop.is_set() for job in group)
+
+        return self.studio.generate_together([job.request for job in group], progress, all_stopped,
+                                             [job.hook for job in group])
 
     def facts(self) -> dict:
         return facts_to_wire(self.studio)
@@ -249,10 +320,8 @@ class Ingress:
             return _error(400, "The body must be a generate call as JSON (serving/wire.py writes it).")
         except StudioError as error:
             return _error(400, str(error))
-        events = self._generator.options(multiplexed_model_id=set_id, stream=True).run.remote(call)
-        first = await self._first(events)
+        events, first = await self._start(self._generator.options(multiplexed_model_id=set_id, stream=True).run, call)
         if "detail" in first:
-            events.cancel()
             return _error(first["status"], first["detail"])
         return StreamingResponse(_as_lines(first, events), media_type="application/x-ndjson")
 
@@ -302,17 +371,20 @@ class Ingress:
             return _error(*_status_of(error))
 
     @staticmethod
-    async def _first(events: DeploymentResponseGenerator) -> dict:
-        """The run's first event, or an error event when it is busy or its replica died before it began."""
+    async def _start(method, *args: object) -> tuple[DeploymentResponseGenerator | None, dict]:
+        """A streamed call and its first event, or an error event when it is busy or its replica died before the
+        run began."""
+        events = None
         try:
-            return await events.__anext__()
+            events = method.remote(*args)
+            return events, await events.__anext__()
         except (BackPressureError, RayActorError) as error:
             status, detail = _status_of(error)
-            return {"status": status, "detail": detail}
+            return events, {"status": status, "detail": detail}
         except StopAsyncIteration:
-            return {"status": 500, "detail": "The replica ended the run without an answer."}
+            return events, {"status": 500, "detail": "The replica ended the run without an answer."}
 
 
 def build_app(args: StudioAppArgs) -> Application:
     """The application `serve run serving/config.yaml` builds: the ingress in front of the Generator."""
-    return Ingress.bind(Generator.bind(args.lora_sets_per_replica), args.max_body_mb)
+    return Ingress.bind(Generator.bind(args.lora_sets_per_replica, args.batch_size), args.max_body_mb)

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,10 +17,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import ray
 import yaml
 from PIL import Image
-from ray import serve
 from ray.serve.schema import ServeDeploySchema
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -34,8 +31,9 @@ from pipelines.previews import Previewer
 from pipelines.request import ControlUnit, GenerationRequest, GenerationResult, GridRequest, LoraChoice, TimelineRequest
 from pipelines.settings import EMBEDDED_LORAS, PROJECT_ROOT, Settings
 from pipelines.studio import Studio
-from serving.app import Generator, Ingress, StudioAppArgs
+from serving.app import StudioAppArgs
 from serving.client import STOPPED, RemoteStudio
+from serving.local import local_cluster
 from serving.wire import (
     PICTURE_FIELDS,
     call_to_wire,
@@ -50,6 +48,7 @@ from serving.wire import (
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TOKEN = "a-test-token"
+BATCH_SIZE = 2  # text requests a replica may run in one pipeline call
 QUEUE_LIMIT = 2  # requests waiting for a Generator replica before the studio answers that it is busy
 MAX_BODY_MB = 1  # the ingress reads at most this much of a body: small here, so the test can pass it
 EDGE_MAP = PROJECT_ROOT / "examples" / "embedded" / "edge_1_map.png"
@@ -131,7 +130,10 @@ def test_the_config_serves_the_embedded_model_one_call_at_a_time_never_from_zero
     assert application.import_path == "serving.app:build_app"
     StudioAppArgs.model_validate(application.args)
     generator = {deployment.name: deployment for deployment in application.deployments}["Generator"]
-    assert generator.max_ongoing_requests == 1 and generator.autoscaling_config["min_replicas"] >= 1
+    args = StudioAppArgs.model_validate(application.args)
+    # Requests meet on a replica only as many at a time as it takes in; the pipeline runs one call at a time anyway.
+    assert generator.max_ongoing_requests == args.batch_size
+    assert generator.autoscaling_config["min_replicas"] >= 1
     with pytest.raises(ValueError, match="lora_sets_per_replica"):
         StudioAppArgs.model_validate({"lora_sets_per_replica": 0})
 
@@ -157,28 +159,13 @@ def local_studio(lora_dir) -> Studio:
 
 @pytest.fixture(scope="module")
 def url(lora_dir):
-    """The application on a local cluster of two CPUs: two Generators of the embedded model, the ingress in front."""
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    """The application on a local cluster of two CPUs: two Generators of the embedded model, each running up to
+    BATCH_SIZE text requests together, the ingress in front."""
     environment = {"STUDIO_BACKEND_TOKEN": TOKEN, "STUDIO_LORA_DIR": str(lora_dir), "STUDIO_DEVICE": "cpu",
                    "STUDIO_THREADS": "1"}
-    with pytest.MonkeyPatch.context() as env:  # the cluster's processes inherit the environment it starts with
-        for name, value in environment.items():
-            env.setenv(name, value)
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, logging_level=logging.WARNING)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        quick_stop = {"graceful_shutdown_wait_loop_s": 0.1}  # Serve checks every 2 s whether a replica is idle
-        generator = Generator.options(
-            num_replicas=2, max_queued_requests=QUEUE_LIMIT, ray_actor_options={"num_cpus": 0.5}, **quick_stop
-        ).bind(2)
-        serve.run(Ingress.options(ray_actor_options={"num_cpus": 0.25}, **quick_stop).bind(generator, MAX_BODY_MB),
-                  name="embedded", route_prefix="/embedded")
-        yield f"http://127.0.0.1:{port}/embedded"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with local_cluster(environment, replicas=2, queue_limit=QUEUE_LIMIT, max_body_mb=MAX_BODY_MB,
+                       batch_size=BATCH_SIZE) as cluster_url:
+        yield cluster_url
 
 
 @pytest.fixture(scope="module")
@@ -300,6 +287,20 @@ def test_the_page_sees_the_backends_lora_folder_and_is_told_what_stays_local(rem
         remote.loras.add_upload("/tmp/mine.safetensors")
     with pytest.raises(StudioError, match="forward noising"):
         remote.base  # noqa: B018
+
+
+def test_text_requests_that_meet_on_a_replica_share_a_call_and_each_gets_its_solo_pixels(url, local_studio):
+    requests = [text_request(prompt=prompt, seed=seed, steps=20) for seed, prompt in enumerate(
+        ["a red circle on a blue background", "a green square", "a yellow triangle on white", "a blue circle"])]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        answers = list(pool.map(lambda request: last_event(post(url, request)), requests))
+    assert max(answer["replica"]["shared"] for answer in answers) == BATCH_SIZE  # some did meet
+    for request, answer in zip(requests, answers, strict=True):
+        there = result_from_wire(answer["result"], request)
+        here = local_studio.generate(request)
+        assert there.parameters == here.parameters
+        difference = np.abs(np.asarray(there.images[0]).astype(int) - np.asarray(here.images[0])).max()
+        assert difference <= 1  # a larger batch rounds differently in the last float bits, as the grid's rows do
 
 
 def test_a_request_the_studio_refuses_says_why(remote):

@@ -10,7 +10,8 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
+from functools import partial
 
 import torch
 from diffusers import (
@@ -51,7 +52,7 @@ from pipelines.presets import preset_names
 from pipelines.request import GenerationRequest, GenerationResult
 from pipelines.schedulers import make_scheduler, scheduler_names
 from pipelines.settings import Settings
-from pipelines.steps import StepHook, with_step_hook
+from pipelines.steps import DenoisingStep, StepHook, with_step_hook
 from pipelines.threads import is_small, set_cpu_threads
 
 UNION_PIPELINES = {
@@ -258,6 +259,51 @@ class Studio:
         tagged = [tag_with_parameters(image, text) for image, text in zip(images, parameters, strict=True)]
         return GenerationResult(tagged, seeds, parameters, request, maps_side_by_side(controls), notes)
 
+    def generate_together(
+        self,
+        requests: Sequence[GenerationRequest],
+        progress: Progress | None = None,
+        should_stop: ShouldStop | None = None,
+        on_steps: Sequence[StepHook | None] | None = None,
+    ) -> list[GenerationResult]:
+        """Requests with one `together_key` in shared pipeline calls (at most the served image limit each): one
+        result per request, each image the one `generate` makes for it alone (a generator per image), up to float
+        rounding in a larger batch (at most one level of 255 here). `on_steps` has a hook (or None) per request,
+        and each sees its own images' latents."""
+        checked = [validate_request(request, self.served) for request in requests]
+        keys = {together_key(request) for request, _ in checked}
+        if len(keys) != 1 or None in keys:
+            raise ValueError("generate_together takes text requests that differ only in prompts, seeds and counts")
+        first = checked[0][0]
+        owners = [index for index, (request, _) in enumerate(checked) for _ in range(request.num_images)]
+        seeds = [request.seed + offset for request, _ in checked for offset in range(request.num_images)]
+        prompts = [(checked[owner][0].prompt, checked[owner][0].negative_prompt) for owner in owners]
+        check_fits(self.model.family, self.gpu_gib, min(len(seeds), self.limits.max_images), first.width,
+                   first.height, self.model.resolution)
+        with self._lock, out_of_memory_as_message(len(seeds), first.width, first.height):
+            pipe = self.pipeline_for(first.mode, ())
+            shared_notes = self.loras.activate(first.loras)
+            notes = [shared_notes + self._prompt_notes(request) + request_notes for request, request_notes in checked]
+            pipe.scheduler = make_scheduler(first.scheduler, self._scheduler_config)
+            self.accelerator.before_run(pipe, first.width, first.height, min(len(seeds), self.limits.max_images))
+            images = []
+            for batch in _batches(list(range(len(seeds))), self.limits.max_images):
+                hook = _split_hook([owners[index] for index in batch], on_steps) if on_steps else None
+                on_step_end = with_step_hook(_step_callback(progress, should_stop, first.steps), pipe, hook)
+                images += self._run(pipe, first, [], False, None, on_step_end, [seeds[index] for index in batch],
+                                    [prompts[index] for index in batch])
+        if should_stop is not None and should_stop():
+            raise StudioError("Stopped before the last step; no image was made.")
+        results = []
+        for index, (request, _) in enumerate(checked):
+            mine = [position for position, owner in enumerate(owners) if owner == index]
+            request_seeds = [seeds[position] for position in mine]
+            parameters = [self._parameters(request, seed, [], ()) for seed in request_seeds]
+            tagged = [tag_with_parameters(images[position], text) for position, text in zip(mine, parameters,
+                                                                                              strict=True)]
+            results.append(GenerationResult(tagged, request_seeds, parameters, request, None, notes[index]))
+        return results
+
     def _run(
         self,
         pipe: DiffusionPipeline,
@@ -267,6 +313,7 @@ class Studio:
         edit: EditInputs | None,
         on_step_end: Callable | None,
         seeds: Sequence[int],
+        prompts: Sequence[tuple[str, str]] | None = None,
     ) -> list[Image.Image]:
         if edit is not None and not denoises(request):
             return [through_the_vae(pipe, edit.start) for _ in seeds]
@@ -283,6 +330,10 @@ class Studio:
             generator=generators,
             callback_on_step_end=on_step_end,
         )
+        if prompts is not None:  # requests run together: a prompt and a negative prompt per image
+            # diffusers reads an empty negative prompt as it reads none: both encode "".
+            kwargs.update(prompt=[prompt for prompt, _ in prompts], num_images_per_prompt=1,
+                          negative_prompt=[negative for _, negative in prompts])
         if edit is not None:
             kwargs.update(image=edit.start, strength=strength_of(request))
         if edit is not None and edit.mask is not None:
@@ -326,6 +377,43 @@ class Studio:
         }
         loras = [(lora.label, lora.weight) for lora in request.loras]
         return format_parameters(request.prompt, request.negative_prompt, settings, loras)
+
+
+# What may differ between requests that share a pipeline call: the text and the noise of each image.
+PER_IMAGE_FIELDS = ("prompt", "negative_prompt", "seed", "num_images")
+
+
+def together_key(request: GenerationRequest) -> str | None:
+    """Equal for checked requests that can share one pipeline call (`Studio.generate_together`): text modes with
+    every other setting the same; None for a request that runs alone (a picture to start from or to follow)."""
+    mode = MODES[request.mode]
+    if mode.is_controlled or mode.starts_from_image or request.control_units:
+        return None
+    settings = {item.name: getattr(request, item.name) for item in fields(request) if item.name not in
+                PER_IMAGE_FIELDS}
+    return repr(sorted(settings.items()))
+
+
+def _split_hook(owners: list[int], hooks: Sequence[StepHook | None]) -> StepHook | None:
+    """A step hook for one batch of requests run together: each request's hook sees its own images."""
+    if not any(hooks[owner] for owner in owners):
+        return None
+
+    def split(step: DenoisingStep) -> None:
+        for owner in dict.fromkeys(owners):
+            if hooks[owner] is None:
+                continue
+            mine = [index for index, each in enumerate(owners) if each == owner]
+            rows = slice(mine[0], mine[-1] + 1)  # a request's images are next to each other
+            hooks[owner](replace(step, latents=step.latents[rows], estimate_x0=partial(_x0_rows, step, rows)))
+
+    return split
+
+
+def _x0_rows(step: DenoisingStep, rows: slice):
+    """Some images' part of the step's x0 estimate, computed (once for the batch) only when a hook asks."""
+    x0 = step.predicted_x0
+    return None if x0 is None else x0[rows]
 
 
 def _batches(items: list, size: int) -> list[list]:

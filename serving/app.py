@@ -135,7 +135,8 @@ class Generator:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         def progress(done: int, total: int) -> None:
-            send(progress_event(done, total))
+            if call.get("progress"):  # a line per step costs two hops each; sent only to a caller that asks
+                send(progress_event(done, total))
 
         with tempfile.TemporaryDirectory(prefix="studio-request-") as folder:
             running = job = None
@@ -214,8 +215,10 @@ class Generator:
             return {"detail": message_for_person(error), "status": 400 if isinstance(error, StudioError) else 500}
 
     def report(self) -> dict:
-        """Which process this replica is and what it holds: LoRA sets (by id) and adapters (by LoRA file)."""
-        return {"pid": os.getpid(), "lora_sets": sorted(self._held), "adapters": sorted(self.studio.loras.loaded)}
+        """Which process this replica is, what it holds (LoRA sets by id, adapters by LoRA file) and how many
+        adapters it has loaded since it started."""
+        return {"pid": os.getpid(), "lora_sets": sorted(self._held), "adapters": sorted(self.studio.loras.loaded),
+                "adapter_loads": self.studio.loras.loads}
 
     async def _load_lora_set(self, set_id: str) -> HeldLoraSet:
         adapters = await asyncio.to_thread(self._load_adapters, lora_set_names(set_id))
@@ -256,14 +259,17 @@ async def _as_lines(first: dict, events: DeploymentResponseGenerator) -> AsyncIt
     """The run's events as JSON lines; a replica lost mid-run is the last line's error. When the caller goes away
     (Stop), the run is cancelled, and its replica ends it at the next step."""
     yield json.dumps(first).encode() + b"\n"
+    finished = False
     try:
         async for event in events:
             yield json.dumps(event).encode() + b"\n"
+        finished = True
     except (BackPressureError, RayActorError) as error:
         status, detail = _status_of(error)
         yield json.dumps({"status": status, "detail": detail}).encode() + b"\n"
     finally:
-        events.cancel()
+        if not finished:
+            events.cancel()
 
 
 # `serve.ingress` pickles the FastAPI app when it decorates the class, with the module's globals of that moment:

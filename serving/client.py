@@ -122,7 +122,8 @@ class RemoteStudio:
     ) -> GenerationResult:
         """`Studio.generate` on the backend; `on_step` must be a hook the backend can run (`serving.wire.STEP_HOOKS`),
         and gets the pictures it makes there. The result's request is the request as run there."""
-        call = call_to_wire(request, list(seeds) if seeds is not None else None, fuse_loras, on_step)
+        call = call_to_wire(request, list(seeds) if seeds is not None else None, fuse_loras, on_step,
+                            progress=progress is not None or should_stop is not None)
         for attempt in (1, 2):
             try:
                 with self._events(call) as events:

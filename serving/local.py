@@ -29,9 +29,11 @@ def local_cluster(
     queue_limit: int = 16,
     max_body_mb: int = 512,
     batch_size: int = 1,
+    autoscaling: dict | None = None,
 ) -> Iterator[str]:
-    """A cluster of `cpus` running the application with `replicas` Generators; yields its URL. `environment` (the
-    studio's settings and STUDIO_BACKEND_TOKEN) is what the cluster's processes start with."""
+    """A cluster of `cpus` running the application with `replicas` Generators, or as many as `autoscaling` (Serve's
+    autoscaling_config) asks for; yields its URL. `environment` (the studio's settings and STUDIO_BACKEND_TOKEN) is
+    what the cluster's processes start with."""
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
@@ -45,8 +47,9 @@ def local_cluster(
         os.environ.update(before)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
+        scale = {"autoscaling_config": autoscaling} if autoscaling else {"num_replicas": replicas}
         generator = Generator.options(
-            num_replicas=replicas, max_queued_requests=queue_limit, max_ongoing_requests=batch_size,
+            **scale, max_queued_requests=queue_limit, max_ongoing_requests=batch_size,
             ray_actor_options={"num_cpus": cpus_per_replica}, **QUICK_STOP,
         ).bind(lora_sets_per_replica, batch_size)
         ingress = Ingress.options(ray_actor_options={"num_cpus": 0.25}, **QUICK_STOP)

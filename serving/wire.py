@@ -238,9 +238,12 @@ NOT_REMOTE = ("This part of the studio watches every step of a run on the page's
               "generation on a Ray Serve backend; it is not served remotely.")
 
 
-def call_to_wire(request: GenerationRequest, seeds: list[int] | None, fuse_loras: bool, hook: object) -> dict:
-    """One `Studio.generate` call: the request, its keyword arguments and its step hook (one of `STEP_HOOKS`)."""
-    return {"request": request_to_wire(request), "seeds": seeds, "fuse_loras": fuse_loras, "hook": hook_to_wire(hook)}
+def call_to_wire(request: GenerationRequest, seeds: list[int] | None, fuse_loras: bool, hook: object,
+                 progress: bool = False) -> dict:
+    """One `Studio.generate` call: the request, its keyword arguments, its step hook (one of `STEP_HOOKS`), and
+    whether to send each step's progress (which a caller that may stop the run needs, to be asked at each step)."""
+    return {"request": request_to_wire(request), "seeds": seeds, "fuse_loras": fuse_loras, "hook": hook_to_wire(hook),
+            "progress": progress}
 
 
 def hook_to_wire(hook: object) -> dict | None:

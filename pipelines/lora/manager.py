@@ -94,6 +94,7 @@ class LoraManager:
         self.max_bytes = max_bytes
         self.max_file_bytes = max_file_bytes
         self._loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()  # least recently used first
+        self.loads = 0  # files read and loaded as adapters so far (a Ray Serve replica reports it)
         self._lock = threading.RLock()
         self.slot = LoraSlot(pipe.unet, slot_rank) if slot_rank else None
         self.fuse = fuse
@@ -278,6 +279,7 @@ class LoraManager:
             return self._loaded[adapter_name]
         adapter = self._load(path, header, adapter_name, label=Path(name).name)
         self._loaded[adapter_name] = adapter
+        self.loads += 1
         return adapter
 
     def _preflight(self, path: Path) -> SafetensorsHeader:

@@ -18,7 +18,10 @@ For each family, SD1.5 then SDXL, it prints:
   studio's whole call;
 - the compiled UNet, in a fresh studio (the eager one freed first): first call, gain, peak memory, and whether a
   LoRA switch recompiles it (dynamo's graph counter, reset before it counts);
-- model CPU offload, in a fresh studio: it/s and peak memory.
+- model CPU offload, in a fresh studio: it/s and peak memory;
+- Ray Serve (with `--ray`, which a GPU run implies when Ray is installed): the studio as a Serve application on a
+  local cluster of this machine, one Generator replica on the GPU: one request through the ingress against the
+  same request in this process (same pixels?), and four text requests sharing one pipeline call against one by one.
 
 Every image a figure rests on is checked: random fp16 weights can overflow, and NaN or inf latents decode to one
 flat colour, so two broken images would compare "pixel-identical". A flat image prints "NaN check failed", a
@@ -40,6 +43,7 @@ import argparse
 import contextlib
 import functools
 import gc
+import importlib.util
 import math
 import os
 import shutil
@@ -92,6 +96,7 @@ class Check:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.tiny = args.tiny
+        self.ray = args.ray or (not args.tiny and importlib.util.find_spec("ray") is not None)
         self.device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
         self.cuda = self.device == "cuda"
         self.steps = args.steps or (2 if args.tiny else 20)
@@ -597,6 +602,46 @@ def eager_studio(check: Check, family: Family) -> tuple[float, weakref.ref]:
     return eager_rate, weakref.ref(studio.base.unet)
 
 
+def ray_serve(check: Check, family: Family) -> None:
+    """One Generator replica of the family's model on a local cluster (the GPU, when there is one) against a studio
+    in this process; then four concurrent text requests with batching on, against the same four one by one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.client import RemoteStudio
+    from serving.local import local_cluster
+
+    token = "gpu-check"
+    environment = {"STUDIO_BACKEND_TOKEN": token, "STUDIO_MODEL": family.model, "STUDIO_DEVICE": check.device,
+                   "STUDIO_LORA_DIR": str(family.loras)}
+    studio = open_studio(check, family, SpeedSettings())
+    requests = [request_for(check, studio, "text") for _ in range(4)]
+    requests = [replace(request, seed=request.seed + index) for index, request in enumerate(requests)]
+    with (local_cluster(environment, replicas=1, cpus=2, gpus=1 if check.cuda else 0, batch_size=4) as url,
+          RemoteStudio(url, token, timeout_s=600) as remote):
+        remote.generate(requests[0])  # warm: the replica's first call
+        here, there = alternate(check, lambda: studio_run(check, studio, requests[0]),
+                                lambda: timed_remote(check, remote, requests[0]))
+        print(f"one request: in-process {here.seconds:.2f} s, through Serve {there.seconds:.2f} s "
+              f"({there.seconds / here.seconds:.2f}x); same pixels: {check.identical(here.image, there.image, 'ray')}")
+        started = time.perf_counter()
+        for request in requests:
+            remote.generate(request)
+        one_by_one = time.perf_counter() - started
+        started = time.perf_counter()
+        with ThreadPoolExecutor(len(requests)) as pool:
+            list(pool.map(remote.generate, requests))
+        together = time.perf_counter() - started
+        print(f"4 text requests: one by one {one_by_one:.2f} s, at once (sharing calls) {together:.2f} s: "
+              f"{one_by_one / together:.2f}x", flush=True)
+
+
+def timed_remote(check: Check, remote, request: GenerationRequest) -> Run:
+    started = time.perf_counter()
+    result = remote.generate(request)
+    seconds = time.perf_counter() - started
+    return Run(request.steps / seconds, seconds, result.images[0])
+
+
 def check_family(check: Check, name: str) -> None:
     print(f"== {name} on {torch.cuda.get_device_name() if check.cuda else 'the CPU'}, {check.steps} steps "
           f"(img2img and inpaint: {math.ceil(check.steps / STRENGTH)} at strength {STRENGTH}), guidance 7.5, "
@@ -614,12 +659,17 @@ def check_family(check: Check, name: str) -> None:
     if check.section("offload", 40):
         offloaded_studio(check, family, eager_rate)
         free_memory()
+    if check.ray and check.section("Ray Serve", 90):
+        ray_serve(check, family)
+        free_memory()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU: a smoke test of this script")
     parser.add_argument("--families", default="sd15,sdxl")
+    parser.add_argument("--ray", action="store_true",
+                        help="also the Ray Serve section (on a GPU it runs whenever Ray is installed)")
     parser.add_argument("--steps", type=int, default=None, help="default 20 (tiny: 2)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls of each kind; default 3 (tiny: 1)")
     parser.add_argument("--budget-s", type=float, default=450,

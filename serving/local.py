@@ -24,6 +24,7 @@ def local_cluster(
     *,
     replicas: int = 2,
     cpus: int = 2,
+    gpus: int = 0,
     cpus_per_replica: float = 0.5,
     lora_sets_per_replica: int = 2,
     queue_limit: int = 16,
@@ -31,16 +32,16 @@ def local_cluster(
     batch_size: int = 1,
     autoscaling: dict | None = None,
 ) -> Iterator[str]:
-    """A cluster of `cpus` running the application with `replicas` Generators, or as many as `autoscaling` (Serve's
-    autoscaling_config) asks for; yields its URL. `environment` (the studio's settings and STUDIO_BACKEND_TOKEN) is
-    what the cluster's processes start with."""
+    """A cluster of `cpus` (and `gpus`, shared by the replicas) running the application with `replicas`
+    Generators, or as many as `autoscaling` (Serve's autoscaling_config) asks for; yields its URL. `environment` (the
+    studio's settings and STUDIO_BACKEND_TOKEN) is what the cluster's processes start with."""
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
     before = dict(os.environ)
     os.environ.update(environment)  # the cluster's processes inherit the environment it starts with
     try:
-        ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=200 * 2**20,
+        ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, object_store_memory=200 * 2**20,
                  logging_level=logging.WARNING)
     finally:
         os.environ.clear()
@@ -50,7 +51,7 @@ def local_cluster(
         scale = {"autoscaling_config": autoscaling} if autoscaling else {"num_replicas": replicas}
         generator = Generator.options(
             **scale, max_queued_requests=queue_limit, max_ongoing_requests=batch_size,
-            ray_actor_options={"num_cpus": cpus_per_replica}, **QUICK_STOP,
+            ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus / replicas}, **QUICK_STOP,
         ).bind(lora_sets_per_replica, batch_size)
         ingress = Ingress.options(ray_actor_options={"num_cpus": 0.25}, **QUICK_STOP)
         serve.run(ingress.bind(generator, max_body_mb), name="embedded", route_prefix="/embedded")

@@ -87,7 +87,7 @@ def test_a_nan_image_fails_the_check_and_voids_a_comparison(monkeypatch):
     gpu_check = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # its dataclasses look their module up
     spec.loader.exec_module(gpu_check)
-    check = gpu_check.Check(argparse.Namespace(tiny=True, steps=None, repeats=None, budget_s=1.0))
+    check = gpu_check.Check(argparse.Namespace(tiny=True, steps=None, repeats=None, budget_s=1.0, ray=False))
     shutil.rmtree(check.scratch)
     with np.errstate(invalid="ignore"):  # NaN cast to uint8, as diffusers' postprocess does it
         nan = VaeImageProcessor().postprocess(torch.full((1, 3, 8, 8), float("nan")), output_type="pil")[0]

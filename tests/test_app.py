@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -50,11 +51,30 @@ def test_host_and_port_are_left_to_gradio_unless_a_flag_names_them():
     ("variable", "value", "words"),
     [("STUDIO_MAX_STEPS", "many", "STUDIO_MAX_STEPS must be a whole number"),
      ("STUDIO_MAX_SIDE", "0", "at least 1"),
-     ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1", "arbitrary code")],
+     ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1", "arbitrary code"),
+     ("STUDIO_BACKEND", "cluster:8000", "must be 'local' or the http\\(s\\) URL")],
 )
 def test_bad_settings_stop_the_start_with_a_plain_message(variable, value, words):
     with pytest.raises(StudioError, match=words):
         Settings.from_env({variable: value})
+
+
+def test_where_requests_run_is_a_setting_and_a_flag():
+    assert Settings.from_env({}).backend is None and Settings.from_env({"STUDIO_BACKEND": "local"}).backend is None
+    remote = Settings.from_env({"STUDIO_BACKEND": "http://cluster:8000/sd15"})
+    assert remote.backend == "http://cluster:8000/sd15"
+    args = app.parse_args(["--backend", "https://other:8000/sd15"])
+    assert Settings.from_env({}).with_flags(backend=args.backend).backend == "https://other:8000/sd15"
+
+
+def test_a_backend_without_its_token_or_that_does_not_answer_stops_the_start_plainly():
+    with pytest.raises(SystemExit, match="set STUDIO_BACKEND_TOKEN"):
+        app.open_studio(Settings(backend="http://127.0.0.1:1/embedded"))
+    with socket.socket() as unused:  # bound, never listening: a connection is refused at once
+        unused.bind(("127.0.0.1", 0))
+        silent = Settings(backend=f"http://127.0.0.1:{unused.getsockname()[1]}/embedded", backend_token="t")
+        with pytest.raises(SystemExit, match="does not answer: The studio backend at .* cannot be reached"):
+            app.open_studio(silent)
 
 
 def test_only_the_settings_module_reads_the_environment():

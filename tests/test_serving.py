@@ -124,18 +124,38 @@ def test_a_bad_request_on_the_wire_is_refused_naming_the_field(wire, words, tmp_
         request_from_wire(wire, tmp_path)
 
 
-def test_the_config_serves_the_embedded_model_one_call_at_a_time_never_from_zero_replicas():
-    config = ServeDeploySchema.model_validate(yaml.safe_load((PROJECT_ROOT / "serving" / "config.yaml").read_text()))
-    (application,) = config.applications
-    assert application.import_path == "serving.app:build_app"
-    StudioAppArgs.model_validate(application.args)
-    generator = {deployment.name: deployment for deployment in application.deployments}["Generator"]
-    args = StudioAppArgs.model_validate(application.args)
-    # Requests meet on a replica only as many at a time as it takes in; the pipeline runs one call at a time anyway.
-    assert generator.max_ongoing_requests == args.batch_size
-    assert generator.autoscaling_config["min_replicas"] >= 1
+def serve_configs() -> dict[str, dict]:
+    """serving/config.yaml, and the Serve config inside the KubeRay manifest."""
+    manifest = yaml.safe_load((PROJECT_ROOT / "serving" / "rayservice.yaml").read_text())
+    return {"config.yaml": yaml.safe_load((PROJECT_ROOT / "serving" / "config.yaml").read_text()),
+            "rayservice.yaml": yaml.safe_load(manifest["spec"]["serveConfigV2"])}
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "rayservice.yaml"])
+def test_each_serve_config_is_valid_and_never_scales_to_zero(name):
+    config = ServeDeploySchema.model_validate(serve_configs()[name])
+    for application in config.applications:
+        assert application.import_path == "serving.app:build_app"
+        args = StudioAppArgs.model_validate(application.args)
+        generator = {deployment.name: deployment for deployment in application.deployments}["Generator"]
+        # Requests meet on a replica only as many at a time as it takes in; the pipeline runs one call at a time.
+        assert generator.max_ongoing_requests == args.batch_size
+        assert generator.autoscaling_config["min_replicas"] >= 1
+        assert generator.autoscaling_config["upscale_delay_s"] <= 10
     with pytest.raises(ValueError, match="lora_sets_per_replica"):
         StudioAppArgs.model_validate({"lora_sets_per_replica": 0})
+
+
+def test_the_kuberay_manifest_runs_replicas_on_gpus_and_takes_the_token_from_a_secret():
+    manifest = yaml.safe_load((PROJECT_ROOT / "serving" / "rayservice.yaml").read_text())
+    (application,) = serve_configs()["rayservice.yaml"]["applications"]
+    generator = next(item for item in application["deployments"] if item["name"] == "Generator")
+    assert generator["ray_actor_options"]["num_gpus"] == 1
+    (workers,) = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    (container,) = workers["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    (token,) = [item for item in container["env"] if item["name"] == "STUDIO_BACKEND_TOKEN"]
+    assert "secretKeyRef" in token["valueFrom"]  # never the value itself in the manifest
 
 
 # ------------------------------------------------------------------ on a local cluster

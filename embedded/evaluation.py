@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -134,6 +135,21 @@ def lora_scores(studio: Studio, style: str, scenes: list[world.Scene] | None = N
     return {"measure": name, "without": float(np.mean([measure(i) for i in before])),
             "weight_1": float(np.mean([measure(i) for i in styled])),
             "weight_0_identical": all(np.array_equal(a, b) for a, b in zip(before, zero)), "count": len(scenes)}
+
+
+def lora_block_scores(studio: Studio, style: str, specs: Sequence[str], scenes: list[world.Scene] | None = None,
+                      steps: int = STEPS) -> dict[str, float]:
+    """The style's own measure (mean over `scenes`) without the LoRA ("none"), at weight 1 ("" : every block) and
+    with each block-weight spec of `specs` (`pipelines/block_weights.py`), the style's trigger word in every prompt."""
+    _, measure, _ = measures.STYLE_MEASURES[style]
+    scenes = text_prompts(8) if scenes is None else scenes
+    prompted = [replace(request(s), prompt=f"{world.STYLES[style]}, {s.caption}", steps=steps) for s in scenes]
+    scores = {}
+    for spec in ("none", "", *specs):
+        loras = () if spec == "none" else (LoraChoice(f"{style}.safetensors", 1.0, spec),)
+        scores[spec] = float(np.mean([measure(i) for i in generate(studio, [replace(r, loras=loras)
+                                                                              for r in prompted])]))
+    return scores
 
 
 def seconds_for_20_steps(studio: Studio, mode: str = "text", repeats: int = 3) -> float:

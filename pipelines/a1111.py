@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pipelines.block_weights import VECTOR_SEPARATOR, BlockError, canonical_spec, is_block_key
+
 # How PNG info reads a setting: as its one field's declared kind (pipelines/parameters.py), or by a reader of its
 # own: the seed (-1 means a new one each run), the size (WIDTHxHEIGHT), the sampler (with "Schedule type"), the
 # module (a preprocessor and its switches), the LoRAs' hashes (matched to the LoRA folder's files); "none": a tab
@@ -79,6 +81,7 @@ CONTROLNET = "ControlNet"
 # A1111's module for a ready map, which is also the studio's preprocessor of that name.
 READY_MAP = "none"
 _LORA_NAME_BREAKS = re.compile("[:,]")
+LBW_KEY = "lbw"  # the LoRA Block Weight extension's tag argument: <lora:name:1:lbw=OUTALL>
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,38 @@ def read_lora_hashes(text: str) -> list[tuple[str, str]]:
 def lora_hash_name(name: str) -> str:
     """A LoRA's name as `Lora hashes` holds it: what matches a prompt tag's name to its hash."""
     return _LORA_NAME_BREAKS.sub("", name).strip()
+
+
+def lora_tag(name: str, weight: float, blocks: str = "") -> str:
+    """A LoRA as A1111's prompt tag, `<lora:name:0.8>`, its block weights (`LoraChoice.blocks`) written as the tools
+    that read them write them: a preset as the LoRA Block Weight extension's `lbw=OUTALL`, a vector as SD.Next's
+    `in=0:mid=1:out=0.5` (which is the spec itself)."""
+    if not blocks:
+        return f"<lora:{name}:{weight:g}>"
+    return f"<lora:{name}:{weight:g}:{blocks if '=' in blocks else f'{LBW_KEY}={blocks}'}>"
+
+
+def is_block_argument(argument: str) -> bool:
+    """A tag argument that is block weights: `lbw=<preset>`, or `key=value` with a block's or a side's key."""
+    key, equals, _ = argument.partition("=")
+    return bool(equals) and (key.strip().lower() == LBW_KEY or is_block_key(key))
+
+
+def read_block_arguments(arguments: list[str]) -> tuple[str, list[str]]:
+    """A tag's block-weight arguments as the `loras` field's spec, and the other arguments; block arguments not
+    readable here (a LoRA Block Weight vector `lbw=1,0,0,...`, a preset and a vector at once) stay with the others."""
+    blocks = [argument for argument in arguments if is_block_argument(argument)]
+    rest = [argument for argument in arguments if not is_block_argument(argument)]
+    if not blocks:
+        return "", rest
+    pairs = [argument.partition("=") for argument in blocks]
+    presets = [value for key, _, value in pairs if key.strip().lower() == LBW_KEY]
+    try:
+        if presets and len(presets) < len(blocks) or len(presets) > 1:
+            raise BlockError("a preset and a vector at once")
+        return canonical_spec(presets[0] if presets else VECTOR_SEPARATOR.join(blocks)), rest
+    except BlockError:
+        return "", rest + blocks
 
 
 def unit_key(number: int) -> str:

@@ -29,6 +29,7 @@ from pipelines.request import (
     GenerationRequest,
     GridRequest,
     LoraChoice,
+    LoraWeight,
     NoiseRequest,
     SweepRequest,
     TimelineRequest,
@@ -217,8 +218,8 @@ def _together_row(together: tuple[LoraChoice, ...], lora_names: tuple[str, ...])
         raise StudioError(
             f"The 'together' weights (together) name LoRAs that are not chosen: {', '.join(sorted(unknown))}."
         )
-    weights = {by_file[Path(choice.name).name]: choice.weight for choice in together}
-    return tuple(LoraChoice(name, weights.get(name, 1.0)) for name in lora_names)
+    strengths = {by_file[Path(choice.name).name]: choice.strength for choice in together}
+    return tuple(LoraChoice(name).at(strengths.get(name, LoraWeight(1.0))) for name in lora_names)
 
 
 def _grid_request(arguments: dict[str, object]) -> GridRequest:
@@ -262,8 +263,9 @@ class Axis:
     label: Callable[[object], str]
 
 
-def _with_lora_weight(request: GenerationRequest, weight: float) -> GenerationRequest:
-    return replace(request, loras=tuple(LoraChoice(choice.name, weight) for choice in request.loras))
+def _with_lora_weight(request: GenerationRequest, strength: LoraWeight) -> GenerationRequest:
+    """Every LoRA of the request at this weight; with block weights (`1@out`) those replace the LoRAs' own."""
+    return replace(request, loras=tuple(choice.at(strength) for choice in request.loras))
 
 
 def _with_lora(request: GenerationRequest, choice: LoraChoice | None) -> GenerationRequest:
@@ -278,9 +280,9 @@ def _replaced(request: GenerationRequest, pair: tuple[str, str]) -> GenerationRe
 
 
 AXES: Mapping[str, Axis] = {
-    "LoRA weight": Axis("weights", _with_lora_weight, lambda weight: f"weight {weight:g}"),
+    "LoRA weight": Axis("weights", _with_lora_weight, lambda strength: f"weight {strength}"),
     "LoRA": Axis("loras", _with_lora, lambda choice: "no LoRA" if choice is None else
-                 f"{choice.label} @ {choice.weight:g}"),
+                 f"{choice.label} @ {choice.strength}"),
     "seed": Axis("seeds", lambda request, seed: replace(request, seed=seed), lambda seed: f"seed {seed}"),
     "steps": Axis("step_counts", lambda request, steps: replace(request, steps=steps), lambda steps: f"{steps} steps"),
     "guidance": Axis("guidance_scales", lambda request, scale: replace(request, guidance_scale=scale),
@@ -320,7 +322,7 @@ def _axis_values(axis: str, text: object, base: GenerationRequest, side: str, se
     if not base.loras and axis == "LoRA weight":
         raise StudioError("The LoRA weight axis changes the weight of the LoRAs in LoRAs (loras); name at least one.")
     param = replace(bind(PARAMETERS[AXES[axis].checked_as], served), name=f"{side}_values", label=what)
-    if param.kind in ("numbers", "wholes"):
+    if param.kind in ("numbers", "lora_weights", "wholes"):
         return clean(param, text, notes)
     items = [item.strip() for item in text.split(",") if item.strip()]
     if len(items) > MAX_GRID_VALUES:

@@ -23,7 +23,7 @@ from pipelines.endpoints import validate_grid
 from pipelines.layout import GridCell, RenderedGrid, compose_grid, grid_text_entries
 from pipelines.lora.runs import TrainingPoint, in_training_order
 from pipelines.lora.triggers import add_trigger_words
-from pipelines.request import GridRequest, LoraChoice
+from pipelines.request import GridRequest, LoraChoice, LoraWeight
 from pipelines.studio import Progress, ShouldStop, steps_after, stop_if_asked
 
 BASELINE_LABEL = "no LoRA"
@@ -31,22 +31,24 @@ BASELINE_LABEL = "no LoRA"
 
 def grid_rows(
     loras: Sequence[str],
-    weights: Sequence[float],
+    weights: Sequence[LoraWeight | float],
     together: Sequence[LoraChoice] = (),
     points: Mapping[str, TrainingPoint] | None = None,
 ) -> list[tuple[str, tuple[LoraChoice, ...]]]:
-    """The baseline first, then every LoRA at every weight, then (optionally) one row of several LoRAs at once.
+    """The baseline first, then every LoRA at every weight (a weight with block weights, `1@out`, is a row of its
+    own), then (optionally) one row of several LoRAs at once.
 
     With the LoRAs' `points`, the checkpoints of one training run come together in training order, each labelled
     with its epoch or step."""
     rows = [(BASELINE_LABEL, ())]
     if points is not None:
         loras = in_training_order(loras, points)
+    strengths = [weight if isinstance(weight, LoraWeight) else LoraWeight(weight) for weight in weights]
     for name in loras:
         label = (points[name].shown if points is not None else "") or LoraChoice(name).label
-        rows += [(f"{label} @ {weight:g}", (LoraChoice(name, weight),)) for weight in weights]
+        rows += [(f"{label} @ {strength}", (LoraChoice(name).at(strength),)) for strength in strengths]
     if together:
-        rows.append((" + ".join(f"{choice.label} @ {choice.weight:g}" for choice in together), tuple(together)))
+        rows.append((" + ".join(f"{choice.label} @ {choice.strength}" for choice in together), tuple(together)))
     return rows
 
 

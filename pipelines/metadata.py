@@ -20,7 +20,7 @@ import json
 import math
 import re
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -39,6 +39,9 @@ from pipelines.a1111 import (
     SEED,
     SIZE,
     STEPS,
+    is_block_argument,
+    lora_tag,
+    read_block_arguments,
 )
 from pipelines.errors import StudioError
 
@@ -86,16 +89,18 @@ class ParsedText:
     partly_read_lora_tags: list[str] = field(default_factory=list)
     settings: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    lora_blocks: dict[str, str] = field(default_factory=dict)  # a LoRA's block weights by its name, where it has some
 
 
 def format_parameters(
     prompt: str,
     negative_prompt: str,
     settings: dict[str, object],
-    loras: list[tuple[str, float]] | None = None,
+    loras: Sequence[tuple[str, float] | tuple[str, float, str]] | None = None,
 ) -> str:
-    """`settings` keeps its order: Steps, Sampler, CFG scale, Seed, Size, Model, ... as A1111 writes them."""
-    tags = "".join(f" <lora:{name}:{weight:g}>" for name, weight in loras or [])
+    """`settings` keeps its order: Steps, Sampler, CFG scale, Seed, Size, Model, ... as A1111 writes them. `loras`:
+    (name, weight) or (name, weight, block weights)."""
+    tags = "".join(f" {lora_tag(*lora)}" for lora in loras or [])
     lines = [prompt + tags]
     if negative_prompt:
         lines.append(f"{NEGATIVE_PROMPT}: {negative_prompt}")
@@ -151,8 +156,9 @@ def parse_parameters(text: str) -> dict[str, object]:
     return {
         "prompt": _without_lora_tags(prompt),
         "negative_prompt": negative,
-        "loras": [(name, weight) for name, weight, _ in tags],
-        "partly_read_lora_tags": [tag for _, _, tag in tags if tag],
+        "loras": [(name, weight) for name, weight, _, _ in tags],
+        "lora_blocks": {name: blocks for name, _, blocks, _ in tags if blocks},
+        "partly_read_lora_tags": [tag for _, _, _, tag in tags if tag],
         **settings,
     }
 
@@ -202,7 +208,8 @@ def _parsed_a1111(text: str) -> ParsedText:
     parsed = parse_parameters(text)
     settings = {key: value for key, value in parsed.items() if isinstance(value, str)}
     prompt, negative = settings.pop("prompt"), settings.pop("negative_prompt")
-    return ParsedText(A1111, prompt, negative, parsed["loras"], parsed["partly_read_lora_tags"], settings)
+    return ParsedText(A1111, prompt, negative, parsed["loras"], parsed["partly_read_lora_tags"], settings,
+                      lora_blocks=parsed["lora_blocks"])
 
 
 def _split_settings_line(text: str) -> tuple[str, dict[str, str]]:
@@ -271,8 +278,9 @@ def _trailing_tags_start(text: str) -> int:
     return end
 
 
-def _lora_from_tag(inner: str) -> tuple[str, float, str]:
-    """A1111's `name:weight`, `name:te:unet` or `name:te=0.8:unet=0.5`: name, weight, the tag if partly read.
+def _lora_from_tag(inner: str) -> tuple[str, float, str, str]:
+    """A1111's `name:weight`, `name:te:unet` or `name:te=0.8:unet=0.5`, with block weights as LoRA Block Weight
+    (`lbw=OUTALL`) or SD.Next (`in=0:mid=1:out=0`) write them: name, weight, block-weight spec, the tag if partly read.
 
     Arguments are the trailing parts that are numbers or `key=value`, so a name with a colon (`hub:owner/repo`)
     stays whole. A1111's first weight is the text encoder's and the UNet's unless a second one is given.
@@ -281,19 +289,21 @@ def _lora_from_tag(inner: str) -> tuple[str, float, str]:
     count = 0
     while count < len(parts) - 1 and _is_tag_argument(parts[-1 - count]):
         count += 1
-    arguments = parts[len(parts) - count:]
     name = ":".join(parts[: len(parts) - count]).strip()
+    blocks, arguments = read_block_arguments(parts[len(parts) - count:])
     if not arguments:
-        return name, 1.0, ""
+        return name, 1.0, blocks, ""
     first = arguments[0].removeprefix("te=")
     try:
         weight = float(first)
     except ValueError:
-        return name, 1.0, f"<lora:{inner}>"
-    return name, weight, f"<lora:{inner}>" if len(arguments) > 1 else ""
+        return name, 1.0, blocks, f"<lora:{inner}>"
+    return name, weight, blocks, f"<lora:{inner}>" if len(arguments) > 1 else ""
 
 
 def _is_tag_argument(part: str) -> bool:
+    if is_block_argument(part):
+        return True
     key, equals, value = part.partition("=")
     try:
         float(value if equals else key)

@@ -12,11 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
+from pipelines.block_weights import SYNTAX as BLOCK_SYNTAX
 from pipelines.preprocessors.weights import DetectorSources
 
 # What each kind is (its API type, how a value is checked, which input shows it): `pipelines/validation.py` KINDS.
 KindName = Literal[
-    "text", "whole", "number", "flag", "choice", "image", "loras", "names", "numbers", "wholes", "units",
+    "text", "whole", "number", "flag", "choice", "image", "loras", "names", "numbers", "lora_weights", "wholes",
+    "units",
 ]
 
 
@@ -77,6 +79,7 @@ class Served:
     lora_names: tuple[str, ...] = ()
     detectors: DetectorSources = DetectorSources()
     axes: tuple[str, ...] = ()  # the X/Y plot's axes
+    lora_blocks: tuple[str, ...] = ()  # the UNet's blocks a LoRA's block weights can name (pipelines/block_weights.py)
 
 
 def bind(param: Param, served: Served) -> Param:
@@ -116,7 +119,9 @@ _PARAMETERS = (
           high=Ref("max_prompt_chars"), unit="characters"),
     Param("negative_prompt", "text", "Negative prompt", "what to steer away from", default="",
           high=Ref("max_prompt_chars"), unit="characters"),
-    Param("loras", "loras", "LoRAs", "style LoRAs as name:weight, comma-separated (weights -2 to 2)", default=""),
+    # A loras field's choices are the model's blocks its block weights may name.
+    Param("loras", "loras", "LoRAs", f"style LoRAs as name:weight, comma-separated (weights -2 to 2); {BLOCK_SYNTAX}",
+          default="", choices=Ref("lora_blocks")),
     Param("preprocessor", "choice", "Preprocessor",
           "how the image becomes a control map; 'none' takes it as a ready map", choices=Ref("preprocessors")),
     Param("detect_resolution", "whole", "Detection resolution", "short side the detector works at",
@@ -157,12 +162,14 @@ _PARAMETERS = (
     # The LoRA lab's grid
     Param("lora_names", "names", "LoRAs in the grid", "LoRA names: folder files, uploads or hub:owner/repo",
           default=(), choices=Ref("lora_names")),
-    Param("weights", "numbers", "Weights", "weights to try, comma-separated, or a range: 0-1 step 0.25",
-          default="0.5, 1", low=-MAX_LORA_WEIGHT, high=MAX_LORA_WEIGHT),
+    Param("weights", "lora_weights", "Weights", "weights to try, comma-separated, or a range: 0-1 step 0.25; "
+          "each with block weights after @ (1@out, 1@in=0:mid=1:out=0.5) as in the LoRAs field",
+          default="0.5, 1", low=-MAX_LORA_WEIGHT, high=MAX_LORA_WEIGHT, choices=Ref("lora_blocks")),
     Param("seeds", "wholes", "Seeds (one column each)", "seeds, comma-separated, or a range: 1-4 step 1",
           default="1, 2", low=0, high=MAX_SEED),
     Param("together", "loras", "Weight per LoRA for the 'together' row",
-          "name:weight pairs for a row with all chosen LoRAs at once", default=""),
+          "name:weight pairs for a row with all chosen LoRAs at once (block weights too: name:1@out)", default="",
+          choices=Ref("lora_blocks")),
     Param("add_together", "flag", "Add a 'together' row", "a last row with all chosen LoRAs at once",
           default=False),
     Param("add_triggers", "flag", "Add each row's trigger words", "each row's prompt gets its LoRAs' trigger "

@@ -53,6 +53,7 @@ from pipelines.a1111 import (
     read_lora_hashes,
     unit_key,
 )
+from pipelines.block_weights import BlockError, multipliers
 from pipelines.endpoints import MODE_ENDPOINTS
 from pipelines.errors import StudioError
 from pipelines.lora.hashes import MAX_SEARCH_BYTES, find_local, local_name, short_hash
@@ -167,8 +168,8 @@ def settings_from_parameters(text: str, served: Served, loras: LoraManager | Non
     reading.put("negative_prompt", parsed.negative_prompt, NEGATIVE_PROMPT)
     hashes = settings.pop(LORA_HASHES.key) if loras is not None and LORA_HASHES.key in settings else ""
     instead = _read_lora_hashes(reading, hashes, [name for name, _ in parsed.loras], loras) if hashes else {}
-    _read_loras(reading, [(instead.get(name, name), weight) for name, weight in parsed.loras],
-                parsed.partly_read_lora_tags)
+    _read_loras(reading, [(instead.get(name, name), weight, parsed.lora_blocks.get(name, ""))
+                          for name, weight in parsed.loras], parsed.partly_read_lora_tags)
     _read_settings(reading, settings)
     if unit and mode.is_controlled:
         _read_unit(reading, unit)
@@ -406,11 +407,13 @@ def _keep_thresholds_in_order(reading: _Reading) -> None:
 # Prompting and sampling
 
 
-def _read_loras(reading: _Reading, loras: list[tuple[str, float]], partly_read: list[str]) -> None:
-    """The LoRAs as the LoRA box's 'name:weight, ...' text; a name twice is one LoRA, its weights added."""
+def _read_loras(reading: _Reading, loras: list[tuple[str, float, str]], partly_read: list[str]) -> None:
+    """The LoRAs as the LoRA box's 'name:weight@blocks, ...' text; a name twice is one LoRA, its weights added (and
+    its first block weights kept)."""
     weights: dict[str, float] = {}
     times: dict[str, int] = {}
-    for name, weight in loras:
+    blocks: dict[str, str] = {}
+    for name, weight, spec in loras:
         if not name or "," in name or _NOT_TEXT.search(name):
             reading.notes.append(f"The LoRA {_short(name)!r} was not used: the LoRA box takes no name with a comma "
                                  "or a character that is not text.")
@@ -419,6 +422,7 @@ def _read_loras(reading: _Reading, loras: list[tuple[str, float]], partly_read: 
         else:
             weights[name] = weights.get(name, 0.0) + weight
             times[name] = times.get(name, 0) + 1
+            blocks.setdefault(name, _served_blocks(reading, name, spec))
     reading.notes += [f"The LoRA {_short(name)!r} is named {count} times; its weights were added."
                       for name, count in times.items() if count > 1]
     items = []
@@ -429,7 +433,7 @@ def _read_loras(reading: _Reading, loras: list[tuple[str, float]], partly_read: 
                 f"The LoRA {_short(name)!r} has weight {weight:g}, outside {-MAX_LORA_WEIGHT:g} to "
                 f"{MAX_LORA_WEIGHT:g}: {sent:g} is sent instead."
             )
-        items.append(f"{name}:{sent:g}")
+        items.append(f"{name}:{sent:g}" + (f"@{blocks[name]}" if blocks[name] else ""))
     if len(items) > MAX_LORAS:
         reading.notes.append(f"The file names {len(items)} LoRAs; at most {MAX_LORAS} run at once, so these were not "
                              f"sent: {_short(', '.join(items[MAX_LORAS:]))}.")
@@ -438,7 +442,21 @@ def _read_loras(reading: _Reading, loras: list[tuple[str, float]], partly_read: 
     if partly_read:
         tags = ", ".join(_short(tag) for tag in partly_read[:_SHOWN_CHUNKS])
         more = f", and {len(partly_read) - _SHOWN_CHUNKS} more" if len(partly_read) > _SHOWN_CHUNKS else ""
-        reading.notes.append(f"Only the first weight of {tags}{more} was read: the studio gives a LoRA one weight.")
+        reading.notes.append(f"Only the first weight of {tags}{more} was read: the studio gives a LoRA one weight, "
+                             "and block weights as a preset (lbw=OUTALL) or key=value (in=0:mid=1:out=0.5).")
+
+
+def _served_blocks(reading: _Reading, name: str, spec: str) -> str:
+    """A LoRA's block weights where the model served has the blocks they name; else none, with a note."""
+    blocks = reading.params["loras"].choices
+    if not spec or not isinstance(blocks, tuple) or not blocks:
+        return spec
+    try:
+        multipliers(spec, blocks)
+    except BlockError as error:
+        reading.notes.append(f"The block weights of the LoRA {_short(name)!r} (@{spec}) were not used: {error}")
+        return ""
+    return spec
 
 
 def _read_lora_hashes(reading: _Reading, text: str, tags: list[str], loras: LoraManager) -> dict[str, str]:

@@ -24,19 +24,41 @@ from pipelines.parameters import PARAMETERS, Param, Ref
 
 @dataclass(frozen=True)
 class LoraChoice:
-    """One LoRA and its weight.
+    """One LoRA, its weight and its block weights.
 
     `name` is a file name in the LoRA folder, the path of a file uploaded in this session, or
-    `hub:owner/repo` / `hub:owner/repo/file.safetensors`.
+    `hub:owner/repo` / `hub:owner/repo/file.safetensors`. `blocks` is a block-weight spec as the `loras` field
+    writes it after `@` (`out`, `in=0:mid=1:out=0.5`; `pipelines/block_weights.py`), "" for none.
     """
 
     name: str
     weight: float = 1.0
+    blocks: str = ""
 
     @property
     def label(self) -> str:
         """The name people see: as given, except that an upload (a server path) shows its file name."""
         return Path(self.name).name if Path(self.name).is_absolute() else self.name
+
+    @property
+    def strength(self) -> LoraWeight:
+        return LoraWeight(self.weight, self.blocks)
+
+    def at(self, strength: LoraWeight) -> LoraChoice:
+        """This LoRA at another weight and block weights."""
+        return LoraChoice(self.name, strength.weight, strength.blocks)
+
+
+@dataclass(frozen=True)
+class LoraWeight:
+    """A weight to try in the LoRA lab (a grid row, an X/Y value), with block weights as `LoraChoice.blocks`."""
+
+    weight: float
+    blocks: str = ""
+
+    def __str__(self) -> str:
+        """As the weights field takes it: `0.8`, `1@out`."""
+        return f"{self.weight:g}@{self.blocks}" if self.blocks else f"{self.weight:g}"
 
 
 @dataclass(frozen=True)
@@ -79,7 +101,7 @@ class GridRequest:
 
     base: GenerationRequest
     lora_names: tuple[str, ...] = ()
-    weights: tuple[float, ...] | str = ()  # "0.5, 1" as sent
+    weights: tuple[LoraWeight, ...] | str = ()  # "0.5, 1, 1@out" as sent
     seeds: tuple[int, ...] | str = ()
     together: tuple[LoraChoice, ...] | str = ()  # weights for a last row with all the LoRAs at once
     add_together: bool = False

@@ -173,6 +173,7 @@ class Studio:
             presets=preset_names(model.family),
             modes=tuple(MODES),
             detectors=self.detectors,
+            lora_blocks=tuple(block.name for block in self.loras.blocks),
         )
 
     def pipeline_for(self, mode: str, controls: tuple[str, ...] | None = None) -> DiffusionPipeline:
@@ -375,7 +376,7 @@ class Studio:
             **png_units(controls, model_names),
             VERSION.key: STUDIO_VERSION,
         }
-        loras = [(lora.label, lora.weight) for lora in request.loras]
+        loras = [(lora.label, lora.weight, lora.blocks) for lora in request.loras]
         return format_parameters(request.prompt, request.negative_prompt, settings, loras)
 
 

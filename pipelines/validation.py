@@ -17,6 +17,7 @@ from typing import Literal
 
 from PIL import Image
 
+from pipelines.block_weights import BlockError, canonical_spec, multipliers, split_spec
 from pipelines.errors import StudioError
 from pipelines.modes import CONTROL_MODES, MODES
 from pipelines.parameters import (
@@ -26,7 +27,7 @@ from pipelines.parameters import (
     Param,
     number_text,
 )
-from pipelines.request import ControlUnit, LoraChoice
+from pipelines.request import ControlUnit, LoraChoice, LoraWeight
 
 MAX_GRID_VALUES = 8  # weights or seeds in one grid
 # A range among listed numbers: "0-1 step 0.25", "-1 - 1 step 0.5" (no nested quantifiers: linear on any text).
@@ -95,7 +96,7 @@ def _image(param: Param, value: object, notes: list[str]) -> object:
 
 
 def _loras(param: Param, value: object, notes: list[str]) -> tuple[LoraChoice, ...]:
-    """'name:weight, ...' text (or LoRA choices); a LoRA named twice is one entry with the weights added."""
+    """'name:weight@blocks, ...' text (or LoRA choices); a LoRA named twice is one entry with the weights added."""
     if isinstance(value, str):
         _check_list_length(param, value)
         _check_characters(field_name(param), value)
@@ -106,30 +107,70 @@ def _loras(param: Param, value: object, notes: list[str]) -> tuple[LoraChoice, .
         raise StudioError(f"{field_name(param)} must be text like 'stripes:0.8, mono:1', not {show(value)}.")
     if len(choices) > MAX_LORAS:
         raise StudioError(f"{field_name(param)}: at most {MAX_LORAS} LoRAs run at once; got {len(choices)}.")
-    merged: dict[str, float] = {}
+    merged: dict[str, LoraChoice] = {}
     for choice in choices:
         _check_characters(f"The LoRA name {choice.name[:40]!r}", choice.name)
         if any(len(part) > MAX_NAME_CHARS for part in Path(choice.name).parts):
             raise StudioError(f"{field_name(param)}: the LoRA name {choice.name[:40]!r}... has a part longer than "
                               f"{MAX_NAME_CHARS} characters, which no file name can be.")
+        blocks = _blocks(param, choice.blocks, choice.label)
+        weight = _lora_weight(param, choice)
         if choice.name in merged:
-            notes.append(f"The LoRA {choice.label!r} was named more than once; its weights were added.")
-        merged[choice.name] = merged.get(choice.name, 0.0) + _lora_weight(param, choice)
-    for name, weight in merged.items():
-        _lora_weight(param, LoraChoice(name, weight))
-    return tuple(LoraChoice(name, weight) for name, weight in merged.items())
+            merged[choice.name] = _merged(param, merged[choice.name], LoraChoice(choice.name, weight, blocks), notes)
+        else:
+            merged[choice.name] = LoraChoice(choice.name, weight, blocks)
+    for choice in merged.values():
+        _lora_weight(param, choice)
+    return tuple(merged.values())
+
+
+def _merged(param: Param, first: LoraChoice, again: LoraChoice, notes: list[str]) -> LoraChoice:
+    """A LoRA named twice: one entry with the weights added, where its block weights agree."""
+    if first.blocks != again.blocks:
+        raise StudioError(f"{field_name(param)}: {first.label!r} is named twice with different block weights "
+                          f"(@{first.blocks or 'all'}, @{again.blocks or 'all'}); name it once with one vector, e.g. "
+                          f"{first.label}:1@in=0.5:out=1.")
+    notes.append(f"The LoRA {first.label!r} was named more than once; its weights were added.")
+    return LoraChoice(first.name, first.weight + again.weight, first.blocks)
 
 
 def _parse_lora(param: Param, item: str) -> LoraChoice:
-    name, colon, weight = item.rpartition(":")
+    """`name`, `name:weight`, `name@blocks` or `name:weight@blocks`."""
+    head, blocks = _split_spec(param, item)
+    name, colon, weight = head.rpartition(":")
     if not colon:
-        return LoraChoice(item, 1.0)
+        return LoraChoice(head.strip(), 1.0, blocks)
     try:
-        return LoraChoice(name.strip(), float(weight))
+        return LoraChoice(name.strip(), float(weight), blocks)
     except ValueError:
         raise StudioError(
-            f"{field_name(param)}: write each LoRA as name:weight, e.g. stripes:0.8; got {item!r}."
+            f"{field_name(param)}: write each LoRA as name:weight, e.g. stripes:0.8 (block weights after @: "
+            f"stripes:0.8@out); got {item!r}."
         ) from None
+
+
+def _split_spec(param: Param, item: str) -> tuple[str, str]:
+    try:
+        return split_spec(item)
+    except BlockError as error:
+        raise StudioError(f"{field_name(param)}: {error}") from None
+
+
+def _blocks(param: Param, spec: object, label: str) -> str:
+    """A block-weight spec in its one written form, checked against the served model's blocks where the parameter is
+    bound to them (its choices)."""
+    if not isinstance(spec, str):
+        raise StudioError(f"{field_name(param)}: the block weights of {label!r} must be text like 'out'; got "
+                          f"{show(spec)}.")
+    if not spec:
+        return ""
+    try:
+        canonical = canonical_spec(spec)
+        if isinstance(param.choices, tuple) and param.choices:
+            multipliers(canonical, param.choices)
+    except BlockError as error:
+        raise StudioError(f"{field_name(param)}: the block weights of {label!r}: {error}") from None
+    return canonical
 
 
 def _lora_weight(param: Param, choice: LoraChoice) -> float:
@@ -152,6 +193,30 @@ def _names(param: Param, value: object, notes: list[str]) -> tuple[str, ...]:
             raise StudioError(f"{field_name(param)}: a name has {len(name)} characters; the limit is {MAX_NAME_CHARS}.")
         _check_characters(field_name(param), name)
     return tuple(dict.fromkeys(name.strip() for name in value if name.strip()))
+
+
+def _lora_weights(param: Param, value: object, notes: list[str]) -> tuple[LoraWeight, ...]:
+    """Weights as `_numbers` reads them, each item with block weights after @ if it likes: '0-1 step 0.5, 1@out'."""
+    if isinstance(value, str):
+        _check_list_length(param, value)
+        _check_characters(field_name(param), value)
+        items = [item.strip() for item in value.replace(";", ",").split(",") if item.strip()]
+        weights = [LoraWeight(weight, blocks) for item in items
+                   for weight, blocks in _weights_of_item(param, item)]
+    elif isinstance(value, (list, tuple)):
+        weights = [item if isinstance(item, LoraWeight) else LoraWeight(item) for item in value]
+    else:
+        raise StudioError(f"{field_name(param)} must be numbers separated by commas, like '0.5, 1@out'; got "
+                          f"{show(value)}.")
+    if len(weights) > MAX_GRID_VALUES:
+        raise StudioError(f"{field_name(param)}: at most {MAX_GRID_VALUES} values fit in one grid; got {len(weights)}.")
+    return tuple(LoraWeight(_number_in_range(param, weight.weight, whole=False),
+                            _blocks(param, weight.blocks, str(weight))) for weight in weights)
+
+
+def _weights_of_item(param: Param, item: str) -> list[tuple[float, str]]:
+    number, blocks = _split_spec(param, item)
+    return [(weight, blocks) for weight in _parse_item(param, number.strip())]
 
 
 def _numbers(param: Param, value: object, notes: list[str]) -> tuple[float, ...]:
@@ -319,6 +384,7 @@ KINDS: Mapping[str, Kind] = {
     "loras": Kind(str, _loras, "textbox"),
     "names": Kind(list, _names, "multiselect"),
     "numbers": Kind(str, _numbers, "textbox"),
+    "lora_weights": Kind(str, _lora_weights, "textbox"),
     "wholes": Kind(str, _wholes, "textbox"),
     "units": Kind(list, _units, "units"),
 }

@@ -10,8 +10,8 @@ A run streams events, one JSON object per line: its progress, the pictures its s
 (previews, the timeline's frames), then its result or an error. A step hook crosses as its kind and options
 (`STEP_HOOKS`): the backend builds the same hook, and the page hands each picture to its own hook's `send`.
 
-A LoRA set's id (`lora_set_id`) names the set and its weights canonically: the ingress routes by it (Ray Serve's
-multiplexed model id) and the generator loads the set it names, both through this one function.
+A LoRA set's id (`lora_set_id`) names the set, its weights and block weights canonically: the ingress routes by it
+(Ray Serve's multiplexed model id) and the generator loads the set it names, both through this one function.
 """
 
 from __future__ import annotations
@@ -61,12 +61,12 @@ def lora_set_id(loras: object) -> str:
     choices = clean(PARAMETERS["loras"], loras, [])
     if not choices:
         return ""
-    return json.dumps(sorted([choice.name, choice.weight] for choice in choices), separators=(",", ":"))
+    return json.dumps(sorted([choice.name, choice.weight, choice.blocks] for choice in choices), separators=(",", ":"))
 
 
 def lora_set_names(set_id: str) -> list[str]:
     """The LoRA names in a set's id (`lora_set_id`)."""
-    return [name for name, _weight in json.loads(set_id)] if set_id else []
+    return [name for name, *_strength in json.loads(set_id)] if set_id else []
 
 
 def wire_lora_set_id(wire: object) -> str:
@@ -119,17 +119,18 @@ def _fields_from_wire(wire: object, folder: Path | None) -> dict[str, object]:
 
 def _loras_to_wire(loras: object) -> object:
     if isinstance(loras, (list, tuple)) and all(isinstance(choice, LoraChoice) for choice in loras):
-        return [{"name": choice.name, "weight": choice.weight} for choice in loras]
+        return [{"name": choice.name, "weight": choice.weight, "blocks": choice.blocks} for choice in loras]
     return loras  # 'name:weight, ...' text, checked where the request runs
 
 
 def _loras_from_wire(loras: object) -> object:
     if not isinstance(loras, list):
         return loras
-    if not all(isinstance(item, Mapping) and set(item) <= {"name", "weight"} and "name" in item for item in loras):
+    if not all(isinstance(item, Mapping) and set(item) <= {"name", "weight", "blocks"} and "name" in item
+               for item in loras):
         raise StudioError(f"{field_name(PARAMETERS['loras'])}: each LoRA must be an object like "
-                          '{"name": "stripes", "weight": 0.8}.')
-    return tuple(LoraChoice(item["name"], item.get("weight", 1.0)) for item in loras)
+                          '{"name": "stripes", "weight": 0.8, "blocks": "out"} (blocks may be left out).')
+    return tuple(LoraChoice(item["name"], item.get("weight", 1.0), item.get("blocks", "")) for item in loras)
 
 
 def _unit_to_wire(unit: object) -> object:

@@ -66,7 +66,7 @@ def test_lora_and_name_counts_have_limits(tiny_studio):
     ("0-0.3 step 0.1", (0.0, 0.1, 0.2, 0.3)),  # the end is kept despite 0.1's float error
 ])
 def test_weights_take_ranges_as_trainers_write_them(tiny_studio, text, expected):
-    assert cleaned(tiny_studio, "weights", text) == expected
+    assert tuple(strength.weight for strength in cleaned(tiny_studio, "weights", text)) == expected
 
 
 @pytest.mark.parametrize(("text", "words"), [

@@ -259,7 +259,7 @@ def test_grid_weights_and_seeds_are_read_from_text(studio):
         return validate_grid(grid, studio.served)[0]
 
     grid = checked("0, 0.5,1", "3;4")
-    assert grid.weights == (0.0, 0.5, 1.0) and grid.seeds == (3, 4)
+    assert [strength.weight for strength in grid.weights] == [0.0, 0.5, 1.0] and grid.seeds == (3, 4)
     for bad in ("", "a", "1,,x"):
         with pytest.raises(StudioError, match="(?i)weights"):
             checked(bad, "1")

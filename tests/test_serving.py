@@ -77,7 +77,7 @@ def same_pixels(one: GenerationResult, other: GenerationResult) -> bool:
 def test_a_request_crosses_as_json_with_its_files_and_comes_back_the_same(tmp_path):
     mask = Image.new("L", (64, 64), 0)
     request = GenerationRequest(
-        mode="edge", prompt="a square", image=str(EDGE_MAP), mask=mask, loras=(LoraChoice("stripes", 0.8),),
+        mode="edge", prompt="a square", image=str(EDGE_MAP), mask=mask, loras=(LoraChoice("stripes", 0.8, "out"),),
         control_units=(ControlUnit("depth", str(EDGE_MAP), scale=0.5),), steps=3,
     )
     back = request_from_wire(json.loads(json.dumps(request_to_wire(request))), tmp_path)
@@ -105,6 +105,8 @@ def test_a_lora_sets_id_is_canonical_and_names_its_loras():
     assert text == lora_set_id((LoraChoice("mono", 1.0), LoraChoice("stripes", 0.8)))
     assert text == lora_set_id("mono:0.5, stripes:0.8, mono:0.5")  # named twice: one LoRA, weights added
     assert text != lora_set_id("stripes:0.7, mono:1")
+    assert text != lora_set_id("stripes:0.8@out, mono:1")  # block weights make another set
+    assert lora_set_names(lora_set_id("stripes:0.8@out")) == ["stripes"]
     assert lora_set_names(text) == ["mono", "stripes"]
     assert lora_set_id("") == lora_set_id(()) == ""
     with pytest.raises(StudioError, match="LoRAs"):

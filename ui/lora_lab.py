@@ -86,7 +86,8 @@ def build_lora_lab(studio: Studio, history: History | None = None) -> None:
         fields["negative_prompt"] = component_for(params_by_name(params)["negative_prompt"])
         with gr.Row():
             for name in ("weights", "seeds", "steps", "guidance_scale"):
-                fields[name] = component_for(params_by_name(params)[name])
+                looks = {"info": PARAMETERS[name].help} if name == "weights" else {}  # `1@out`: a block preset's row
+                fields[name] = component_for(params_by_name(params)[name], **looks)
         with gr.Row():
             fields["mode"] = component_for(params_by_name(params)["mode"])
             fields["image"] = component_for(params_by_name(params)["image"], label="Control map (pose, edge, depth)")

@@ -20,7 +20,7 @@ from pipelines.endpoints import MODE_ENDPOINTS
 from pipelines.lora.triggers import add_trigger_words
 from pipelines.modes import SAMPLING, Mode
 from pipelines.outputs import OutputFolder
-from pipelines.parameters import Param
+from pipelines.parameters import PARAMETERS, Param
 from pipelines.preprocessors import PREPROCESSORS
 from pipelines.presets import Preset, apply_preset, is_cached, presets_for
 from pipelines.previews import Preview, Previewer
@@ -49,6 +49,7 @@ LOOKS = {
     "prompt": dict(lines=2, placeholder="a red circle on a blue background"),
     "image": dict(height=260),
     "mask": dict(height=260, label="Mask (white = repaint)"),
+    "loras": dict(info=PARAMETERS["loras"].help, placeholder="stripes:0.8, mono:1@out"),  # the block-weight syntax
 }
 
 

@@ -35,13 +35,14 @@ from peft import get_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
 
+from pipelines.block_weights import BlockError, UnetBlock, canonical_spec, diffusers_scales, multipliers, unet_blocks
 from pipelines.errors import StudioError
 from pipelines.lora.formats import check_family, plan_adapter
 from pipelines.lora.hashes import content_digest, is_hashed
 from pipelines.lora.library_internals import TRANSFORMERS_ADAPTER_LOGGER
 from pipelines.lora.metadata import family_from_metadata
 from pipelines.lora.safety import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_UPLOAD_BYTES, SafetensorsHeader, read_header
-from pipelines.lora.slot import UNET_PREFIX, LoraSlot, SlotLora
+from pipelines.lora.slot import UNET, UNET_PREFIX, LoraSlot, SlotLora
 from pipelines.lora.sources import (
     HUB_PREFIX,
     HubSource,
@@ -50,11 +51,13 @@ from pipelines.lora.sources import (
     UploadStore,
     describe_file,
 )
+from pipelines.parameters import PARAMETERS
 from pipelines.request import LoraChoice
 
 DEFAULT_MAX_LOADED = 8
 DEFAULT_MAX_BYTES = 2048 * 2**20  # adapters kept loaded, all together
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+LORAS_FIELD = PARAMETERS["loras"].label  # what a refusal of block weights names (the library sits below validation)
 
 
 @dataclass
@@ -64,6 +67,7 @@ class LoadedAdapter:
     nbytes: int
     notes: list[str]
     slot_lora: SlotLora | None = None  # with a compiled UNet: the UNet's factors, written into the slot
+    unet_layers: tuple[str, ...] = ()  # the UNet layers it changes, as the UNet names them
 
 
 class LoraManager:
@@ -98,7 +102,7 @@ class LoraManager:
         self._lock = threading.RLock()
         self.slot = LoraSlot(pipe.unet, slot_rank) if slot_rank else None
         self.fuse = fuse
-        self._active: tuple[tuple[str, float], ...] = ()  # adapter name and weight, as applied
+        self._active: tuple[tuple[str, AdapterWeight], ...] = ()  # adapter name and weight, as applied
         # Whether the LoRA layers are enabled, None when unknown (a load or delete may wrap new layers, enabled).
         # Enabling walks every layer and took about 40% of a switch, so it is skipped when nothing changes.
         self._layers_enabled: bool | None = None
@@ -124,14 +128,19 @@ class LoraManager:
             notes: list[str] = []
             if len(choices) > self.max_loaded:
                 raise StudioError(f"At most {self.max_loaded} LoRAs can be active at once; {len(choices)} were chosen.")
-            wanted = tuple((choice.name, choice.weight) for choice in choices)
+            # Block weights make another set: the same LoRAs at other block weights are other scales.
+            wanted = tuple((choice.name, choice.weight, choice.blocks) for choice in choices)
             if wanted != self._fused_set:
                 self.unfuse()
-            active: dict[str, float] = {}
+            active: dict[str, AdapterWeight] = {}
             for choice in choices:
                 adapter = self._ensure_loaded(choice.name)
-                active[adapter.adapter_name] = active.get(adapter.adapter_name, 0.0) + choice.weight
+                weight = self._adapter_weight(choice)
+                previous = active.get(adapter.adapter_name)
+                active[adapter.adapter_name] = weight if previous is None else previous.plus(weight)
                 notes += adapter.notes
+                if choice.blocks:
+                    notes += self._block_notes(adapter, choice)
             self._evict(keep=set(active))
             if wanted != self._fused_set:
                 self._switch(active)
@@ -167,7 +176,7 @@ class LoraManager:
         """Adapter names of the LoRAs the last request made active (empty: the base model)."""
         return [name for name, _ in self._active]
 
-    def _switch(self, active: dict[str, float]) -> None:
+    def _switch(self, active: dict[str, AdapterWeight]) -> None:
         """Make exactly `active` (adapter name -> weight) apply, in the slot or as adapters."""
         self._active = tuple(active.items())
         if self.slot is not None:
@@ -180,13 +189,57 @@ class LoraManager:
             if self._layers_enabled is not True:
                 self.pipe.enable_lora()
                 self._layers_enabled = True
-            self.pipe.set_adapters(list(active), adapter_weights=list(active.values()))
+            if any(weight.blocks for weight in active.values()) and not self._unet_names_readable():
+                # diffusers reads a UNet LoRA layer's block from the first four parts of its name, for every layer of
+                # every adapter; a shorter name (conv_in, time_embedding.linear_1, kept wrapped by peft after its
+                # adapter is deleted) fails in it. The same scales are then set layer by layer.
+                self.pipe.set_adapters(list(active), adapter_weights=[weight.weight for weight in active.values()])
+                self._scale_per_layer(active)
+                return
+            lists = self.pipe.get_list_adapters()
+            self.pipe.set_adapters(list(active), adapter_weights=[
+                weight.for_diffusers([part for part, names in lists.items() if name in names])
+                for name, weight in active.items()
+            ])
+            self._unscaled_at_weight(active)
 
-    def _switch_slot(self, active: dict[str, float]) -> None:
+    def _unet_names_readable(self) -> bool:
+        """Whether diffusers' per-block scales can read the block of every UNet LoRA layer from its name."""
+        return not any(name.count(".") < 3 for name, module in self.pipe.unet.named_modules()
+                       if isinstance(module, BaseTunerLayer))
+
+    def _scale_per_layer(self, active: dict[str, AdapterWeight]) -> None:
+        """Block weights set layer by layer (peft's public `set_scale`), as diffusers' per-block scales set them."""
+        for layer, module in self.pipe.unet.named_modules():
+            if isinstance(module, BaseTunerLayer) and hasattr(module, "lora_A"):
+                for name, weight in active.items():
+                    if weight.blocks and name in module.lora_A:
+                        module.set_scale(name, weight.for_layer(layer))
+
+    def _unscaled_at_weight(self, active: dict[str, AdapterWeight]) -> None:
+        """With block weights diffusers gives the UNet's LoRA layers outside its blocks with attention 1.0, whatever
+        the LoRA's weight; those layers run at the LoRA's weight instead (peft's public `set_scale`)."""
+        blocked = {name: weight for name, weight in active.items() if weight.blocks}
+        if not blocked:
+            return
+        for module in self._unscaled_layers(self.pipe.unet).values():
+            for name, weight in blocked.items():
+                if name in module.lora_A:
+                    module.set_scale(name, weight.weight)
+
+    def _unscaled_layers(self, unet: torch.nn.Module) -> dict[str, BaseTunerLayer]:
+        """The UNet's LoRA layers that diffusers' per-block scales do not reach: outside every down or up block with
+        attention and outside the middle block's attention."""
+        reached = _reached_prefixes(unet)
+        return {name: module for name, module in unet.named_modules()
+                if isinstance(module, BaseTunerLayer) and hasattr(module, "lora_A")
+                and not f"{name}.".startswith(reached)}
+
+    def _switch_slot(self, active: dict[str, AdapterWeight]) -> None:
         """The UNet's part goes into the compiled UNet's slot; text encoders are not compiled and switch as usual.
         pipe.set_adapters would also (de)activate adapters on the UNet, which a compiled UNet must never see."""
         by_name = {adapter.adapter_name: adapter for adapter in self._loaded.values()}
-        self.slot.write([(by_name[name].slot_lora, weight) for name, weight in active.items()
+        self.slot.write([(by_name[name].slot_lora, weight.for_layer) for name, weight in active.items()
                          if by_name[name].slot_lora is not None and by_name[name].slot_lora.factors])
         lists = self.pipe.get_list_adapters()
         for component in TEXT_ENCODERS:
@@ -196,9 +249,43 @@ class LoraManager:
                 continue
             if present:
                 enable_lora_for_text_encoder(encoder)
-                set_adapters_for_text_encoder(present, encoder, [active[name] for name in present])
+                set_adapters_for_text_encoder(present, encoder, [active[name].weight for name in present])
             else:
                 disable_lora_for_text_encoder(encoder)
+
+    @property
+    def blocks(self) -> tuple[UnetBlock, ...]:
+        """The UNet's blocks that block weights name (`pipelines/block_weights.py`)."""
+        return unet_blocks(self.pipe.unet.config)
+
+    def _adapter_weight(self, choice: LoraChoice) -> AdapterWeight:
+        """What `choice` sets: its weight, and with block weights its weight times each block's multiplier."""
+        if not choice.blocks:
+            return AdapterWeight(choice.weight)
+        blocks = self.blocks
+        try:
+            by_name = multipliers(canonical_spec(choice.blocks), [block.name for block in blocks])
+        except BlockError as error:
+            raise StudioError(f"{LORAS_FIELD}: the block weights of {choice.label!r}: "
+                              f"{error}") from None
+        return AdapterWeight(choice.weight, tuple((block, choice.weight * by_name[block.name]) for block in blocks))
+
+    def _block_notes(self, adapter: LoadedAdapter, choice: LoraChoice) -> list[str]:
+        """What block weights cannot scale in this LoRA, said as the request runs it."""
+        texts = [part for part, names in self.pipe.get_list_adapters().items()
+                 if part != UNET and adapter.adapter_name in names]
+        text_part = f"; its text encoder part runs at its weight {choice.weight:g}, unscaled" if texts else ""
+        notes = [f"{choice.label}: block weights (@{choice.blocks}) scale the UNet's blocks with attention and the "
+                 f"ResNets beside them{text_part}."]
+        if self.slot is not None:  # the slot scales its layers by block; what it leaves out was said at load
+            return notes
+        reached = _reached_prefixes(self.pipe.unet)
+        outside = [layer for layer in adapter.unet_layers if not layer.startswith(reached)]
+        if outside:
+            notes.append(f"{choice.label}: {len(outside)} of its layers lie outside the blocks with attention and run "
+                         f"at its weight {choice.weight:g}, not scaled by block (for example "
+                         f"{', '.join(outside[:3])}): diffusers' per-block scales do not reach them.")
+        return notes
 
     def fuse_active(self) -> None:
         """Fuse the active set into the weights, keeping the base weights of the layers it touches."""
@@ -314,7 +401,9 @@ class LoraManager:
             )
         nbytes = sum(value.numel() * value.element_size() for value in state.values())
         nbytes += slot_lora.nbytes if slot_lora is not None else 0
-        return LoadedAdapter(adapter_name, label, nbytes, notes, slot_lora)
+        unet_layers = sorted({key.removeprefix(UNET_PREFIX).split(".lora_")[0] for key in plan.state_dict
+                              if key.startswith(UNET_PREFIX)})
+        return LoadedAdapter(adapter_name, label, nbytes, notes, slot_lora, tuple(unet_layers))
 
     def _load_into_components(self, state: dict, alphas: dict | None, adapter_metadata: dict | None, name: str) -> None:
         """diffusers' public per-component loaders: `load_lora_weights` reads kohya alphas only from kohya-named keys
@@ -370,6 +459,57 @@ class LoraManager:
     def _adapter_name(self, path: Path) -> str:
         """One name per content: the same file under two names is one adapter."""
         return "lora_" + content_digest(path, self.max_file_bytes)[:16]
+
+
+@dataclass(frozen=True)
+class AdapterWeight:
+    """How strongly one adapter applies: `weight` everywhere, or with block weights (`blocks`: each of the UNet's
+    blocks with attention and its scale) `weight` on the text encoders and the layers outside those blocks."""
+
+    weight: float
+    blocks: tuple[tuple[UnetBlock, float], ...] = ()
+
+    def plus(self, other: AdapterWeight) -> AdapterWeight:
+        """One file asked for twice (under two names): the scales add up, block by block."""
+        if not self.blocks and not other.blocks:
+            return AdapterWeight(self.weight + other.weight)
+        mine, theirs = self.scales(other), other.scales(self)
+        return AdapterWeight(self.weight + other.weight, tuple((block, mine[block] + theirs[block]) for block in mine))
+
+    def scales(self, like: AdapterWeight) -> dict[UnetBlock, float]:
+        """Block -> scale, over the blocks `like` names too (the weight on each where this one names none)."""
+        return dict(self.blocks) if self.blocks else {block: self.weight for block, _ in like.blocks}
+
+    def for_diffusers(self, components: list[str]) -> float | dict[str, object]:
+        """`pipe.set_adapters`' weight for this adapter, on the components that hold it."""
+        if not self.blocks:
+            return self.weight
+        return {component: diffusers_scales(dict(self.blocks)) if component == "unet" else self.weight
+                for component in components}
+
+    def for_layer(self, layer: str) -> float:
+        """The scale of one UNet layer (named as the UNet names its modules) as diffusers' per-block scales give it:
+        its block's; a ResNet or sampler of a down or up block, the attention of its index in that block; else (outside
+        the blocks with attention) the weight."""
+        scales = {block.address: scale for block, scale in self.blocks}
+        inside = next((scale for address, scale in scales.items() if layer.startswith(f"{address}.")), None)
+        if inside is not None:
+            return inside
+        parts = layer.split(".")
+        return scales.get(f"{parts[0]}.{parts[1]}.attentions.{parts[3]}", self.weight) if len(parts) > 3 else \
+            self.weight
+
+
+def _blocks_with_attention(unet: torch.nn.Module) -> list[str]:
+    """Where diffusers' per-block scales reach: each down or up block with attention whole (its ResNets follow the
+    attention of their index) and the middle block's attention."""
+    prefixes = [f"{side}_blocks.{index}" for side in ("down", "up")
+                for index, block in enumerate(getattr(unet, f"{side}_blocks")) if hasattr(block, "attentions")]
+    return [*prefixes, "mid_block.attentions"]
+
+
+def _reached_prefixes(unet: torch.nn.Module) -> tuple[str, ...]:
+    return tuple(f"{prefix}." for prefix in _blocks_with_attention(unet))
 
 
 @contextmanager

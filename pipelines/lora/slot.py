@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -106,8 +106,9 @@ class LoraSlot:
             )
         return lora
 
-    def write(self, loras: Sequence[tuple[SlotLora, float]]) -> None:
-        """Make the slot hold exactly `loras` (each with its weight); the same set again writes nothing."""
+    def write(self, loras: Sequence[tuple[SlotLora, float | Callable[[str], float]]]) -> None:
+        """Make the slot hold exactly `loras`, each with its weight, or with block weights a (hashable) function of
+        the layer's name giving it; the same set again writes nothing."""
         key = tuple((lora.serial, weight) for lora, weight in loras)
         if key == self.active:
             return
@@ -130,7 +131,8 @@ class LoraSlot:
                     down, up, scale = lora.factors[layer]
                     rank = down.shape[0]
                     slot_a[offset : offset + rank].copy_(down)
-                    slot_b[:, offset : offset + rank].copy_(up * (scale * weight))
+                    layer_weight = weight(layer) if callable(weight) else weight
+                    slot_b[:, offset : offset + rank].copy_(up * (scale * layer_weight))
                     offset += rank
         self.active = key
 

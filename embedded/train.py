@@ -21,6 +21,7 @@ import json  # noqa: E402
 import math  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor, as_completed  # noqa: E402
 from dataclasses import asdict, dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -359,10 +360,11 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "conv
 
 
 def train_lora(config: TrainConfig, style: str, data: dict, latents, unet, text_encoder, tokenizer,
-               out: Path) -> None:
-    from diffusers import StableDiffusionPipeline
+               out: Path, checkpoints: Sequence[int] = ()) -> None:
+    """Train `style`'s LoRA into `out/<style>.safetensors`; after each step in `checkpoints` the LoRA so far is also
+    saved as `out/checkpoint-<step>/pytorch_lora_weights.safetensors`, as diffusers' training scripts save a run's
+    checkpoints (the LoRA lab orders a run by them)."""
     from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
 
     seed_everything(config.seed + 30)
     rows_all = np.flatnonzero(data["style"] == style)
@@ -388,16 +390,26 @@ def train_lora(config: TrainConfig, style: str, data: dict, latents, unet, text_
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    layers = {k: v.detach().to("cpu", torch.float16)
-              for k, v in get_peft_model_state_dict(unet, adapter_name=style).items()}
-    out.mkdir(parents=True, exist_ok=True)
-    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=layers, weight_name=f"{style}.safetensors")
-    add_lora_metadata(out / f"{style}.safetensors", style)
+        if step + 1 in checkpoints:
+            save_lora(unet, style, out / f"checkpoint-{step + 1}" / "pytorch_lora_weights.safetensors", step + 1)
+    save_lora(unet, style, out / f"{style}.safetensors", steps=config.lora_steps)
     unet.delete_adapters(style)
     print(f"lora-{style}: last loss {loss.item():.4f}", flush=True)
 
 
-def add_lora_metadata(path: Path, style: str) -> None:
+def save_lora(unet, style: str, path: Path, steps: int) -> None:
+    """The UNet's `style` adapter as a diffusers LoRA file with its metadata."""
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    layers = {k: v.detach().to("cpu", torch.float16)
+              for k, v in get_peft_model_state_dict(unet, adapter_name=style).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(path.parent, unet_lora_layers=layers, weight_name=path.name)
+    add_lora_metadata(path, style, steps)
+
+
+def add_lora_metadata(path: Path, style: str, steps: int) -> None:
     """Rewrite the diffusers LoRA file with modelspec metadata; tensors and keys stay as diffusers wrote them."""
     with safe_open(path, framework="pt") as handle:
         metadata = dict(handle.metadata() or {})
@@ -412,6 +424,7 @@ def add_lora_metadata(path: Path, style: str) -> None:
         "ss_base_model_version": "embedded",
         "ss_network_dim": "8",
         "ss_network_alpha": "8",
+        "ss_steps": str(steps),
     })
     save_file(tensors, path, metadata=metadata)
 

@@ -3,7 +3,10 @@ grid's rows in training order, each labelled with its epoch or step."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
+import torch
 
 from embedded.synthetic_loras import lora_tensors, write_lora
 from pipelines.grid import BASELINE_LABEL, render_grid
@@ -65,3 +68,41 @@ def test_a_runs_checkpoints_uploaded_at_once_are_all_chosen(tiny_sd_dir, tmp_pat
     assert kept == [str((tmp_path / f"ink-00000{epoch}.safetensors").resolve()) for epoch in (2, 1)]
     assert menu.value == ["stripes.safetensors", *kept]
     assert [studio.loras.check(name).point.shown for name in kept] == ["ink (epoch 2)", "ink (epoch 1)"]
+
+
+def test_a_run_the_test_trains_comes_out_in_training_order_with_its_style_growing(tmp_path):
+    """Three checkpoints of a stripes LoRA trained here on the embedded model (300 steps of 4 scenes, about 25 s on
+    one thread), given to the grid out of order: the rows follow the run, and each row's stripes are stronger than
+    the last (stripe energy, the evaluation's measure, over 8 seeds at 8 steps: 0.029, 0.050 and 0.062 against
+    0.019 without)."""
+    import numpy as np
+    from diffusers import StableDiffusionPipeline
+
+    from embedded import measures, train, world
+    from pipelines.settings import EMBEDDED_MODEL
+    from pipelines.studio import Studio
+
+    pipe = StableDiffusionPipeline.from_pretrained(EMBEDDED_MODEL, dtype=torch.float32)
+    scenes = [world.make_scene(seed, "object", style="stripes", allow_held_out=False)
+              for seed in world.training_seeds(64)]
+    data = {"style": np.array(["stripes"] * len(scenes)), "caption": np.array([scene.caption for scene in scenes])}
+    with torch.no_grad():
+        images = np.stack([scene.image for scene in scenes])
+        latents = train.encode_latents(pipe.vae, images) * pipe.vae.config.scaling_factor
+    config = replace(train.TrainConfig(), lora_steps=300, lora_batch=4)
+    run = tmp_path / "stripes-run"
+    train.train_lora(config, "stripes", data, latents, pipe.unet, pipe.text_encoder, pipe.tokenizer, run,
+                     checkpoints=(75, 150, 300))
+
+    studio = Studio(Settings(device="cpu", threads=1, lora_dir=str(tmp_path)))
+    base = GenerationRequest(prompt="zkstripes, a red circle on a blue background", steps=8, preset="Fast")
+    names = tuple(f"stripes-run/checkpoint-{step}/pytorch_lora_weights.safetensors" for step in (150, 300, 75))
+    grid = render_grid(studio, GridRequest(base, names, "1", tuple(range(1, 9))))
+    rows: dict[str, list[float]] = {}
+    for cell in grid.cells:
+        rows.setdefault(cell.row_label, []).append(measures.stripe_energy(np.asarray(cell.image)))
+    assert list(rows) == [BASELINE_LABEL, "stripes-run (step 75) @ 1", "stripes-run (step 150) @ 1",
+                          "stripes-run (step 300) @ 1"]
+    energies = [float(np.mean(values)) for values in rows.values()]
+    print("stripe energy by row:", dict(zip(rows, np.round(energies, 4))))
+    assert energies[1] < energies[2] < energies[3] and energies[3] > energies[0] + 0.01

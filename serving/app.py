@@ -71,8 +71,8 @@ class StudioAppArgs(BaseModel):
     )
     batch_size: int = Field(
         default=1, ge=1, le=64,
-        description="text requests that may share one pipeline call on a replica; give the Generator as many "
-                    "max_ongoing_requests, or requests never meet there",
+        description="text requests that may share one pipeline call on a replica; give the Generator one more "
+                    "max_ongoing_requests (serving/config.yaml says why), or requests never meet there",
     )
     # Four pictures at the pixel limit as PNG (about 64 MB each), in base64, with room to spare.
     max_body_mb: int = Field(default=512, ge=1, description="the largest request body the ingress reads, in MiB")

@@ -49,8 +49,9 @@ def local_cluster(
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         scale = {"autoscaling_config": autoscaling} if autoscaling else {"num_replicas": replicas}
+        # One request more than share a call waits on the replica (serving/config.yaml says why).
         generator = Generator.options(
-            **scale, max_queued_requests=queue_limit, max_ongoing_requests=batch_size,
+            **scale, max_queued_requests=queue_limit, max_ongoing_requests=batch_size + 1,
             ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus / replicas}, **QUICK_STOP,
         ).bind(lora_sets_per_replica, batch_size)
         ingress = Ingress.options(ray_actor_options={"num_cpus": 0.25}, **QUICK_STOP)

@@ -90,6 +90,20 @@ def test_a_request_crosses_as_json_with_its_files_and_comes_back_the_same(tmp_pa
     assert Path(unit["image"]).read_bytes() == EDGE_MAP.read_bytes()
 
 
+def test_a_style_image_crosses_as_its_file_and_its_scale_and_mode_as_sent(tmp_path):
+    assert "style_image" in PICTURE_FIELDS  # a picture field, as its declared kind says
+    sent = GenerationRequest(prompt="a circle", style_image=str(EDGE_MAP), style_scale=0.7,
+                             style_mode='{"up":{"block_0":[0.0,1.0]}}')
+    wire = json.loads(json.dumps(request_to_wire(sent)))
+    back = request_from_wire(wire, tmp_path)
+    assert Path(back.style_image).read_bytes() == EDGE_MAP.read_bytes()
+    assert (back.style_scale, back.style_mode) == (0.7, sent.style_mode)
+    assert "style_image" not in request_to_wire(sent, pictures=False)
+    in_memory = request_from_wire(json.loads(json.dumps(request_to_wire(replace(sent, style_image=Image.new(
+        "RGB", (8, 8), (9, 8, 7)))))), tmp_path)
+    assert Image.open(in_memory.style_image).getpixel((0, 0)) == (9, 8, 7)
+
+
 def test_a_result_crosses_with_each_images_parameters():
     image = tag_with_parameters(Image.new("RGB", (8, 8), (200, 10, 30)), "a square\nSteps: 3, Seed: 9")
     sent = GenerationRequest(prompt="a square", image=str(EDGE_MAP), steps=3)
@@ -140,8 +154,8 @@ def test_each_serve_config_is_valid_and_never_scales_to_zero(name):
         assert application.import_path == "serving.app:build_app"
         args = StudioAppArgs.model_validate(application.args)
         generator = {deployment.name: deployment for deployment in application.deployments}["Generator"]
-        # Requests meet on a replica only as many at a time as it takes in; the pipeline runs one call at a time.
-        assert generator.max_ongoing_requests == args.batch_size
+        # A replica takes in the requests that may share a call and one more, which waits there for the call to end.
+        assert generator.max_ongoing_requests == args.batch_size + 1
         assert generator.autoscaling_config["min_replicas"] >= 1
         assert generator.autoscaling_config["upscale_delay_s"] <= 10
     with pytest.raises(ValueError, match="lora_sets_per_replica"):
@@ -338,8 +352,9 @@ def test_past_the_queue_limit_a_caller_reads_that_the_studio_is_busy(remote):
             return str(error)
         return "made"
 
-    with ThreadPoolExecutor(8) as pool:
-        outcomes = list(pool.map(outcome, range(8)))
+    # Each replica takes in BATCH_SIZE + 1 requests and QUEUE_LIMIT more wait: 8 at most, of 12 sent at once.
+    with ThreadPoolExecutor(12) as pool:
+        outcomes = list(pool.map(outcome, range(12)))
     busy = [text for text in outcomes if text != "made"]
     assert busy and all(text.startswith("The studio is busy") for text in busy), outcomes
     assert outcomes.count("made") >= 2  # each replica ran one

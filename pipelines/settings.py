@@ -66,6 +66,9 @@ class Settings:
     mcp_server: bool = True  # every endpoint is also an MCP tool (Gradio's own variable, whose default is off)
     # Where requests run: None in this process; else the URL of a Ray Serve application (serving/) the page calls.
     backend: str | None = None
+    # Events of one group the page runs at once with a backend: it sends them on, and the backend's replicas run,
+    # batch and queue them (past its queue, it says it is busy). In-process the studio runs one call at a time.
+    backend_runs: int = 16
     # The secret a Ray Serve backend (serving/) and the page that calls it share; kept out of the repr (and logs).
     backend_token: str | None = field(default=None, repr=False)
 
@@ -112,6 +115,7 @@ class Settings:
             ),
             mcp_server=read.flag("GRADIO_MCP_SERVER", default=cls.mcp_server),
             backend=_backend_url(read.text("STUDIO_BACKEND", None)),
+            backend_runs=read.whole("STUDIO_BACKEND_RUNS", cls.backend_runs),
             backend_token=read.text("STUDIO_BACKEND_TOKEN", None),
         )
 

@@ -67,6 +67,20 @@ def test_where_requests_run_is_a_setting_and_a_flag():
     assert Settings.from_env({}).with_flags(backend=args.backend).backend == "https://other:8000/sd15"
 
 
+def test_a_page_with_a_backend_sends_it_more_requests_at_once_than_it_runs_itself():
+    import gradio as gr
+
+    from ui.queue import RUNNING_AT_ONCE, configure_queue
+
+    for settings, running in ((Settings(), RUNNING_AT_ONCE),
+                              (Settings(backend="http://cluster:8000/sd15", backend_runs=12), 12)):
+        with gr.Blocks() as demo:
+            gr.Button().click(lambda: None)
+        configure_queue(demo, settings)
+        assert demo._queue.default_concurrency_limit == running
+    assert Settings.from_env({"STUDIO_BACKEND_RUNS": "7"}).backend_runs == 7
+
+
 def test_a_backend_without_its_token_or_that_does_not_answer_stops_the_start_plainly():
     with pytest.raises(SystemExit, match="set STUDIO_BACKEND_TOKEN"):
         app.open_studio(Settings(backend="http://127.0.0.1:1/embedded"))

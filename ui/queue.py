@@ -51,9 +51,11 @@ def generating(fn: BlockFunction) -> bool:
 
 
 def configure_queue(demo: gr.Blocks, settings: Settings) -> gr.Blocks:
-    """`RUNNING_AT_ONCE` events of a group running (one of them in the pipeline), at most `settings.queue_size`
-    jobs waiting, and at most `settings.session_queue` generating jobs per session."""
-    demo.queue(default_concurrency_limit=RUNNING_AT_ONCE, max_size=settings.queue_size)
+    """`RUNNING_AT_ONCE` events of a group running (one of them in the pipeline; with a backend, as many as it is
+    sent at once), at most `settings.queue_size` jobs waiting, and at most `settings.session_queue` generating jobs
+    per session."""
+    running = settings.backend_runs if settings.backend else RUNNING_AT_ONCE
+    demo.queue(default_concurrency_limit=running, max_size=settings.queue_size)
     SessionLimit(demo, settings.session_queue).install()
     return demo
 

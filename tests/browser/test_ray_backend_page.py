@@ -5,8 +5,12 @@ watches a run's progress and stops it, renders a LoRA grid, and is told plainly 
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
 
+import httpx
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
@@ -27,6 +31,7 @@ from embedded.app_process import running_app
 from pipelines.request import GenerationRequest
 from pipelines.settings import PROJECT_ROOT, Settings
 from pipelines.studio import Studio
+from serving.wire import call_to_wire
 
 TOKEN = "a-browser-test-token"
 EXAMPLE = PROJECT_ROOT / "examples" / "embedded" / "edge_1_map.png"
@@ -95,3 +100,13 @@ def test_an_api_caller_gets_the_in_process_pixels_and_plain_refusals(space_url):
         client.predict(**{**REQUEST, "steps": 0}, api_name="/text2img")
     with pytest.raises(Exception, match="forward noising .* not served remotely"):
         client.predict(clean_image=handle_file(EXAMPLE), api_name="/forward_noise")
+
+
+def test_the_page_keeps_answering_when_a_replica_dies(space_url, backend_url):
+    answer = httpx.post(f"{backend_url}/generate", json=call_to_wire(GenerationRequest(**REQUEST), None, False, None),
+                        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    os.kill(json.loads(answer.text.splitlines()[-1])["replica"]["pid"], signal.SIGKILL)
+    client = Client(space_url, verbose=False)
+    for seed in range(4):  # whichever replica Serve picks, the dead one's requests are sent once more
+        gallery, *_ = client.predict(**{**REQUEST, "seed": seed}, api_name="/text2img")
+        assert gallery and gallery[0]["image"]

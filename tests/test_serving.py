@@ -24,13 +24,24 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from pipelines.errors import StudioError
+from pipelines.explore.sweeps import run_sweep
 from pipelines.explore.timeline import run_timeline
 from pipelines.grid import render_grid
 from pipelines.metadata import tag_with_parameters
 from pipelines.previews import Previewer
-from pipelines.request import ControlUnit, GenerationRequest, GenerationResult, GridRequest, LoraChoice, TimelineRequest
+from pipelines.request import (
+    ControlUnit,
+    GenerationRequest,
+    GenerationResult,
+    GridRequest,
+    LoraChoice,
+    SweepRequest,
+    TimelineRequest,
+    XYRequest,
+)
 from pipelines.settings import EMBEDDED_LORAS, PROJECT_ROOT, Settings
 from pipelines.studio import Studio
+from pipelines.xy import render_xy
 from serving.app import StudioAppArgs
 from serving.client import STOPPED, RemoteStudio
 from serving.local import local_cluster
@@ -271,7 +282,7 @@ def test_a_body_past_the_limit_is_refused_without_being_read_whole(url, chunked)
     assert answer.status_code == 413 and "larger than the 1 MiB" in answer.json()["detail"]
 
 
-def test_a_grid_a_timeline_and_previews_through_the_backend_give_the_in_process_pictures(remote, local_studio):
+def test_grids_plots_sweeps_edits_timelines_and_previews_through_a_backend_are_as_in_process(remote, local_studio):
     grid = GridRequest(text_request(), lora_names=("stripes",), weights="0.5, 1", seeds="3, 4")
     there, here = render_grid(remote, grid), render_grid(local_studio, grid)
     assert np.array_equal(np.asarray(there.image), np.asarray(here.image))
@@ -283,6 +294,16 @@ def test_a_grid_a_timeline_and_previews_through_the_backend_give_the_in_process_
     for one, other in zip(frames_there, frames_here, strict=True):
         assert np.array_equal(np.asarray(one.latent), np.asarray(other.latent))
         assert np.array_equal(np.asarray(one.predicted), np.asarray(other.predicted))
+
+    plot = XYRequest(text_request(prompt="a red circle"), "prompt S/R", "red, green", "guidance", "1, 3")
+    there, here = render_xy(remote, plot), render_xy(local_studio, plot)
+    assert np.array_equal(np.asarray(there.image), np.asarray(here.image))
+    sweep = SweepRequest(text_request(), "guidance scale", "1, 4")
+    assert np.array_equal(np.asarray(run_sweep(remote, sweep).image), np.asarray(run_sweep(local_studio, sweep).image))
+    start = Image.open(EDGE_MAP).convert("RGB")
+    for edit in (replace(text_request(), mode="img2img", image=start, strength=0.6),
+                 replace(text_request(), mode="inpaint", image=str(EDGE_MAP), mask=Image.new("L", (64, 64), 255))):
+        assert same_pixels(remote.generate(edit), local_studio.generate(edit)), edit.mode
 
     previews, steps_seen = [], []
     request = text_request(steps=6)

@@ -17,7 +17,15 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from safetensors.torch import save_file
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
 
 from pipelines.modes import CONTROL_MODES
 
@@ -159,3 +167,41 @@ def build_tiny_controlnets(sd_dir: Path, root: Path) -> dict[str, str]:
     """mode -> folder of a tiny ControlNet made from the tiny pipeline's UNet, one per control mode."""
     unet = UNet2DConditionModel.from_pretrained(sd_dir / "unet")
     return {mode: str(build_tiny_controlnet(unet, root / mode, seed=i + 1)) for i, mode in enumerate(CONTROL_MODES)}
+
+
+TINY_STYLE_ADAPTER = "ip-adapter_tiny.safetensors"
+STYLE_TOKENS = 4  # a plain IP-Adapter's image tokens (diffusers' ImageProjection)
+
+
+def build_tiny_image_encoder(folder: Path, seed: int, image_size: int = 28) -> CLIPVisionModelWithProjection:
+    """diffusers' test image encoder at 28 px (two patches a side): 32 wide, embeddings 32 wide."""
+    torch.manual_seed(seed)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, image_size=image_size, projection_dim=32, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=5, patch_size=14,
+    ))
+    encoder.save_pretrained(folder, safe_serialization=True)
+    return encoder
+
+
+def build_tiny_style_adapter(unet: UNet2DConditionModel, folder: Path, seed: int) -> Path:
+    """A plain IP-Adapter for `unet` in h94's layout (`image_proj.*`, `ip_adapter.<1, 3, 5...>.to_{k,v}_ip.*`, one
+    pair per cross-attention layer in the UNet's order), with random weights large enough that a reference shows, and
+    its image encoder beside it in `image_encoder/`. Returns the weight file."""
+    encoder = build_tiny_image_encoder(folder / "image_encoder", seed)
+    generator = torch.Generator().manual_seed(seed)
+    cross, width = unet.config.cross_attention_dim, encoder.config.projection_dim
+    state = {
+        "image_proj.proj.weight": torch.randn(cross * STYLE_TOKENS, width, generator=generator) / width**0.5,
+        "image_proj.proj.bias": torch.zeros(cross * STYLE_TOKENS),
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
+    }
+    layers = [name.removesuffix(".processor") for name in unet.attn_processors if name.endswith("attn2.processor")]
+    for index, layer in enumerate(layers):
+        inner = unet.get_submodule(layer).to_k.out_features
+        for projection in ("to_k_ip", "to_v_ip"):
+            state[f"ip_adapter.{2 * index + 1}.{projection}.weight"] = torch.randn(inner, cross, generator=generator)
+    path = folder / TINY_STYLE_ADAPTER
+    save_file(state, str(path))
+    return path

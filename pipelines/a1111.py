@@ -21,9 +21,10 @@ from pipelines.block_weights import VECTOR_SEPARATOR, BlockError, canonical_spec
 
 # How PNG info reads a setting: as its one field's declared kind (pipelines/parameters.py), or by a reader of its
 # own: the seed (-1 means a new one each run), the size (WIDTHxHEIGHT), the sampler (with "Schedule type"), the
-# module (a preprocessor and its switches), the LoRAs' hashes (matched to the LoRA folder's files); "none": a tab
-# has no place for it, so it is listed as not used.
-Reading = Literal["declared", "seed", "size", "sampler", "module", "lora hashes", "none"]
+# module (a preprocessor and its switches), the LoRAs' hashes (matched to the LoRA folder's files), the style image's
+# hash (said in a note: the picture must be given again); "none": a tab has no place for it, so it is listed as not
+# used.
+Reading = Literal["declared", "seed", "size", "sampler", "module", "lora hashes", "style hash", "none"]
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,15 @@ MASKED_CONTENT = Setting("Masked content", ("masked_content",))  # the studio's 
 # extension writes them: `lora_hashes_text`. Written only for a request with LoRAs.
 LORA_HASHES = Setting("Lora hashes", ("lora_hashes",), read="lora hashes")
 VERSION = Setting("Version", (), read="none")  # STUDIO_VERSION, written last, after the ControlNet units
+# The style reference (the studio's own keys): the picture by its hash (pipelines/style.py `picture_hash`), never the
+# picture, then its scale and mode. Written only for a request with a style image.
+STYLE_REFERENCE = Setting("Style reference", ("style_hash",), read="style hash")
+STYLE_SCALE = Setting("Style scale", ("style_scale",), text="{:g}")
+STYLE_MODE = Setting("Style mode", ("style_mode",))
+STYLE_SETTINGS = (STYLE_REFERENCE, STYLE_SCALE, STYLE_MODE)
 # In the order A1111 writes them
 SETTINGS = (STEPS, SAMPLER, CFG_SCALE, SEED, SIZE, MODEL, MODE, DENOISING_STRENGTH, MASK_BLUR, MASKED_CONTENT,
-            LORA_HASHES)
+            LORA_HASHES, *STYLE_SETTINGS)
 
 # Read, never written: since A1111 1.9 "DPM++ 2M" + "Schedule type: Karras" is the studio's "DPM++ 2M Karras";
 # a hires pass makes A1111 write a denoising strength for a text-to-image run.

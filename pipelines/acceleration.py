@@ -188,6 +188,11 @@ class Accelerator:
 
             compile_unet_ahead_of_time(self.base, self.resolution, lora_active, default_scheduler)
 
+    def pipelines_changed(self) -> None:
+        """A model joined the pipelines (the style reference's image encoder): their offload hooks are made again."""
+        if self._offloader is not None:
+            self._offloader = Offloader(self.device)
+
     def before_run(self, pipe: DiffusionPipeline, width: int, height: int, images: int) -> None:
         if self._offloader is not None:
             self._offloader.before_run(pipe)

@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 
 from pipelines.errors import StudioError
 from pipelines.gpu import FALLBACK_SECONDS, GpuWork, gpu_seconds
-from pipelines.modes import MODES, PROMPTING, SAMPLING, Mode
+from pipelines.modes import MODES, PROMPTING, SAMPLING, STYLE, Mode
 from pipelines.parameters import MAX_CONTROL_UNITS, MAX_SEED, PARAMETERS, Param, Served, bind
 from pipelines.preprocessors import available_preprocessors
 from pipelines.presets import NO_PRESET, apply_preset, preset_named
@@ -177,7 +177,7 @@ MODE_ENDPOINTS: Mapping[str, Endpoint[GenerationRequest]] = {name: mode_endpoint
 # ------------------------------------------------------------------ the LoRA lab's grid
 
 GRID_FIELDS = ("lora_names", "weights", "seeds", "together", "add_together", "add_triggers")
-GRID_BASE_FIELDS = ("prompt", "negative_prompt", "mode", "image", "steps", "guidance_scale")
+GRID_BASE_FIELDS = ("prompt", "negative_prompt", "mode", "image", "steps", "guidance_scale", *STYLE)
 
 
 def validate_grid(grid: GridRequest, served: Served) -> tuple[GridRequest, list[str]]:
@@ -203,9 +203,16 @@ def validate_grid(grid: GridRequest, served: Served) -> tuple[GridRequest, list[
 
 
 def grid_cells(grid: GridRequest) -> int:
-    """A checked grid's images: the baseline row, a row per LoRA and weight, the 'together' row; a column per seed."""
-    rows = 1 + len(grid.lora_names) * len(grid.weights) + int(bool(grid.together))
+    """A checked grid's images: the baseline row, a row per LoRA and weight, the 'together' row, the style reference's
+    row; a column per seed."""
+    rows = 1 + len(grid.lora_names) * len(grid.weights) + int(bool(grid.together)) + int(has_style_row(grid))
     return rows * len(grid.seeds)
+
+
+def has_style_row(grid: GridRequest) -> bool:
+    """A grid with a style image ends with a row of the baseline and that picture: the two ways to give a style, LoRAs
+    and a reference, side by side; the other rows run without it."""
+    return grid.base.style_image is not None
 
 
 def _together_row(together: tuple[LoraChoice, ...], lora_names: tuple[str, ...]) -> tuple[LoraChoice, ...]:
@@ -238,10 +245,11 @@ LORA_GRID: Endpoint[GridRequest] = Endpoint(
     "lora_grid",
     "LoRA lab",
     "Compare style LoRAs side by side: a 'no LoRA' row, then each LoRA at each weight, one column per seed "
-    "(the same seed down each column). In pose, edge and depth mode the image is a ready control map.",
+    "(the same seed down each column), and with a style reference a last row of it without LoRAs. In pose, edge and "
+    "depth mode the image is a ready control map.",
     (
         "lora_names", "weights", "seeds", "prompt", "negative_prompt", "mode", "image", "steps", "guidance_scale",
-        "add_triggers", "together", "add_together",
+        "add_triggers", "together", "add_together", *STYLE,
     ),
     build=_grid_request,
     rules=validate_grid,

@@ -4,7 +4,8 @@ Each row is one `Studio.generate` call with its LoRA set (fused into the weights
 `Studio.fuses_grid_rows`), its seeds run as one batch (a generator per seed), so a cell is the image the same
 request gives on its own, up to float rounding in a larger batch or in the fused weights (at most one level of 255
 here), and other requests may run between rows without mixing in. Each row's prompt gets that row's trigger
-words (when asked), the baseline's none, so the baseline is the base.
+words (when asked), the baseline's none, so the baseline is the base. With a style image a last row is the baseline
+with it (`has_style_row`): the LoRAs and the picture, the two ways to give a style, side by side.
 The grid image carries, for the PNG it is saved as, each cell's A1111 parameters in its own text entry
 ("parameters r<row> c<col>"), the baseline's in "parameters" (which other tools read) and the layout in
 "grid" (JSON). Nothing is written to disk here: the page saves the PNG into Gradio's cache, which it clears.
@@ -19,7 +20,7 @@ from dataclasses import replace
 
 from PIL import Image
 
-from pipelines.endpoints import validate_grid
+from pipelines.endpoints import has_style_row, validate_grid
 from pipelines.layout import GridCell, RenderedGrid, compose_grid, grid_text_entries
 from pipelines.lora.runs import TrainingPoint, in_training_order
 from pipelines.lora.triggers import add_trigger_words
@@ -27,6 +28,7 @@ from pipelines.request import GridRequest, LoraChoice, LoraWeight
 from pipelines.studio import Progress, ShouldStop, steps_after, stop_if_asked
 
 BASELINE_LABEL = "no LoRA"
+STYLE_LABEL = "style reference"
 
 
 def grid_rows(
@@ -70,15 +72,18 @@ def render_grid(
     entries = {name: studio.loras.check(name) for name in dict.fromkeys([*grid.lora_names,
                                                                          *(choice.name for choice in grid.together)])}
     points = {name: entries[name].point for name in grid.lora_names}
-    rows = grid_rows(grid.lora_names, grid.weights, grid.together, points)
-    row_labels, column_labels = [label for label, _ in rows], [f"seed {seed}" for seed in grid.seeds]
+    rows = [(label, choices, None) for label, choices in grid_rows(grid.lora_names, grid.weights, grid.together,
+                                                                      points)]
+    if has_style_row(grid):
+        rows.append((_style_label(grid), (), grid.base.style_image))
+    row_labels, column_labels = [label for label, *_ in rows], [f"seed {seed}" for seed in grid.seeds]
     steps = grid.base.steps
     started = time.perf_counter()
     cells = []
-    for row, (row_label, choices) in enumerate(rows):
+    for row, (row_label, choices, style_image) in enumerate(rows):
         stop_if_asked(should_stop)
         prompt = _with_triggers(studio, grid.base.prompt, choices) if grid.add_triggers else grid.base.prompt
-        request = replace(grid.base, prompt=prompt, loras=choices, num_images=1)
+        request = replace(grid.base, prompt=prompt, loras=choices, num_images=1, style_image=style_image)
         result = studio.generate(
             request, steps_after(progress, row * steps, len(rows) * steps), should_stop,
             seeds=grid.seeds, fuse_loras=studio.fuses_grid_rows,
@@ -91,6 +96,11 @@ def render_grid(
     image = compose_grid(cells, row_labels, column_labels)
     image.info.update(grid_text_entries(cells))
     return RenderedGrid(image, cells, notes, time.perf_counter() - started)
+
+
+def _style_label(grid: GridRequest) -> str:
+    mode = grid.base.style_mode if not grid.base.style_mode.startswith("{") else "per block"
+    return f"{STYLE_LABEL} @ {grid.base.style_scale:g} ({mode})"
 
 
 def _with_triggers(studio, prompt: str, choices: Sequence[LoraChoice]) -> str:

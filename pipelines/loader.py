@@ -43,6 +43,7 @@ class ModelInfo:
     default_guidance: float = 7.5
     default_scheduler: str = DEFAULT_SCHEDULER
     controlnets: dict[str, str] | None = None  # per-model ControlNets from studio.json, paths resolved
+    style_adapter: dict | None = None  # studio.json's "style_adapter", its paths relative to the model's folder
 
     @property
     def name(self) -> str:
@@ -117,6 +118,7 @@ def describe_model(pipe: DiffusionPipeline, source: str) -> ModelInfo:
         default_guidance=float(manifest.get("guidance_scale", _default_guidance(pipe))),
         default_scheduler=manifest.get("scheduler", DEFAULT_SCHEDULER),
         controlnets=controlnets or None,
+        style_adapter=manifest.get("style_adapter"),
     )
 
 

@@ -18,6 +18,8 @@ SAMPLING = (
     "seed", "randomize_seed", "steps", "guidance_scale", "scheduler", "width", "height", "num_images",
 )
 CONTROL = ("controlnet_scale", "control_start", "control_end")
+# The style reference (an IP-Adapter, pipelines/style.py), which every mode takes, last.
+STYLE = ("style_image", "style_scale", "style_mode")
 # The fields an example fills in (`examples/<set>/prompts.json`, `ui/examples.py`): its seed is fixed, so a person
 # who clicks it sees what its prompt says.
 EXAMPLE_SEED = ("seed", "randomize_seed")
@@ -66,12 +68,12 @@ class Mode:
     def parameters(self) -> tuple[str, ...]:
         """The endpoint's parameters, in the order the API lists them."""
         if self.edits:
-            return (*EDITING[self.edits], *SAMPLING, "preset", "control_units")
+            return (*EDITING[self.edits], *SAMPLING, "preset", "control_units", *STYLE)
         # New parameters come last, so every earlier parameter keeps its position for positional API callers.
         if not self.is_controlled:
-            return (*PROMPTING, *SAMPLING, "preset", "control_units")
+            return (*PROMPTING, *SAMPLING, "preset", "control_units", *STYLE)
         options = dict.fromkeys(option for name in self.preprocessors for option in PREPROCESSORS[name].options)
-        return ("image", *PROMPTING, "preprocessor", *options, *SAMPLING, *CONTROL, "preset", "control_units")
+        return ("image", *PROMPTING, "preprocessor", *options, *SAMPLING, *CONTROL, "preset", "control_units", *STYLE)
 
 
 MODES: Mapping[str, Mode] = {

@@ -18,7 +18,7 @@ from pipelines.preprocessors.weights import DetectorSources
 # What each kind is (its API type, how a value is checked, which input shows it): `pipelines/validation.py` KINDS.
 KindName = Literal[
     "text", "whole", "number", "flag", "choice", "image", "loras", "names", "numbers", "lora_weights", "wholes",
-    "units",
+    "units", "style_mode",
 ]
 
 
@@ -80,6 +80,7 @@ class Served:
     detectors: DetectorSources = DetectorSources()
     axes: tuple[str, ...] = ()  # the X/Y plot's axes
     lora_blocks: tuple[str, ...] = ()  # the UNet's blocks a LoRA's block weights can name (pipelines/block_weights.py)
+    default_style_scale: float = 1.0  # the model's style adapter's own default (pipelines/style.py)
 
 
 def bind(param: Param, served: Served) -> Param:
@@ -102,6 +103,9 @@ def number_text(value: float) -> str:
 MAX_SEED = 2**32 - 1
 MAX_CONTROL_UNITS = 3  # ControlNets in one request, the mode's own included
 MAX_LORA_WEIGHT = 2.0
+MAX_STYLE_SCALE = 2.0
+# InstantStyle's block presets (pipelines/style.py says which blocks each takes on the model served)
+STYLE_MODES = ("style", "style and layout", "everything")
 
 _PARAMETERS = (
     Param("image", "image", "Image", "an image file: the photo or ready map a ControlNet follows, or the picture "
@@ -159,6 +163,15 @@ _PARAMETERS = (
           default=0.0, low=0.0, high=1.0, step=0.05),
     Param("control_end", "number", "Control guidance end", "fraction of the steps where control ends",
           default=1.0, low=0.0, high=1.0, step=0.05),
+    # The style reference (IP-Adapter, pipelines/style.py)
+    Param("style_image", "image", "Style reference", "an image file whose style (colours, textures, background) the "
+          "images take; the prompt still says what is drawn. Its hash, not the picture, goes into the PNG"),
+    Param("style_scale", "number", "Style scale", "how strongly the style reference steers; 0 ignores it",
+          default=Ref("default_style_scale"), low=0.0, high=MAX_STYLE_SCALE, step=0.05),
+    Param("style_mode", "style_mode", "Style mode", "which of the UNet's blocks see the reference (InstantStyle): "
+          "'style' its look only, 'style and layout' its arrangement too, 'everything' all blocks (plain "
+          "IP-Adapter); through the API also per-block scales as JSON, like {\"up\": {\"block_0\": [0, 1, 0]}}, "
+          "each multiplied by the style scale", default="style", choices=STYLE_MODES),
     # The LoRA lab's grid
     Param("lora_names", "names", "LoRAs in the grid", "LoRA names: folder files, uploads or hub:owner/repo",
           default=(), choices=Ref("lora_names")),

@@ -43,6 +43,7 @@ from pipelines.a1111 import (
     SEED,
     SETTINGS,
     SIZE,
+    STYLE_REFERENCE,
     THRESHOLD_A,
     THRESHOLD_B,
     UNIT_SETTINGS,
@@ -77,7 +78,7 @@ from pipelines.parameters import (
     number_text,
 )
 from pipelines.preprocessors import PREPROCESSORS
-from pipelines.validation import MAX_LORAS
+from pipelines.validation import MAX_LORAS, clean
 
 if TYPE_CHECKING:
     from pipelines.lora import LoraManager
@@ -513,6 +514,9 @@ def _read_settings(reading: _Reading, settings: dict[str, str]) -> None:
     for setting in SETTINGS:
         if setting.read in ("none", "lora hashes"):  # the hashes are read with the LoRAs, before
             continue
+        if setting.read == "style hash" and setting.key in settings:
+            _read_style_hash(reading, settings.pop(setting.key))
+            continue
         if setting.key not in settings or not set(setting.fields) <= reading.params.keys():
             continue
         raw = settings.pop(setting.key)
@@ -524,6 +528,13 @@ def _read_settings(reading: _Reading, settings: dict[str, str]) -> None:
             _read_sampler(reading, raw, settings.pop(SCHEDULE_TYPE, None))
         else:
             reading.put(setting.fields[0], raw, setting.key)
+
+
+def _read_style_hash(reading: _Reading, raw: str) -> None:
+    """A PNG names its style image by hash only: the tab gets the scale and mode, the person the picture to find."""
+    reading.notes.append(f"{STYLE_REFERENCE.key} {_short(raw)!r}: the PNG holds the style image's hash, not the "
+                         "picture; give the same picture again as the style reference (style_image) to make the same "
+                         "image.")
 
 
 def _read_seed(reading: _Reading, raw: str) -> None:
@@ -627,6 +638,11 @@ def _convert(param: Param, raw: object) -> object:
         return text == "True"
     if param.kind == "choice" and raw not in param.choices:
         raise ValueError(f"the studio offers {', '.join(param.choices)}; the tab keeps its own")
+    if param.kind == "style_mode":
+        try:
+            return clean(param, text, [])
+        except StudioError as error:
+            raise ValueError(str(error).rstrip(".")) from None
     return raw
 
 

@@ -54,6 +54,10 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     loras: LoraLimits = field(default_factory=LoraLimits)
     controlnets: Mapping[str, str] = field(default_factory=dict)  # mode -> ControlNet source, over the defaults
+    # The style reference's IP-Adapter weight file and its image encoder, over the family's (pipelines/style.py);
+    # "none" switches the style reference off.
+    style_adapter: str | None = None
+    style_encoder: str | None = None
     detectors: DetectorSources = field(default_factory=DetectorSources)
     cache_age_s: int = 3600  # files made per request (images, grids, uploads) are removed after this age
     # Every image, control map and grid is saved here (pipelines/outputs.py); None: nothing is. `from_env` gives
@@ -97,6 +101,8 @@ class Settings:
                 for mode in (*CONTROL_MODES, UNION)
                 if (source := read.text(f"STUDIO_CONTROLNET_{mode.upper()}", None))
             },
+            style_adapter=read.text("STUDIO_STYLE_ADAPTER", None),
+            style_encoder=read.text("STUDIO_STYLE_ENCODER", None),
             detectors=DetectorSources(
                 annotators=read.text("STUDIO_ANNOTATORS", None),
                 depth_model=read.text("STUDIO_DEPTH_MODEL", DEFAULT_DEPTH_MODEL),

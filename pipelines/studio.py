@@ -25,7 +25,16 @@ from diffusers import (
 )
 from PIL import Image
 
-from pipelines.a1111 import LORA_HASHES, SETTINGS, STUDIO_VERSION, VERSION, lora_hashes_text, written_settings
+from pipelines.a1111 import (
+    LORA_HASHES,
+    SETTINGS,
+    STUDIO_VERSION,
+    STYLE_REFERENCE,
+    STYLE_SETTINGS,
+    VERSION,
+    lora_hashes_text,
+    written_settings,
+)
 from pipelines.acceleration import Accelerator, plan_acceleration, use_fp16_fix_vae
 from pipelines.control import (
     UsedControl,
@@ -40,6 +49,7 @@ from pipelines.editing import EditInputs, denoises, edit_inputs, keep_unmasked, 
 from pipelines.endpoints import validate_request
 from pipelines.errors import StudioError
 from pipelines.gpu import on_zero_gpu
+from pipelines.images import prepare_user_image
 from pipelines.loader import device_report, display_name, load_base_pipeline, pick_device
 from pipelines.lora import LoraManager
 from pipelines.lora.hashes import lora_hashes
@@ -53,6 +63,7 @@ from pipelines.request import GenerationRequest, GenerationResult
 from pipelines.schedulers import make_scheduler, scheduler_names
 from pipelines.settings import Settings
 from pipelines.steps import DenoisingStep, StepHook, with_step_hook
+from pipelines.style import StyleReference, picture_hash, style_adapter_for
 from pipelines.threads import is_small, set_cpu_threads
 
 UNION_PIPELINES = {
@@ -110,6 +121,9 @@ class Studio:
             slot_rank=speed.compile_lora_rank if speed.compile == "jit" else None,
             fuse=speed.fuse_loras,
         )
+        adapter, why_none = style_adapter_for(self.model.family, self.model.source, self.model.style_adapter,
+                                              settings.style_adapter, settings.style_encoder)
+        self.style = StyleReference(adapter, why_none, self.base, self.device, self.dtype, compiled=bool(speed.compile))
         self.accelerator = Accelerator(speed, self.device, self.base, self.model.resolution)
         self.accelerator.compile(  # after the LoRA slot is in place
             lora_active=lambda: bool(self.loras.active),
@@ -174,6 +188,7 @@ class Studio:
             modes=tuple(MODES),
             detectors=self.detectors,
             lora_blocks=tuple(block.name for block in self.loras.blocks),
+            default_style_scale=self.style.default_scale,
         )
 
     def pipeline_for(self, mode: str, controls: tuple[str, ...] | None = None) -> DiffusionPipeline:
@@ -235,11 +250,13 @@ class Studio:
         max_pixels = self.limits.max_input_pixels
         controls = controls_of(request, max_pixels, self.detectors)
         edit = edit_inputs(request, max_pixels) if mode.starts_from_image else None
+        style = _style_picture(request, max_pixels)
         notes += [note for control in controls for note in control.notes] + list(edit.notes if edit else ())
         with self._lock, out_of_memory_as_message(batch_size, request.width, request.height):
             controlnets, union_notes = self._controlnets_for(controls)
             notes += union_notes
             pipe = self.pipeline_for(request.mode, controlnets)
+            self._use_style(request)
             notes += self.loras.activate(request.loras)
             if fuse_loras:
                 self.loras.fuse_active()
@@ -251,7 +268,7 @@ class Studio:
             for batch in _batches(seeds, self.limits.max_images):
                 if should_stop is not None and should_stop():
                     break  # a new batch would clear the stop and run a step and a decode first
-                images += self._run(pipe, request, controls, controlnets == (UNION,), edit, on_step_end, batch)
+                images += self._run(pipe, request, controls, controlnets == (UNION,), edit, on_step_end, style, batch)
         if edit is not None and edit.mask is not None:
             images = [keep_unmasked(pipe, edit, image) for image in images]
         if should_stop is not None and should_stop():
@@ -283,6 +300,7 @@ class Studio:
                    first.height, self.model.resolution)
         with self._lock, out_of_memory_as_message(len(seeds), first.width, first.height):
             pipe = self.pipeline_for(first.mode, ())
+            self._use_style(first)
             shared_notes = self.loras.activate(first.loras)
             notes = [shared_notes + self._prompt_notes(request) + request_notes for request, request_notes in checked]
             pipe.scheduler = make_scheduler(first.scheduler, self._scheduler_config)
@@ -291,7 +309,7 @@ class Studio:
             for batch in _batches(list(range(len(seeds))), self.limits.max_images):
                 hook = _split_hook([owners[index] for index in batch], on_steps) if on_steps else None
                 on_step_end = with_step_hook(_step_callback(progress, should_stop, first.steps), pipe, hook)
-                images += self._run(pipe, first, [], False, None, on_step_end, [seeds[index] for index in batch],
+                images += self._run(pipe, first, [], False, None, on_step_end, None, [seeds[index] for index in batch],
                                     [prompts[index] for index in batch])
         if should_stop is not None and should_stop():
             raise StudioError("Stopped before the last step; no image was made.")
@@ -313,6 +331,7 @@ class Studio:
         union: bool,
         edit: EditInputs | None,
         on_step_end: Callable | None,
+        style: Image.Image | None,
         seeds: Sequence[int],
         prompts: Sequence[tuple[str, str]] | None = None,
     ) -> list[Image.Image]:
@@ -342,7 +361,15 @@ class Studio:
         elif edit is not None:
             del kwargs["width"], kwargs["height"]  # image-to-image takes the start image's size
         kwargs.update(control_kwargs(controls, starts_from_image=edit is not None, union=union))
+        kwargs.update(self.style.pipeline_kwargs(style, request.guidance_scale, len(prompts) if prompts else 1))
         return pipe(**kwargs).images
+
+    def _use_style(self, request: GenerationRequest) -> None:
+        """The style adapter loaded (on the first request with a style image) and its scales set for `request`."""
+        if request.style_image is not None and not self.style.loaded:
+            self.style.load(self._pipes.values())
+            self.accelerator.pipelines_changed()  # offload hooks for the image encoder
+        self.style.set_scales(request.style_image, request.style_mode, request.style_scale)
 
     def _prompt_notes(self, request: GenerationRequest) -> list[str]:
         """The text encoder reads 77 tokens; say what was cut rather than drop it silently."""
@@ -363,6 +390,10 @@ class Studio:
         unit."""
         values = {name: getattr(request, name) for name in MODES[request.mode].parameters}
         values.update(seed=seed, mode=request.mode, model=self.model.name)
+        if request.style_image is not None:
+            values[STYLE_REFERENCE.fields[0]] = picture_hash(request.style_image)
+        else:  # a request without one writes what it wrote before the style reference came
+            values = {name: value for name, value in values.items() if name not in STYLE_SETTINGS_FIELDS}
         if request.loras:
             values[LORA_HASHES.fields[0]] = lora_hashes_text(
                 (lora.label, lora_hashes(self.loras.resolve(lora.name), self.loras.max_file_bytes).a1111)
@@ -382,17 +413,27 @@ class Studio:
 
 # What may differ between requests that share a pipeline call: the text and the noise of each image.
 PER_IMAGE_FIELDS = ("prompt", "negative_prompt", "seed", "num_images")
+STYLE_SETTINGS_FIELDS = {name for setting in STYLE_SETTINGS for name in setting.fields}
 
 
 def together_key(request: GenerationRequest) -> str | None:
     """Equal for checked requests that can share one pipeline call (`Studio.generate_together`): text modes with
-    every other setting the same; None for a request that runs alone (a picture to start from or to follow)."""
+    every other setting the same; None for a request that runs alone (a picture to start from, to follow or to take
+    the style of: a style image is encoded for its own run)."""
     mode = MODES[request.mode]
-    if mode.is_controlled or mode.starts_from_image or request.control_units:
+    if mode.is_controlled or mode.starts_from_image or request.control_units or request.style_image is not None:
         return None
     settings = {item.name: getattr(request, item.name) for item in fields(request) if item.name not in
                 PER_IMAGE_FIELDS}
     return repr(sorted(settings.items()))
+
+
+def _style_picture(request: GenerationRequest, max_pixels: int) -> Image.Image | None:
+    """The request's style image, opened and checked like every picture a request gives; None without one."""
+    if request.style_image is None:
+        return None
+    return prepare_user_image(request.style_image, max_pixels=max_pixels, what="style reference (style_image)",
+                              background="white")
 
 
 def _split_hook(owners: list[int], hooks: Sequence[StepHook | None]) -> StepHook | None:

@@ -7,6 +7,7 @@ rules between its fields, each endpoint says (`pipelines/endpoints.py`).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -23,6 +24,7 @@ from pipelines.modes import CONTROL_MODES, MODES
 from pipelines.parameters import (
     MAX_CONTROL_UNITS,
     MAX_LORA_WEIGHT,
+    MAX_STYLE_SCALE,
     PARAMETERS,
     Param,
     number_text,
@@ -307,6 +309,56 @@ def show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# Per-block style scales as diffusers' `set_ip_adapter_scale` takes them: a number for a side, or a number or one per
+# transformer layer for each block (the blocks the UNet has are checked when the scales are set: pipelines/style.py).
+_STYLE_SIDES = ("down", "mid", "up")
+_STYLE_BLOCK = re.compile(r"block_\d{1,2}")
+MAX_STYLE_LAYERS = 16  # transformer layers a block's list names (SDXL's have 2 or 3)
+
+
+def _style_mode(param: Param, value: object, notes: list[str]) -> str:
+    """A preset's name, or per-block scales (a mapping, or JSON text of one) as canonical JSON text."""
+    if isinstance(value, str) and value in param.choices:
+        return value
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        _check_list_length(param, value)
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise StudioError(f"{field_name(param)}: the per-block scales are not valid JSON.") from None
+    if not isinstance(value, Mapping):
+        raise StudioError(f"{field_name(param)} must be one of: {', '.join(param.choices)}, or per-block scales like "
+                          f'{{"up": {{"block_0": [0, 1, 0]}}}}; got {show(value)}.')
+    checked = {side: _side_scales(param, side, scales) for side, scales in value.items()}
+    return json.dumps(checked, sort_keys=True, separators=(",", ":"))
+
+
+def _side_scales(param: Param, side: object, scales: object) -> object:
+    if side not in _STYLE_SIDES:
+        raise StudioError(f"{field_name(param)}: the per-block scales name {show(side)}; the sides are "
+                          f"{', '.join(_STYLE_SIDES)}.")
+    if not isinstance(scales, Mapping) or side == "mid":
+        return _style_number(param, scales, side)
+    blocks = {}
+    for block, layers in scales.items():
+        where = f"{side}.{block}"
+        if not isinstance(block, str) or not _STYLE_BLOCK.fullmatch(block):
+            raise StudioError(f"{field_name(param)}: {show(block)} in {side!r} is no block; write block_0, block_1, "
+                              "...")
+        if isinstance(layers, list) and 0 < len(layers) <= MAX_STYLE_LAYERS:
+            blocks[block] = [_style_number(param, layer, where) for layer in layers]
+        else:
+            blocks[block] = _style_number(param, layers, where)
+    return blocks
+
+
+def _style_number(param: Param, value: object, where: str) -> float:
+    if not _is_number(value) or not 0 <= value <= MAX_STYLE_SCALE:
+        raise StudioError(f"{field_name(param)}: {where} must be a number from 0 to {MAX_STYLE_SCALE:g}, or for a "
+                          f"block a list of them; got {show(value)}.")
+    return float(value)
+
+
 # A control unit's settings and the declared parameter each is checked against
 UNIT_FIELDS = {
     "mode": None, "image": "image", "preprocessor": None, "scale": "controlnet_scale", "start": "control_start",
@@ -387,4 +439,5 @@ KINDS: Mapping[str, Kind] = {
     "lora_weights": Kind(str, _lora_weights, "textbox"),
     "wholes": Kind(str, _wholes, "textbox"),
     "units": Kind(list, _units, "units"),
+    "style_mode": Kind(str, _style_mode, "dropdown"),
 }

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from pipelines.a1111 import READY_MAP, unit_key
 from pipelines.control import UsedControl, png_units
 from pipelines.metadata import format_parameters, parse_parameters, save_png
-from pipelines.modes import CONTROL_MODES, MODES
+from pipelines.modes import CONTROL_MODES, MODES, STYLE
 from pipelines.parameters import PARAMETERS
 from pipelines.png_info import read_parameters_text, settings_from_parameters
 from pipelines.preprocessors import PREPROCESSORS
@@ -36,7 +36,8 @@ OWN = {
 EXTRA = {"text": ("edge", "canny"), "pose": ("edge", "none"), "edge": ("pose", "none"), "depth": ("edge", "none"),
          "img2img": ("depth", "none"), "inpaint": ("pose", "none")}
 # What a PNG does not carry: pixels, and what only shaped the run (each image's PNG has its own seed and settings).
-NOT_IN_A_PNG = {"image", "mask", "num_images", "preset"}
+# The style reference's fields are written only for a request with a style image (tests/test_style_reference.py).
+NOT_IN_A_PNG = {"image", "mask", "num_images", "preset", *STYLE}
 
 
 def square() -> Image.Image:

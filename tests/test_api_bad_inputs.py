@@ -69,6 +69,8 @@ def bad_values(param: Param) -> list[object]:
         return ["yes", 1, [True]]
     if param.kind == "choice":
         return ["bogus", 5, ["text"]]
+    if param.kind == "style_mode":
+        return ["bogus", 5, ["text"], {"a": 1}, '{"up": {"block_0": 9}}', "{not json"]
     if param.kind == "loras":
         return ["stripes:nan", "stripes:5", "stripes:2, stripes:2", "str\x00ipes:1", {"a": 1}, 3]
     if param.kind == "names":

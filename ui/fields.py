@@ -54,7 +54,13 @@ class DeclaredCheckbox(_Declared, gr.Checkbox):
 
 
 class DeclaredDropdown(_Declared, gr.Dropdown):
-    pass
+    def api_info(self) -> dict:
+        """A menu that also takes typed values (the style mode's per-block JSON) lists no enum: the MCP library checks
+        calls against the schema and would refuse them."""
+        info = super().api_info()
+        if self.allow_custom_value and not self.multiselect:
+            info.pop("enum", None)
+        return info
 
 
 class DeclaredUnits(_Declared, gr.JSON):

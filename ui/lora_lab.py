@@ -28,6 +28,7 @@ from pipelines.lora.formats import family_label
 from pipelines.lora.hashes import LoraHashes, lora_hashes
 from pipelines.lora.inspect import LoraInspection, TagFolder, inspect_lora
 from pipelines.lora.sources import HUB_PREFIX, LoraEntry
+from pipelines.modes import STYLE
 from pipelines.outputs import OutputFolder
 from pipelines.parameters import PARAMETERS, Param, Served
 from pipelines.request import GridRequest
@@ -37,6 +38,7 @@ from ui.endpoints import Call, endpoint_handler
 from ui.errors import shown_to_person
 from ui.fields import component_for
 from ui.live import Done, Progress, Send, ShouldStop, live
+from ui.modes import style_fields
 from ui.stop import request_stop
 from ui.xy_plot import build_xy_plot
 
@@ -91,6 +93,8 @@ def build_lora_lab(studio: Studio, history: History | None = None) -> None:
         with gr.Row():
             fields["mode"] = component_for(params_by_name(params)["mode"])
             fields["image"] = component_for(params_by_name(params)["image"], label="Control map (pose, edge, depth)")
+        with gr.Accordion("Style reference (a last row, without LoRAs)", open=False):
+            style_fields([params_by_name(params)[name] for name in STYLE], fields)
         with gr.Row():
             render = gr.Button("Render the grid", variant="primary", scale=3)
             stop = gr.Button("Stop", variant="stop", scale=1)

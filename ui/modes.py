@@ -18,7 +18,7 @@ from PIL import Image
 from pipelines.editing import size_for_picture
 from pipelines.endpoints import MODE_ENDPOINTS
 from pipelines.lora.triggers import add_trigger_words
-from pipelines.modes import SAMPLING, Mode
+from pipelines.modes import SAMPLING, STYLE, Mode
 from pipelines.outputs import OutputFolder
 from pipelines.parameters import PARAMETERS, Param
 from pipelines.preprocessors import PREPROCESSORS
@@ -50,6 +50,9 @@ LOOKS = {
     "image": dict(height=260),
     "mask": dict(height=260, label="Mask (white = repaint)"),
     "loras": dict(info=PARAMETERS["loras"].help, placeholder="stripes:0.8, mono:1@out"),  # the block-weight syntax
+    "style_image": dict(height=200),
+    # The presets in the menu; per-block scales as JSON typed in, as the API takes them.
+    "style_mode": dict(allow_custom_value=True, info=PARAMETERS["style_mode"].help),
 }
 
 
@@ -140,14 +143,14 @@ def _cleared() -> tuple:
 def _input_fields(
     studio: Studio, mode: Mode, params: list[Param], unavailable: tuple[str, ...]
 ) -> dict[str, gr.components.Component]:
-    """name -> component, laid out in groups: the inputs, preprocessing, then generation settings."""
-    by_group = {"main": [], "preprocessing": [], "settings": []}
+    """name -> component, laid out in groups: the inputs, preprocessing, generation settings, the style reference."""
+    by_group = {"main": [], "preprocessing": [], "settings": [], "style": []}
     preprocessing = {"preprocessor", *(option for name in mode.preprocessors for option in PREPROCESSORS[name].options)}
     for param in params:
         group = "preprocessing" if param.name in preprocessing else "main"
         if param.name in SAMPLING or param.name.startswith("control"):
             group = "settings"
-        by_group[group].append(param)
+        by_group["style" if param.name in STYLE else group].append(param)
     fields: dict[str, gr.components.Component] = {}
     for param in by_group["main"]:
         if param.name == "preset":
@@ -169,9 +172,18 @@ def _input_fields(
                 continue  # widgets of their own (ui/control_units.py)
             looks = _size_looks(studio, param) if param.name in ("width", "height") else LOOKS.get(param.name, {})
             fields[param.name] = component_for(param, **looks)
+    with gr.Accordion("Style reference", open=False):
+        style_fields(by_group["style"], fields)
     if mode.starts_from_image:
         _size_follows_the_picture(studio, fields)
     return fields
+
+
+def style_fields(params: list[Param], fields: dict[str, gr.components.Component]) -> None:
+    """The style reference's fields (an IP-Adapter, `pipelines/style.py`), for a tab's collapsed group."""
+    gr.Markdown("A picture whose style the images take; the prompt still says what is drawn.")
+    for param in params:
+        fields[param.name] = component_for(param, **LOOKS.get(param.name, {}))
 
 
 def _size_follows_the_picture(studio: Studio, fields: dict[str, gr.components.Component]) -> None:

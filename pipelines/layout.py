@@ -12,10 +12,14 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw, ImageFont
 
+from pipelines.a1111 import LORA_HASHES, STEPS, VERSION, lora_hashes_text, read_lora_hashes
+from pipelines.metadata import format_parameters, parse_settings_line
+
 LABEL_PADDING = 8
 # Small native sizes (the embedded model's 64 px) are enlarged, pixel for pixel, so a cell reads on screen.
 MIN_CELL_SIDE = 256
 FONT_SIZE = 20
+_HASHES = LORA_HASHES.key
 
 
 @dataclass(frozen=True)
@@ -70,16 +74,40 @@ def compose_grid(
 
 
 def grid_text_entries(cells: list[GridCell]) -> dict[str, str]:
-    """The PNG text entries: the baseline's parameters, the layout, and every cell's parameters."""
+    """The PNG text entries: the baseline's parameters naming every cell's LoRA files, the layout, and every cell's
+    parameters."""
     layout = [
         {"row": c.row, "column": c.column, "row_label": c.row_label, "column_label": c.column_label} for c in cells
     ]
     entries = {
-        "parameters": cells[0].parameters,
+        "parameters": naming_every_lora(cells[0].parameters, [cell.parameters for cell in cells]),
         "grid": json.dumps({"cells": layout, "cell_size": list(cells[0].image.size)}),
     }
     entries.update({f"parameters r{cell.row} c{cell.column}": cell.parameters for cell in cells})
     return entries
+
+
+def naming_every_lora(parameters: str, every: Sequence[str]) -> str:
+    """`parameters` (the first cell's) with a `Lora hashes` that names the LoRA files of all of `every` cell.
+
+    Other tools and PNG info read a grid's "parameters" only, and its first cell is the baseline, made without
+    LoRAs: without this a shared grid would not say which files made it. No LoRA tag is added, so the settings
+    sent on from it stay the baseline's (PNG info says the LoRAs it names have no weight to send)."""
+    pairs = dict.fromkeys(pair for text in every for pair in read_lora_hashes(_settings_of(text).get(_HASHES, "")))
+    head, _, line = parameters.rpartition("\n")
+    settings = _settings_of(parameters)
+    if not pairs or not settings or settings.get(_HASHES) == lora_hashes_text(pairs):
+        return parameters
+    settings.pop(_HASHES, None)
+    version = {VERSION.key: settings.pop(VERSION.key)} if VERSION.key in settings else {}  # A1111 writes it last
+    line = format_parameters("", "", {**settings, _HASHES: lora_hashes_text(pairs), **version}).lstrip("\n")
+    return f"{head}\n{line}" if head else line
+
+
+def _settings_of(parameters: str) -> dict[str, str]:
+    """The settings of an A1111 parameters text as the studio writes it (its last line); {} if it has none."""
+    settings = parse_settings_line(parameters.rpartition("\n")[2])
+    return settings if STEPS.key in settings else {}
 
 
 def _font(size: int) -> ImageFont.ImageFont:

@@ -135,8 +135,8 @@ def test_together_weights_text(studio):
 
 
 def test_trigger_words_are_added_once():
-    assert add_trigger_words("a cat", ["ink style", "sketch"]) == "a cat, ink style, sketch"
-    assert add_trigger_words("a cat, Ink Style", ["ink style", "sketch"]) == "a cat, Ink Style, sketch"
+    assert add_trigger_words("a cat", ["ink style", "sketch"]) == "ink style, sketch, a cat"  # first, as trained
+    assert add_trigger_words("a cat, Ink Style", ["ink style", "sketch"]) == "sketch, a cat, Ink Style"
     assert add_trigger_words("", ["neon glow"]) == "neon glow"
 
 

@@ -296,7 +296,8 @@ def test_grid_rows_columns_cells_and_png_parameters(studio, tmp_path):
     assert baseline["loras"] == [] and baseline["Seed"] == "5" and baseline["prompt"] == "a red circle"
     cell = parse_parameters(saved.text["parameters r2 c1"])
     assert cell["loras"] == [("ink.safetensors", 1.0)] and cell["Seed"] == "6"
-    assert cell["prompt"].startswith("a red circle, ink style")  # the row's own trigger words, not the baseline's
+    # the row's own trigger words, not the baseline's, in front as trainers caption them
+    assert cell["prompt"].startswith("ink style, monochrome") and cell["prompt"].endswith("a red circle")
     assert json.loads(saved.text["grid"])["cells"][5]["row_label"] == "ink.safetensors @ 1"
     # the same seed down a column, and each cell is the solo image for its request: its seeds ran as one batch,
     # whose larger matrix products round differently in the last float bits (at most one level of 255)

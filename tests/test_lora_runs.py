@@ -57,7 +57,8 @@ def test_a_grid_of_one_runs_checkpoints_renders_them_in_order_under_their_steps(
 
 
 def test_a_runs_checkpoints_uploaded_at_once_are_all_chosen(tiny_sd_dir, tmp_path):
-    """The lab takes several uploads at once (a run's checkpoints); each is checked and chosen for the grid."""
+    """The lab takes several uploads at once (a run's checkpoints); each is checked and chosen for the grid, in
+    training order whatever order the file chooser gave, and said to be its run's epoch."""
     from pipelines.studio import Studio
     from ui.lora_lab import on_upload
 
@@ -65,9 +66,10 @@ def test_a_runs_checkpoints_uploaded_at_once_are_all_chosen(tiny_sd_dir, tmp_pat
     paths = [str(write_lora(tmp_path / f"ink-00000{epoch}.safetensors", lora_tensors(studio.base, seed=epoch)))
              for epoch in (2, 1)]
     menu, kept, details = on_upload(studio, paths, ["stripes.safetensors"], [])
-    assert kept == [str((tmp_path / f"ink-00000{epoch}.safetensors").resolve()) for epoch in (2, 1)]
+    assert kept == [str((tmp_path / f"ink-00000{epoch}.safetensors").resolve()) for epoch in (1, 2)]
     assert menu.value == ["stripes.safetensors", *kept]
-    assert [studio.loras.check(name).point.shown for name in kept] == ["ink (epoch 2)", "ink (epoch 1)"]
+    assert [studio.loras.check(name).point.shown for name in kept] == ["ink (epoch 1)", "ink (epoch 2)"]
+    assert details.index("checkpoint: ink (epoch 1)") < details.index("checkpoint: ink (epoch 2)")
 
 
 def test_a_run_the_test_trains_comes_out_in_training_order_with_its_style_growing(tmp_path):

@@ -27,6 +27,7 @@ from pipelines.layout import RenderedGrid
 from pipelines.lora.formats import family_label
 from pipelines.lora.hashes import LoraHashes, lora_hashes
 from pipelines.lora.inspect import LoraInspection, TagFolder, inspect_lora
+from pipelines.lora.runs import in_training_order
 from pipelines.lora.sources import HUB_PREFIX, LoraEntry
 from pipelines.modes import STYLE
 from pipelines.outputs import OutputFolder
@@ -356,12 +357,14 @@ def on_upload(studio: Studio, paths: list[str] | None, current: list[str] | None
         return gr.skip(), kept, gr.skip()
     with shown_to_person():
         entries = [studio.loras.add_upload(path) for path in paths]
-    names = [entry.name for entry in entries]
+    # A file chooser gives the files in any order; shown in the grid's order, a run's epochs read left to right.
+    names = in_training_order([entry.name for entry in entries], {entry.name: entry.point for entry in entries})
     kept = list(dict.fromkeys([*kept, *names]))
     value = list(current or [])
     for name in names:
         value = _with(value, name)
-    return gr.Dropdown(choices=_choices(studio.loras, kept, value), value=value), kept, describe_entries(entries)
+    shown = describe_entries(sorted(entries, key=lambda entry: names.index(entry.name)))
+    return gr.Dropdown(choices=_choices(studio.loras, kept, value), value=value), kept, shown
 
 
 def on_hub(studio: Studio, spec: str, current: list[str] | None, kept: list[str]):
@@ -413,6 +416,8 @@ def describe_entries(entries: list[LoraEntry]) -> str:
         lines = [f"**{Path(entry.name).name}** ({entry.source}, {entry.size_label}, made for {entry.family_label})"]
         if entry.title:
             lines.append(f"title: {entry.title}")
+        if entry.point.label:  # how the grid will name and order its row
+            lines.append(f"checkpoint: {entry.point.shown}")
         lines.append(f"trigger words: {', '.join(entry.trigger_words) or 'none recorded'}")
         lines += [f"`{key}`: {value}" for key, value in entry.fields.items()]
         blocks.append("  \n".join(lines))

@@ -77,7 +77,8 @@ def use_example(panel: Locator, example: Example) -> None:
     example_rows(panel).nth(example.index).get_by_role("gridcell").first.click()
     prompt = panel.get_by_label("Prompt", exact=True)
     expect(prompt).to_have_value(re.compile("^" + re.escape(example.prompt_start)), timeout=FILL_TIMEOUT_MS)
-    expect(panel.get_by_label("LoRAs", exact=True)).to_have_value(example.cells.get("LoRAs", ""))
+    loras = panel.get_by_role("textbox", name=re.compile(r"^LoRAs\b"))  # its label carries the syntax's help
+    expect(loras).to_have_value(example.cells.get("LoRAs", ""))
     if "Preprocessor" in example.cells:
         expect(panel.get_by_label("Preprocessor", exact=True)).to_have_value(example.cells["Preprocessor"])
     for image in IMAGE_FIELDS.intersection(example.cells):

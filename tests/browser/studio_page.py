@@ -53,6 +53,11 @@ def visible_panel(page: Page) -> Locator:
     return panel
 
 
+def text_field(panel: Locator, label: str) -> Locator:
+    """The text box whose label starts with `label`: a field's help text is part of its accessible name."""
+    return panel.get_by_role("textbox", name=re.compile(rf"^{re.escape(label)}\b"))
+
+
 def block_labelled(panel: Locator, label: str) -> Locator:
     """The `.block` of the component whose label reads exactly `label`."""
     exact = re.compile(rf"^\s*{re.escape(label)}\s*$")
@@ -77,8 +82,7 @@ def use_example(panel: Locator, example: Example) -> None:
     example_rows(panel).nth(example.index).get_by_role("gridcell").first.click()
     prompt = panel.get_by_label("Prompt", exact=True)
     expect(prompt).to_have_value(re.compile("^" + re.escape(example.prompt_start)), timeout=FILL_TIMEOUT_MS)
-    loras = panel.get_by_role("textbox", name=re.compile(r"^LoRAs\b"))  # its label carries the syntax's help
-    expect(loras).to_have_value(example.cells.get("LoRAs", ""))
+    expect(text_field(panel, "LoRAs")).to_have_value(example.cells.get("LoRAs", ""))
     if "Preprocessor" in example.cells:
         expect(panel.get_by_label("Preprocessor", exact=True)).to_have_value(example.cells["Preprocessor"])
     for image in IMAGE_FIELDS.intersection(example.cells):

@@ -22,6 +22,7 @@ from studio_page import (
     open_tab,
     result_images,
     shown_examples,
+    text_field,
     use_example,
     visible_panel,
     wait_for_image_or_error,
@@ -90,7 +91,7 @@ def test_lora_grid_renders_and_downloads_with_each_cells_parameters(page, studio
     page.get_by_role("option", name="stripes.safetensors", exact=True).click()
     page.keyboard.press("Escape")
     panel.get_by_label("Prompt", exact=True).fill("a yellow circle on a blue background")
-    panel.get_by_role("textbox", name=re.compile("^Weights")).fill("1")  # its label carries the syntax's help
+    text_field(panel, "Weights").fill("1")
     panel.get_by_label("Seeds (one column each)", exact=True).fill("1")
     panel.get_by_role("button", name="Render the grid", exact=True).click()
 

@@ -23,6 +23,7 @@ from studio_page import (
     open_tab,
     result_images,
     shown_examples,
+    text_field,
     use_example,
     wait_for_image_or_error,
 )
@@ -80,7 +81,7 @@ def test_the_page_runs_on_the_backend_and_a_person_can_generate_stop_and_grid(pa
     page.get_by_role("option", name="stripes.safetensors", exact=True).click()  # the backend's LoRA folder
     page.keyboard.press("Escape")
     lab.get_by_label("Prompt", exact=True).fill("a yellow circle on a blue background")
-    lab.get_by_label("Weights", exact=True).fill("0.5, 1")
+    text_field(lab, "Weights").fill("0.5, 1")
     lab.get_by_label("Seeds (one column each)", exact=True).fill("1, 2")
     lab.get_by_role("button", name="Render the grid", exact=True).click()
     wait_for_image_or_error(page, block_labelled(lab, "Grid").locator("img"))

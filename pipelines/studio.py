@@ -242,8 +242,7 @@ class Studio:
         """
         request, notes = validate_request(request, self.served)
         seeds = list(seeds) if seeds is not None else [request.seed + index for index in range(request.num_images)]
-        if not request.prompt:
-            notes.append("The prompt was empty, so this image was generated unconditionally (no text guidance).")
+        notes += _unconditional_note(request)
         mode = MODES[request.mode]
         batch_size = min(len(seeds), self.limits.max_images)
         check_fits(self.model.family, self.gpu_gib, batch_size, request.width, request.height, self.model.resolution)
@@ -302,7 +301,8 @@ class Studio:
             pipe = self.pipeline_for(first.mode, ())
             self._use_style(first)
             shared_notes = self.loras.activate(first.loras)
-            notes = [shared_notes + self._prompt_notes(request) + request_notes for request, request_notes in checked]
+            notes = [request_notes + _unconditional_note(request) + shared_notes + self._prompt_notes(request)
+                     for request, request_notes in checked]
             pipe.scheduler = make_scheduler(first.scheduler, self._scheduler_config)
             self.accelerator.before_run(pipe, first.width, first.height, min(len(seeds), self.limits.max_images))
             images = []
@@ -434,6 +434,12 @@ def _style_picture(request: GenerationRequest, max_pixels: int) -> Image.Image |
         return None
     return prepare_user_image(request.style_image, max_pixels=max_pixels, what="style reference (style_image)",
                               background="white")
+
+
+def _unconditional_note(request: GenerationRequest) -> list[str]:
+    if request.prompt:
+        return []
+    return ["The prompt was empty, so this image was generated unconditionally (no text guidance)."]
 
 
 def _split_hook(owners: list[int], hooks: Sequence[StepHook | None]) -> StepHook | None:

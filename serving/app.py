@@ -105,7 +105,7 @@ class Job:
 @serve.deployment(max_ongoing_requests=1, max_queued_requests=16)
 class Generator:
     """One Studio; one pipeline call at a time (its LoRA weights and scheduler live on shared modules). With
-    `batch_size` above 1 (and as many ongoing requests), text requests that differ only in prompts and seeds share
+    `batch_size` above 1 (and one ongoing request more), text requests that differ only in prompts and seeds share
     calls, in groups of up to `batch_size` that wait at most BATCH_WAIT_S for each other."""
 
     def __init__(self, lora_sets_per_replica: int, batch_size: int = 1) -> None:

@@ -9,7 +9,10 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST_PARTY = {"app", "pipelines", "ui", "embedded"}
+FIRST_PARTY = {"app", "pipelines", "ui", "embedded", "serving"}
+# What the page imports of serving/ when it runs on a Ray Serve backend; the Serve application itself (app.py,
+# local.py) imports Ray, from requirements-ray.txt.
+PAGE_SIDE_OF_SERVING = ("client.py", "wire.py")
 # Pinned for serving though no import statement names them: controlnet-aux is imported by module path
 # (pipelines/preprocessors/weights.py), its detectors import torchvision, and diffusers loads weights through
 # accelerate when it is there.
@@ -17,7 +20,8 @@ NEEDED_WITHOUT_AN_IMPORT = {"controlnet-aux", "torchvision", "accelerate"}
 
 
 def serving_files() -> list[Path]:
-    return [ROOT / "app.py", *sorted((ROOT / "pipelines").rglob("*.py")), *sorted((ROOT / "ui").rglob("*.py"))]
+    return [ROOT / "app.py", *sorted((ROOT / "pipelines").rglob("*.py")), *sorted((ROOT / "ui").rglob("*.py")),
+            *(ROOT / "serving" / name for name in PAGE_SIDE_OF_SERVING)]
 
 
 def imported_top_level_names(path: Path) -> set[str]:

@@ -272,7 +272,7 @@ class Studio:
             images = [keep_unmasked(pipe, edit, image) for image in images]
         if should_stop is not None and should_stop():
             raise StudioError("Stopped before the last step; no image was made.")
-        parameters = [self._parameters(request, seed, controls, controlnets) for seed in seeds]
+        parameters = self._parameters(request, seeds, controls, controlnets)
         tagged = [tag_with_parameters(image, text) for image, text in zip(images, parameters, strict=True)]
         return GenerationResult(tagged, seeds, parameters, request, maps_side_by_side(controls), notes)
 
@@ -317,7 +317,7 @@ class Studio:
         for index, (request, _) in enumerate(checked):
             mine = [position for position, owner in enumerate(owners) if owner == index]
             request_seeds = [seeds[position] for position in mine]
-            parameters = [self._parameters(request, seed, [], ()) for seed in request_seeds]
+            parameters = self._parameters(request, request_seeds, [], ())
             tagged = [tag_with_parameters(images[position], text) for position, text in zip(mine, parameters,
                                                                                               strict=True)]
             results.append(GenerationResult(tagged, request_seeds, parameters, request, None, notes[index]))
@@ -384,12 +384,13 @@ class Studio:
         return notes
 
     def _parameters(
-        self, request: GenerationRequest, seed: int, controls: list[UsedControl], controlnets: tuple[str, ...]
-    ) -> str:
-        """AUTOMATIC1111's text for one image: the settings its mode takes, the LoRAs' hashes, then every ControlNet
-        unit."""
+        self, request: GenerationRequest, seeds: Sequence[int], controls: list[UsedControl],
+        controlnets: tuple[str, ...],
+    ) -> list[str]:
+        """AUTOMATIC1111's text for each seed's image: the settings its mode takes, the LoRAs' and the style
+        reference's hashes (each file read once for all the images), then every ControlNet unit."""
         values = {name: getattr(request, name) for name in MODES[request.mode].parameters}
-        values.update(seed=seed, mode=request.mode, model=self.model.name)
+        values.update(mode=request.mode, model=self.model.name)
         if request.style_image is not None:
             values[STYLE_REFERENCE.fields[0]] = picture_hash(request.style_image)
         else:  # a request without one writes what it wrote before the style reference came
@@ -402,13 +403,16 @@ class Studio:
         model_names = {name: display_name(source) for name, source in self.controlnets.registry.items()}
         if controlnets == (UNION,):
             model_names = {control.mode: model_names[UNION] for control in controls}
-        settings = {
-            **written_settings(SETTINGS, values),
-            **png_units(controls, model_names),
-            VERSION.key: STUDIO_VERSION,
-        }
         loras = [(lora.label, lora.weight, lora.blocks) for lora in request.loras]
-        return format_parameters(request.prompt, request.negative_prompt, settings, loras)
+        texts = []
+        for seed in seeds:
+            settings = {
+                **written_settings(SETTINGS, {**values, "seed": seed}),
+                **png_units(controls, model_names),
+                VERSION.key: STUDIO_VERSION,
+            }
+            texts.append(format_parameters(request.prompt, request.negative_prompt, settings, loras))
+        return texts
 
 
 # What may differ between requests that share a pipeline call: the text and the noise of each image.

@@ -92,7 +92,7 @@ def own_work(studio: Studio, request: GenerationRequest) -> dict[str, float]:
         "validation": lambda: validate_request(request, studio.served),
         "prompt length check": lambda: studio._prompt_notes(checked),
         "fresh scheduler": lambda: make_scheduler(checked.scheduler, studio._scheduler_config),
-        "PNG parameters": lambda: studio._parameters(checked, checked.seed, [], ()),
+        "PNG parameters": lambda: studio._parameters(checked, [checked.seed], [], ()),
         "PNG encoding": lambda: image.save(tempfile.SpooledTemporaryFile(), format="png"),
     }
     return {name: timed(step, 200)[0] * 1000 for name, step in steps.items()}

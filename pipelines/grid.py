@@ -1,9 +1,8 @@
 """Comparison grids: the "no LoRA" baseline and each LoRA at each weight, one column per seed.
 
-Each row is one `Studio.generate` call with its LoRA set (fused into the weights where that pays, see
-`Studio.fuses_grid_rows`), its seeds run as one batch (a generator per seed), so a cell is the image the same
-request gives on its own, up to float rounding in a larger batch or in the fused weights (at most one level of 255
-here), and other requests may run between rows without mixing in. Each row's prompt gets that row's trigger
+Each row is one `Studio.generate` call with its LoRA set, its seeds run as one batch (a generator per seed), so a
+cell is the image the same request gives on its own, up to float rounding in a larger batch (at most one level of
+255 here), and other requests may run between rows without mixing in. Each row's prompt gets that row's trigger
 words (when asked), the baseline's none, so the baseline is the base. With a style image a last row is the baseline
 with it (`has_style_row`): the LoRAs and the picture, the two ways to give a style, side by side.
 The grid image carries, for the PNG it is saved as, each cell's A1111 parameters in its own text entry
@@ -86,7 +85,7 @@ def render_grid(
         request = replace(grid.base, prompt=prompt, loras=choices, num_images=1, style_image=style_image)
         result = studio.generate(
             request, steps_after(progress, row * steps, len(rows) * steps), should_stop,
-            seeds=grid.seeds, fuse_loras=studio.fuses_grid_rows,
+            seeds=grid.seeds,
         )
         notes += [note for note in result.notes if note not in notes]
         for column, (seed, image, parameters) in enumerate(zip(result.seeds, result.images, result.parameters)):

@@ -115,7 +115,7 @@ class Settings:
             speed=SpeedSettings(
                 offload=read.flag("STUDIO_OFFLOAD"),
                 compile=read.flag("STUDIO_COMPILE"),
-                fuse_loras=read.flag("STUDIO_FUSE_LORAS"),
+                fuse_loras=read.flag("STUDIO_FUSE_LORAS", default=None),
                 compile_lora_rank=read.whole("STUDIO_COMPILE_LORA_RANK", SpeedSettings.compile_lora_rank),
                 sdxl_vae=_none_means_off(read.text("STUDIO_SDXL_VAE", FP16_FIX_VAE)),
             ),
@@ -185,7 +185,7 @@ class _Reader:
             raise StudioError(f"The setting {name} must be at least 1, not {number}.")
         return number
 
-    def flag(self, name: str, default: bool = False) -> bool:
+    def flag(self, name: str, default: bool | None = False) -> bool | None:
         value = self.environ.get(name, "").strip().lower()
         if not value:
             return default

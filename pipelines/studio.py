@@ -64,7 +64,7 @@ from pipelines.schedulers import make_scheduler, scheduler_names
 from pipelines.settings import Settings
 from pipelines.steps import DenoisingStep, StepHook, with_step_hook
 from pipelines.style import StyleReference, picture_hash, style_adapter_for
-from pipelines.threads import is_small, set_cpu_threads
+from pipelines.threads import set_cpu_threads
 
 UNION_PIPELINES = {
     "": StableDiffusionXLControlNetUnionPipeline,
@@ -148,14 +148,6 @@ class Studio:
         logger.info("detectors loaded before the fork: %s", ", ".join(load_detectors(self.detectors)) or "none")
 
     @property
-    def fuses_grid_rows(self) -> bool:
-        """Whether a LoRA grid runs each row's set fused (a row is one run per set). It pays where peft's per-layer
-        Python cost dominates: on the embedded model a cell took 0.243 s fused, 0.307 s unfused. At real size on a
-        CPU fused runs measured 0.96-1.12x of unfused across runs, and fusing took 0.9 s (SD1.5) to 4.9 s (SDXL) a
-        row (docs/benchmarks.md), so there the STUDIO_FUSE_LORAS setting decides."""
-        return self.loras.fuse or is_small(self.base.unet)
-
-    @property
     def lock(self) -> threading.Lock:
         """Held while a run uses the shared modules; hold it to use them directly (the Explore tab's VAE)."""
         return self._lock
@@ -230,15 +222,12 @@ class Studio:
         on_step: StepHook | None = None,
         *,
         seeds: Sequence[int] | None = None,
-        fuse_loras: bool = False,
     ) -> GenerationResult:
         """Validate and run `request`; `should_stop`, polled at every step, ends a run early (StudioError).
 
         `on_step` sees every step's latents and x0 estimate (previews, the Explore timeline); it changes nothing.
         `seeds` (checked by the caller, as `validate_grid` does) asks for one image per seed instead of
         `num_images` from `seed`: the LoRA grid's columns, run as batches of at most the served image limit.
-        `fuse_loras` fuses the request's LoRA set into the weights for the run (a grid row: one run per set); the
-        base weights come back exactly with the next different set.
         """
         request, notes = validate_request(request, self.served)
         seeds = list(seeds) if seeds is not None else [request.seed + index for index in range(request.num_images)]
@@ -257,8 +246,6 @@ class Studio:
             pipe = self.pipeline_for(request.mode, controlnets)
             self._use_style(request)
             notes += self.loras.activate(request.loras)
-            if fuse_loras:
-                self.loras.fuse_active()
             notes += self._prompt_notes(request)
             pipe.scheduler = make_scheduler(request.scheduler, self._scheduler_config)
             on_step_end = with_step_hook(_step_callback(progress, should_stop, request.steps), pipe, on_step)

@@ -243,6 +243,7 @@ def write_loras(studio, family: str, folder: Path) -> list[str]:
 
 def compare_loras(studio, family: str, args: argparse.Namespace, base_image: np.ndarray, folder: Path) -> None:
     names = write_loras(studio, family, folder)
+    configured, studio.loras.fuse = studio.loras.fuse, False  # loads and switches as adapters; fusing is timed below
     first = [timed(lambda name=name: studio.loras.activate([LoraChoice(name, 1.0)])) for name in names]
     plain = timed(lambda: studio.base.load_lora_weights(str(folder / names[0]), adapter_name="plain"))
     studio.base.delete_adapters("plain")
@@ -254,12 +255,14 @@ def compare_loras(studio, family: str, args: argparse.Namespace, base_image: np.
           f"{first_load * 1000:.0f} ms, plain load_lora_weights {plain * 1000:.0f} ms: {first_load / plain:.2f}x; "
           f"switch {switch * 1000:.1f} ms: {first_load / switch:.0f}x faster than a first load", flush=True)
     both = tuple(LoraChoice(name, weight) for name, weight in zip(names, (0.8, 0.6)))
+    studio.loras.fuse = configured
     with_loras, without = alternate(lambda: studio.generate(request_for("text", args, both)),
                                     lambda: studio.generate(request_for("text", args)), args.lora_repeats)
     after = np.asarray(studio.generate(request_for("text", args)).images[0])
     identical = np.array_equal(after, base_image)
-    print(f"two active LoRAs: {with_loras:.2f} s against {without:.2f} s without: {with_loras / without:.3f}x; "
-          f"base image after LoRAs off pixel-identical: {'yes' if identical else 'NO'}", flush=True)
+    print(f"two active LoRAs ({'fused as a request makes them active' if configured else 'unfused'}): "
+          f"{with_loras:.2f} s against {without:.2f} s without: {with_loras / without:.3f}x; base image after "
+          f"LoRAs off pixel-identical: {'yes' if identical else 'NO'}", flush=True)
     compare_fused(studio, args, both, base_image)
 
 
@@ -267,21 +270,27 @@ def compare_fused(studio, args: argparse.Namespace, both: tuple[LoraChoice, ...]
     """Fused against unfused for the same active set, where the studio can fuse (see pipelines/acceleration.py)."""
     request = request_for("text", args, both)
     images, times = {}, {"fused": [], "unfused": []}
-    studio.loras.activate(list(both))
-    fuse = timed(studio.loras.fuse_active)
-    studio.loras.unfuse()
+    configured = studio.loras.fuse
+    fusing(studio, both, False)
+    fuse = timed(lambda: fusing(studio, both, True))
     for round_index in range(args.lora_repeats):  # alternately, and only the generation timed
         for kind in ("fused", "unfused") if round_index % 2 == 0 else ("unfused", "fused"):
-            studio.loras.activate(list(both))
-            studio.loras.fuse_active() if kind == "fused" else studio.loras.unfuse()
+            fusing(studio, both, kind == "fused")
             times[kind].append(timed(lambda kind=kind: images.update({kind: studio.generate(request).images[0]})))
-    studio.loras.unfuse()
+    fusing(studio, (), configured)
     fused, unfused = statistics.median(times["fused"]), statistics.median(times["unfused"])
     difference = np.abs(np.asarray(images["fused"], dtype=int) - np.asarray(images["unfused"], dtype=int)).max()
     after = np.asarray(studio.generate(request_for("text", args)).images[0])
     print(f"fused LoRA set: {fused:.2f} s against {unfused:.2f} s unfused: {fused / unfused:.3f}x (fusing took "
           f"{fuse * 1000:.0f} ms; largest pixel difference from unfused {difference}); base image after "
           f"unfusing pixel-identical: {'yes' if np.array_equal(after, base_image) else 'NO'}", flush=True)
+
+
+def fusing(studio, choices: tuple[LoraChoice, ...], on: bool) -> None:
+    """Make `choices` active, fused into the weights or not, before a timed run (which then finds them so)."""
+    studio.loras.fuse = on
+    studio.loras.unfuse()
+    studio.loras.activate(list(choices))
 
 
 def main() -> None:

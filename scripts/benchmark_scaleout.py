@@ -147,8 +147,7 @@ def adapter_loads(folder: Path, requests: int = 100) -> None:
             for index, name in enumerate(order):
                 sent = request(index, 2, loras=f"{name}:1")
                 options = {"multiplexed_model_id": lora_set_id(sent.loras)} if routed else {}
-                events = list(generator.options(stream=True, **options).run.remote(call_to_wire(sent, None, False,
-                                                                                               None)))
+                events = list(generator.options(stream=True, **options).run.remote(call_to_wire(sent, None, None)))
                 replica = events[-1]["replica"]
                 reports[replica["pid"]] = replica["adapter_loads"]
             loads = sum(reports.values())
@@ -192,7 +191,7 @@ def scale_up(steps: int) -> None:
 
 
 def last_answer(url: str, sent: GenerationRequest) -> dict:
-    response = httpx.post(f"{url}/generate", json=call_to_wire(sent, None, False, None),
+    response = httpx.post(f"{url}/generate", json=call_to_wire(sent, None, None),
                           headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300)
     return json.loads(response.text.splitlines()[-1])
 

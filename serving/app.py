@@ -149,7 +149,6 @@ class Generator:
                 job = self._job(request, call, progress, stop, hook)
                 running = asyncio.ensure_future(self._together(job) if job else asyncio.to_thread(
                     self.studio.generate, request, progress, stop.is_set, hook, seeds=call.get("seeds"),
-                    fuse_loras=bool(call.get("fuse_loras")),
                 ))
                 async for event in _until_done(events, running):
                     yield event
@@ -166,9 +165,9 @@ class Generator:
         yield {"result": result_to_wire(result), "replica": {**self.report(), "shared": job.shared if job else 1}}
 
     def _job(self, request: GenerationRequest, call: dict, progress, stop: threading.Event, hook) -> Job | None:
-        """The request as a job to run with others, or None where it runs alone (batching off, a grid row's seeds
-        or fused set, a picture to start from or follow)."""
-        if self._together is None or call.get("seeds") is not None or call.get("fuse_loras"):
+        """The request as a job to run with others, or None where it runs alone (batching off, a grid row's seeds,
+        a picture to start from or follow)."""
+        if self._together is None or call.get("seeds") is not None:
             return None
         checked, _ = validate_request(request, self.studio.served)
         return Job(checked, progress, stop, hook) if together_key(checked) is not None else None

@@ -100,10 +100,6 @@ class RemoteStudio:
         return SimpleNamespace(registry=self.facts.controlnets)
 
     @property
-    def fuses_grid_rows(self) -> bool:
-        return self.facts.fuses_grid_rows
-
-    @property
     def base(self) -> None:
         raise StudioError("The forward noising encodes with the model's VAE, and this page runs the model on a Ray "
                           "Serve backend (STUDIO_BACKEND): it is not served remotely.")
@@ -118,11 +114,10 @@ class RemoteStudio:
         on_step: object = None,
         *,
         seeds: Sequence[int] | None = None,
-        fuse_loras: bool = False,
     ) -> GenerationResult:
         """`Studio.generate` on the backend; `on_step` must be a hook the backend can run (`serving.wire.STEP_HOOKS`),
         and gets the pictures it makes there. The result's request is the request as run there."""
-        call = call_to_wire(request, list(seeds) if seeds is not None else None, fuse_loras, on_step,
+        call = call_to_wire(request, list(seeds) if seeds is not None else None, on_step,
                             progress=progress is not None or should_stop is not None)
         for attempt in (1, 2):
             try:

@@ -239,12 +239,10 @@ NOT_REMOTE = ("This part of the studio watches every step of a run on the page's
               "generation on a Ray Serve backend; it is not served remotely.")
 
 
-def call_to_wire(request: GenerationRequest, seeds: list[int] | None, fuse_loras: bool, hook: object,
-                 progress: bool = False) -> dict:
+def call_to_wire(request: GenerationRequest, seeds: list[int] | None, hook: object, progress: bool = False) -> dict:
     """One `Studio.generate` call: the request, its keyword arguments, its step hook (one of `STEP_HOOKS`), and
     whether to send each step's progress (which a caller that may stop the run needs, to be asked at each step)."""
-    return {"request": request_to_wire(request), "seeds": seeds, "fuse_loras": fuse_loras, "hook": hook_to_wire(hook),
-            "progress": progress}
+    return {"request": request_to_wire(request), "seeds": seeds, "hook": hook_to_wire(hook), "progress": progress}
 
 
 def hook_to_wire(hook: object) -> dict | None:
@@ -310,7 +308,6 @@ class BackendFacts:
     device: str
     notes: tuple[str, ...]
     controlnets: dict[str, str]  # mode -> ControlNet source
-    fuses_grid_rows: bool
     lora_file_bytes: int  # the largest LoRA file the backend reads
 
 
@@ -322,7 +319,6 @@ def facts_to_wire(studio) -> dict[str, object]:
         "device": studio.device,
         "notes": list(studio.notes),
         "controlnets": dict(studio.controlnets.registry),
-        "fuses_grid_rows": studio.fuses_grid_rows,
         "lora_file_bytes": studio.loras.max_file_bytes,
     }
 
@@ -334,7 +330,6 @@ def facts_from_wire(wire: Mapping[str, object]) -> BackendFacts:
         device=wire["device"],
         notes=tuple(wire["notes"]),
         controlnets=dict(wire["controlnets"]),
-        fuses_grid_rows=wire["fuses_grid_rows"],
         lora_file_bytes=wire["lora_file_bytes"],
     )
 

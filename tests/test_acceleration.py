@@ -29,6 +29,13 @@ def test_the_cpu_gets_none_of_the_gpu_paths_and_says_why():
     assert any("STUDIO_OFFLOAD" in note for note in plan.notes) and any("STUDIO_COMPILE" in note for note in plan.notes)
 
 
+def test_loras_are_fused_on_the_cpu_unless_the_setting_says_no_and_on_cuda_only_when_it_says_yes():
+    assert plan_acceleration("cpu", SpeedSettings()).fuse_loras  # measured there: scripts/benchmark_lora_tax.py
+    assert not plan_acceleration("cpu", SpeedSettings(fuse_loras=False)).fuse_loras
+    assert not plan_acceleration("cuda", SpeedSettings()).fuse_loras
+    assert plan_acceleration("cuda", SpeedSettings(fuse_loras=True)).fuse_loras
+
+
 def test_cuda_compiles_with_torch_compile_and_zerogpu_ahead_of_time():
     assert plan_acceleration("cuda", SpeedSettings(compile=True)).compile == "jit"
     zero = plan_acceleration("cuda", SpeedSettings(compile=True, offload=True), zero_gpu=True)
@@ -148,17 +155,21 @@ def test_the_slot_refuses_loras_wider_than_its_rank(tiny_sd_dir, lora_folder):
         manager.activate([LoraChoice("style1.safetensors", 1.0), LoraChoice("style2.safetensors", 1.0)])
 
 
-def test_a_set_asked_for_twice_is_fused_and_the_base_comes_back_exactly(tiny_sd_dir, lora_folder):
+def test_a_set_is_fused_when_made_active_and_the_base_comes_back_exactly(tiny_sd_dir, lora_folder):
     pipe = fresh_pipe(tiny_sd_dir)
-    manager = LoraManager(pipe, "sd15", lora_folder, fuse=True)
+    manager = LoraManager(pipe, "sd15", lora_folder)
     base = latents(pipe)
-    both = SETS[2]
-    manager.activate(both)
-    unfused = latents(pipe)
+    unfused = []
+    for choices in SETS[1:4]:
+        manager.activate(choices)
+        unfused.append(latents(pipe))
+    manager.activate([])
     weights = {name: value.clone() for name, value in pipe.unet.state_dict().items() if "lora_" not in name}
-    manager.activate(both)  # the same set again: fused
-    assert manager._fused_set is not None
-    torch.testing.assert_close(latents(pipe), unfused, rtol=1e-3, atol=1e-4)
+    manager.fuse = True
+    for choices, expected in zip(SETS[1:4], unfused, strict=True):  # one set after another, each fused at once
+        manager.activate(choices)
+        assert manager._fused_set is not None
+        torch.testing.assert_close(latents(pipe), expected, rtol=1e-3, atol=1e-4)
     manager.activate([])
     assert manager._fused_set is None and torch.equal(latents(pipe), base)
     restored = {name: value for name, value in pipe.unet.state_dict().items() if "lora_" not in name}
@@ -171,6 +182,8 @@ def test_switches_read_from_the_environment_and_flags_turn_them_on():
 
     speed = Settings.from_env({"STUDIO_COMPILE": "1", "STUDIO_SDXL_VAE": "none", "STUDIO_FUSE_LORAS": "true"}).speed
     assert (speed.compile, speed.fuse_loras, speed.offload, speed.sdxl_vae) == (True, True, False, None)
+    assert Settings.from_env({}).speed.fuse_loras is None  # the device decides
+    assert Settings.from_env({"STUDIO_FUSE_LORAS": "0"}).speed.fuse_loras is False
     assert Settings.from_env({}).with_flags(offload=True).speed.offload
     with pytest.raises(StudioError, match="STUDIO_OFFLOAD must be 1 or 0"):
         Settings.from_env({"STUDIO_OFFLOAD": "maybe"})

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,7 +97,24 @@ def test_a_backend_without_its_token_or_that_does_not_answer_stops_the_start_pla
 def test_only_the_settings_module_reads_the_environment():
     served = [Path("app.py"), *Path("ui").rglob("*.py"), *Path("pipelines").rglob("*.py")]
     readers = [str(path) for path in served if re.search(r"os\.environ|os\.getenv", path.read_text())]
-    assert readers == [str(Path("pipelines/settings.py"))]
+    assert readers == [str(Path("pipelines/__init__.py")), str(Path("pipelines/settings.py"))]
+    # The package's start only gives torch's own allocator variable a default, before torch loads.
+    uses = re.findall(r"os\.environ\S*", Path("pipelines/__init__.py").read_text())
+    assert uses == ['os.environ.setdefault("THP_MEM_ALLOC_ENABLE",']
+
+
+HUGE_PAGES = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+@pytest.mark.skipif(not HUGE_PAGES.exists() or "[never]" in HUGE_PAGES.read_text(), reason="no huge pages here")
+def test_the_apps_large_tensors_take_a_page_fault_per_2_mb_not_per_4_kb():
+    """`python app.py` imports the studio before torch allocates, so torch reads THP_MEM_ALLOC_ENABLE=1 in time."""
+    probe = ("import resource, app, torch; before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt; "
+             "torch.ones(2**25); print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)")
+    environment = {key: value for key, value in os.environ.items() if key != "THP_MEM_ALLOC_ENABLE"}
+    done = subprocess.run([sys.executable, "-c", probe], env=environment, capture_output=True, text=True, check=True)
+    faults = int(done.stdout.split()[-1])
+    assert faults < 2**25 * 4 / 4096 / 8, faults  # 128 MB: 32,768 faults on 4 KB pages, 64 on 2 MB ones
 
 
 def test_the_readme_lists_every_setting():

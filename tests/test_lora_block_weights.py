@@ -200,7 +200,7 @@ def test_the_compiled_unets_slot_takes_block_weights_as_adapters_do(tiny_sd_dir,
 def test_a_fused_set_with_block_weights_keeps_them(tiny_sd_dir, lora_dir):
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir)
     pipe.set_progress_bar_config(disable=True)
-    manager = LoraManager(pipe, "sd15", lora_dir, fuse=True)
+    manager = LoraManager(pipe, "sd15", lora_dir)
 
     def latents():
         generator = torch.Generator("cpu").manual_seed(0)
@@ -209,12 +209,14 @@ def test_a_fused_set_with_block_weights_keeps_them(tiny_sd_dir, lora_dir):
     out = [LoraChoice("unet-only.safetensors", 1.0, "out")]
     manager.activate(out)
     unfused = latents()
-    manager.activate([LoraChoice("unet-only.safetensors", 1.0)])  # not the same set: nothing fused
-    assert manager._fused_set is None
-    manager.activate(out)
-    manager.activate(out)  # asked for twice in a row: fused, with its block scales
+    manager.activate([])
+    manager.fuse = True
+    manager.activate([LoraChoice("unet-only.safetensors", 1.0)])  # fused at its weight everywhere
+    whole = latents()
+    manager.activate(out)  # another set: the base back, then fused with its block scales
     assert manager._fused_set is not None
     torch.testing.assert_close(latents(), unfused, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(whole, unfused, rtol=1e-4, atol=1e-4)  # the block scales make a difference
 
 
 # ------------------------------------------------------------------ PNG parameters

@@ -226,7 +226,7 @@ def remote(url):
 
 def post(url: str, request: GenerationRequest, token: str | None = TOKEN) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.post(f"{url}/generate", json=call_to_wire(request, None, False, None), headers=headers, timeout=60)
+    return httpx.post(f"{url}/generate", json=call_to_wire(request, None, None), headers=headers, timeout=60)
 
 
 def last_event(response: httpx.Response) -> dict:

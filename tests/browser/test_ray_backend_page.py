@@ -104,7 +104,7 @@ def test_an_api_caller_gets_the_in_process_pixels_and_plain_refusals(space_url):
 
 
 def test_the_page_keeps_answering_when_a_replica_dies(space_url, backend_url):
-    answer = httpx.post(f"{backend_url}/generate", json=call_to_wire(GenerationRequest(**REQUEST), None, False, None),
+    answer = httpx.post(f"{backend_url}/generate", json=call_to_wire(GenerationRequest(**REQUEST), None, None),
                         headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
     os.kill(json.loads(answer.text.splitlines()[-1])["replica"]["pid"], signal.SIGKILL)
     client = Client(space_url, verbose=False)

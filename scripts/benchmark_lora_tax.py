@@ -1,0 +1,166 @@
+"""The LoRA tax as people are served: `/text2img` with two active rank-32 LoRAs against the same request without
+them, through gradio_client, wall clock, with the threads the studio picks; alone, and with other work on the
+machine; for each way of starting the studio asked for, in one run.
+
+    HF_HUB_OFFLINE=1 python scripts/benchmark_lora_tax.py                      # real-size SD1.5, random weights
+    HF_HUB_OFFLINE=1 python scripts/benchmark_lora_tax.py --model embedded --size 64 --steps 20 --pairs 8
+
+The ways of starting it (`--setups`):
+- `default`: as `python app.py` starts (on the CPU each LoRA set is fused into the weights when it is made active,
+  and torch's tensors of 2 MB and more sit on transparent huge pages);
+- `unfused`: the same with STUDIO_FUSE_LORAS=0 (peft's LoRA layers run beside the base layers);
+- `before`: unfused, with 4 KB pages (THP_MEM_ALLOC_ENABLE=0): the studio before both.
+
+Requests alternate, with LoRAs then without, swapped every other pair; each ratio is of the medians. The other work
+is a process that keeps one core busy with one-thread matrix products, started after the quiet pairs. The server's
+page faults per request (from /proc) are printed beside the times: they are where 4 KB pages lose. The real-size
+LoRAs are random rank-32 kohya files on every attention projection and the text encoder, at weights 0.8 and 0.6;
+the embedded model's are its own two (stripes, mono).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from gradio_client import Client
+from PIL import Image
+
+from embedded.app_process import running_app
+
+SETUPS = {
+    "default": {},
+    "unfused": {"STUDIO_FUSE_LORAS": "0"},
+    "before": {"STUDIO_FUSE_LORAS": "0", "THP_MEM_ALLOC_ENABLE": "0"},
+}
+PROMPT = "a photo of an astronaut riding a horse on the moon"
+RANK = 32
+
+
+def build_real_size(folder: Path) -> tuple[str, str, str]:
+    """A real-size SD1.5 with random weights and two rank-32 LoRAs for it, written in a child process (so the
+    builder's memory is gone after); returns the model folder, the LoRA folder and the request's `loras` text."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_build_real_size, folder).result()
+
+
+def _build_real_size(folder: Path) -> tuple[str, str, str]:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from embedded.real_size import build_real_size_pipeline
+    from embedded.synthetic_loras import kohya_metadata, lora_tensors, write_lora
+
+    build_real_size_pipeline("sd15", folder / "model", dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(folder / "model", safety_checker=None)
+    for index in range(2):
+        tensors = lora_tensors(pipe, layout="kohya", rank=RANK, seed=index, strength=0.05)
+        write_lora(folder / "loras" / f"style{index}.safetensors", tensors, kohya_metadata(title=f"style{index}"))
+    return str(folder / "model"), str(folder / "loras"), "style0:0.8, style1:0.6"
+
+
+def page_faults(pid: int) -> int:
+    """Minor page faults of process `pid` so far (/proc/<pid>/stat, field 10)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
+def busy_core() -> None:
+    """Other work on the machine: one thread of matrix products, until it is stopped."""
+    import torch
+
+    torch.set_num_threads(1)
+    matrix = torch.randn(512, 512)
+    while True:
+        matrix = torch.tanh(matrix @ matrix)
+
+
+class Served:
+    """One started studio: a request with or without the LoRAs, timed, with the server's page faults."""
+
+    def __init__(self, url: str, pid: int, args: argparse.Namespace, loras: str) -> None:
+        self.client, self.pid, self.args, self.loras = Client(url, verbose=False), pid, args, loras
+
+    def call(self, with_loras: bool) -> tuple[float, int, np.ndarray]:
+        faults, started = page_faults(self.pid), time.perf_counter()
+        gallery, *_ = self.client.predict(
+            prompt=PROMPT, seed=1, steps=self.args.steps, width=self.args.size, height=self.args.size,
+            guidance_scale=7.5, loras=self.loras if with_loras else "", randomize_seed=False, api_name="/text2img",
+        )
+        seconds, faults = time.perf_counter() - started, page_faults(self.pid) - faults
+        return seconds, faults, np.asarray(Image.open(gallery[0]["image"]).convert("RGB"))
+
+    def pairs(self, count: int) -> dict[bool, list[tuple[float, int]]]:
+        """`count` pairs, with LoRAs and without, the order swapped every other pair; the LoRAs must change the
+        image, or nothing was measured."""
+        runs: dict[bool, list[tuple[float, int]]] = {True: [], False: []}
+        images = {}
+        for index in range(count):
+            for with_loras in (True, False) if index % 2 == 0 else (False, True):
+                seconds, faults, images[with_loras] = self.call(with_loras)
+                runs[with_loras].append((seconds, faults))
+        if np.array_equal(images[True], images[False]):
+            raise SystemExit("The LoRAs did not change the image: the comparison measures nothing.")
+        return runs
+
+
+def summary(label: str, runs: dict[bool, list[tuple[float, int]]]) -> str:
+    with_loras, without = (statistics.median(seconds for seconds, _ in runs[key]) for key in (True, False))
+    faults = {key: statistics.median(count for _, count in runs[key]) for key in (True, False)}
+    return (f"{label}: {with_loras:6.2f} s with two LoRAs, {without:6.2f} s without: {with_loras / without:.3f}x "
+            f"(server page faults a request: {faults[True]:,.0f} with, {faults[False]:,.0f} without)")
+
+
+def measure(setup: str, model: str | None, lora_dir: str | None, loras: str, args: argparse.Namespace) -> None:
+    environment = {**SETUPS[setup], "OMP_NUM_THREADS": None}  # the studio's own thread rule decides
+    if model:
+        environment.update(STUDIO_MODEL=model, STUDIO_LORA_DIR=lora_dir)
+    with tempfile.TemporaryDirectory() as scratch, running_app(Path(scratch) / "app.log", **environment) as (
+            process, url):
+        served = Served(url, process.pid, args, loras)
+        for with_loras in (True, False):  # the first calls build what later calls reuse (and fuse the set)
+            served.call(with_loras)
+        print(f"[{setup}] {summary('alone', served.pairs(args.pairs))}", flush=True)
+        if args.pairs_loaded:
+            neighbour = multiprocessing.get_context("spawn").Process(target=busy_core, daemon=True)
+            neighbour.start()
+            try:
+                print(f"[{setup}] {summary('with one core busy', served.pairs(args.pairs_loaded))}", flush=True)
+            finally:
+                neighbour.terminate()
+                neighbour.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["real-size", "embedded"], default="real-size")
+    parser.add_argument("--setups", default="before,unfused,default", help=f"of {', '.join(SETUPS)}")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--pairs", type=int, default=4, help="pairs timed alone")
+    parser.add_argument("--pairs-loaded", type=int, default=2, help="pairs timed with one core busy (0: none)")
+    args = parser.parse_args()
+    setups = args.setups.split(",")
+    if unknown := set(setups) - set(SETUPS):
+        parser.error(f"unknown setups {sorted(unknown)}; choose from {', '.join(SETUPS)}")
+    with tempfile.TemporaryDirectory(prefix="lora-tax-") as scratch:
+        if args.model == "real-size":
+            started = time.perf_counter()
+            model, lora_dir, loras = build_real_size(Path(scratch))
+            print(f"real-size SD1.5, random weights, two rank-{RANK} LoRAs; built in "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+        else:
+            model, lora_dir, loras = None, None, "stripes:0.8, mono:0.6"
+        print(f"{args.size}x{args.size}, {args.steps} steps, guidance 7.5, the studio's threads; wall-clock seconds, "
+              f"medians of {args.pairs} pairs alone and {args.pairs_loaded} with one core busy", flush=True)
+        for setup in setups:
+            measure(setup, model, lora_dir, loras, args)
+
+
+if __name__ == "__main__":
+    main()

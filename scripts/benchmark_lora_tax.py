@@ -11,8 +11,10 @@ The ways of starting it (`--setups`):
 - `unfused`: the same with STUDIO_FUSE_LORAS=0 (peft's LoRA layers run beside the base layers);
 - `before`: unfused, with 4 KB pages (THP_MEM_ALLOC_ENABLE=0): the studio before both.
 
-Requests alternate, with LoRAs then without, swapped every other pair; each ratio is of the medians. The other work
-is a process that keeps one core busy with one-thread matrix products, started after the quiet pairs. The server's
+Every setup's studio runs at once (three real-size studios hold about 17 GB), and their requests take turns: the
+machine's speed drifts between one start and the next by more than what is measured here. Each pair is a request
+with the LoRAs and one without, swapped every other pair; each ratio is of the medians. The other work is a process
+that keeps one core busy with one-thread matrix products, started after the quiet pairs. The server's
 page faults per request (from /proc) are printed beside the times: they are where 4 KB pages lose. The real-size
 LoRAs are random rank-32 kohya files on every attention projection and the text encoder, at weights 0.8 and 0.6;
 the embedded model's are its own two (stripes, mono).
@@ -21,6 +23,7 @@ the embedded model's are its own two (stripes, mono).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import statistics
 import tempfile
@@ -83,54 +86,76 @@ def busy_core() -> None:
 class Served:
     """One started studio: a request with or without the LoRAs, timed, with the server's page faults."""
 
-    def __init__(self, url: str, pid: int, args: argparse.Namespace, loras: str) -> None:
-        self.client, self.pid, self.args, self.loras = Client(url, verbose=False), pid, args, loras
+    def __init__(self, setup: str, url: str, pid: int, args: argparse.Namespace, loras: str) -> None:
+        self.setup, self.client, self.pid, self.args, self.loras = setup, Client(url, verbose=False), pid, args, loras
+        self.runs: dict[bool, list[tuple[float, int]]] = {True: [], False: []}
+        self.images: dict[bool, np.ndarray] = {}
 
-    def call(self, with_loras: bool) -> tuple[float, int, np.ndarray]:
+    def call(self, with_loras: bool) -> tuple[float, int]:
         faults, started = page_faults(self.pid), time.perf_counter()
         gallery, *_ = self.client.predict(
             prompt=PROMPT, seed=1, steps=self.args.steps, width=self.args.size, height=self.args.size,
             guidance_scale=7.5, loras=self.loras if with_loras else "", randomize_seed=False, api_name="/text2img",
         )
         seconds, faults = time.perf_counter() - started, page_faults(self.pid) - faults
-        return seconds, faults, np.asarray(Image.open(gallery[0]["image"]).convert("RGB"))
+        self.images[with_loras] = np.asarray(Image.open(gallery[0]["image"]).convert("RGB"))
+        return seconds, faults
 
-    def pairs(self, count: int) -> dict[bool, list[tuple[float, int]]]:
-        """`count` pairs, with LoRAs and without, the order swapped every other pair; the LoRAs must change the
-        image, or nothing was measured."""
-        runs: dict[bool, list[tuple[float, int]]] = {True: [], False: []}
-        images = {}
-        for index in range(count):
-            for with_loras in (True, False) if index % 2 == 0 else (False, True):
-                seconds, faults, images[with_loras] = self.call(with_loras)
-                runs[with_loras].append((seconds, faults))
-        if np.array_equal(images[True], images[False]):
+    def pair(self, index: int) -> None:
+        """With the LoRAs and without, the order swapped every other pair."""
+        for with_loras in (True, False) if index % 2 == 0 else (False, True):
+            self.runs[with_loras].append(self.call(with_loras))
+
+    def summary(self, label: str) -> str:
+        if np.array_equal(self.images[True], self.images[False]):
             raise SystemExit("The LoRAs did not change the image: the comparison measures nothing.")
-        return runs
+        with_loras, without = (self.median(key) for key in (True, False))
+        faults = {key: statistics.median(count for _, count in self.runs[key]) for key in (True, False)}
+        self.runs = {True: [], False: []}
+        return (f"[{self.setup:>7}] {label}: {with_loras:6.2f} s with two LoRAs, {without:6.2f} s without: "
+                f"{with_loras / without:.3f}x (server page faults a request: {faults[True]:,.0f} with, "
+                f"{faults[False]:,.0f} without)")
+
+    def median(self, with_loras: bool) -> float:
+        return statistics.median(seconds for seconds, _ in self.runs[with_loras])
 
 
-def summary(label: str, runs: dict[bool, list[tuple[float, int]]]) -> str:
-    with_loras, without = (statistics.median(seconds for seconds, _ in runs[key]) for key in (True, False))
-    faults = {key: statistics.median(count for _, count in runs[key]) for key in (True, False)}
-    return (f"{label}: {with_loras:6.2f} s with two LoRAs, {without:6.2f} s without: {with_loras / without:.3f}x "
-            f"(server page faults a request: {faults[True]:,.0f} with, {faults[False]:,.0f} without)")
+def phase(studios: list[Served], pairs: int, label: str) -> None:
+    """`pairs` rounds in which every studio runs a pair, in an order that turns each round, so that all of them
+    meet the same moments of the machine; then each one's figures, and each one's base request against the first's."""
+    for index in range(pairs):
+        turned = studios[index % len(studios):] + studios[:index % len(studios)]
+        for served in turned:
+            served.pair(index)
+    first = studios[0].median(False)
+    bases = ", ".join(f"{served.setup} {served.median(False) / first:.3f}x" for served in studios[1:])
+    for served in studios:
+        print(served.summary(label), flush=True)
+    if bases:
+        print(f"{label}: the request without LoRAs against {studios[0].setup}'s: {bases}", flush=True)
 
 
-def measure(setup: str, model: str | None, lora_dir: str | None, loras: str, args: argparse.Namespace) -> None:
-    environment = {**SETUPS[setup], "OMP_NUM_THREADS": None}  # the studio's own thread rule decides
-    if model:
-        environment.update(STUDIO_MODEL=model, STUDIO_LORA_DIR=lora_dir)
-    with tempfile.TemporaryDirectory() as scratch, running_app(Path(scratch) / "app.log", **environment) as (
-            process, url):
-        served = Served(url, process.pid, args, loras)
-        for with_loras in (True, False):  # the first calls build what later calls reuse (and fuse the set)
-            served.call(with_loras)
-        print(f"[{setup}] {summary('alone', served.pairs(args.pairs))}", flush=True)
+def measure(setups: list[str], model: str | None, lora_dir: str | None, loras: str,
+            args: argparse.Namespace) -> None:
+    """Every setup's studio started at once, and their requests interleaved (the machine's speed drifts by more
+    than the differences measured here between one start and the next)."""
+    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
+        studios = []
+        for setup in setups:
+            environment = {**SETUPS[setup], "OMP_NUM_THREADS": None}  # the studio's own thread rule decides
+            if model:
+                environment.update(STUDIO_MODEL=model, STUDIO_LORA_DIR=lora_dir)
+            process, url = stack.enter_context(running_app(Path(scratch) / f"{setup}.log", **environment))
+            studios.append(Served(setup, url, process.pid, args, loras))
+        for served in studios:  # the first calls build what later calls reuse
+            served.pair(0)
+            served.runs = {True: [], False: []}
+        phase(studios, args.pairs, "alone")
         if args.pairs_loaded:
             neighbour = multiprocessing.get_context("spawn").Process(target=busy_core, daemon=True)
             neighbour.start()
             try:
-                print(f"[{setup}] {summary('with one core busy', served.pairs(args.pairs_loaded))}", flush=True)
+                phase(studios, args.pairs_loaded, "with one core busy")
             finally:
                 neighbour.terminate()
                 neighbour.join()
@@ -158,8 +183,7 @@ def main() -> None:
             model, lora_dir, loras = None, None, "stripes:0.8, mono:0.6"
         print(f"{args.size}x{args.size}, {args.steps} steps, guidance 7.5, the studio's threads; wall-clock seconds, "
               f"medians of {args.pairs} pairs alone and {args.pairs_loaded} with one core busy", flush=True)
-        for setup in setups:
-            measure(setup, model, lora_dir, loras, args)
+        measure(setups, model, lora_dir, loras, args)
 
 
 if __name__ == "__main__":

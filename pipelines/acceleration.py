@@ -13,9 +13,10 @@ On CUDA the models run in fp16 with PyTorch's SDPA attention (diffusers' default
   supported, the UNet is compiled ahead of time with the `spaces` package instead (`pipelines/gpu.py`).
 - LoRA sets are fused into the weights when they are made active, on the CPU unless `STUDIO_FUSE_LORAS` says
   otherwise, and the base weights come back exactly when the set changes (`pipelines/lora/manager.py`). peft's
-  unfused layers add two small matrix products per adapter and layer: two rank-32 LoRAs cost 1.79x on the embedded
-  model and 1.10x on a real-size SD1.5 UNet, fused 1.00x and 1.03x, and fusing took 28 ms and 1.5 s
-  (scripts/benchmark_lora_tax.py). Not on CUDA unless asked: it was never measured on a GPU here.
+  unfused layers add two small matrix products per adapter and layer: served, two rank-32 LoRAs cost 1.065x unfused
+  and 1.035x fused on a real-size SD1.5 at 256 px (fusing took 0.32 s), and 1.79x against 0.995x on the embedded
+  model (28 ms) (scripts/benchmark_lora_tax.py, docs/benchmarks.md). Not on CUDA unless asked: it was never
+  measured on a GPU here.
 
 What is switched on is decided by the small pure functions here, from the device, the model family, the request's
 size and the settings (tested on the CPU); the diffusers and torch calls that switch it on are thin.

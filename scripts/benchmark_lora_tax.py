@@ -11,7 +11,7 @@ The ways of starting it (`--setups`):
 - `unfused`: the same with STUDIO_FUSE_LORAS=0 (peft's LoRA layers run beside the base layers);
 - `before`: unfused, with 4 KB pages (THP_MEM_ALLOC_ENABLE=0): the studio before both.
 
-Every setup's studio runs at once (three real-size studios hold about 17 GB), and their requests take turns: the
+Every setup's studio runs at once (memory for one model per setup), and their requests take turns: the
 machine's speed drifts between one start and the next by more than what is measured here. Each pair is a request
 with the LoRAs and one without, swapped every other pair; each ratio is of the medians. The other work is a process
 that keeps one core busy with one-thread matrix products, started after the quiet pairs. The server's

@@ -271,26 +271,19 @@ def compare_fused(studio, args: argparse.Namespace, both: tuple[LoraChoice, ...]
     request = request_for("text", args, both)
     images, times = {}, {"fused": [], "unfused": []}
     configured = studio.loras.fuse
-    fusing(studio, both, False)
-    fuse = timed(lambda: fusing(studio, both, True))
+    studio.loras.activate_fused_or_not(list(both), False)
+    fuse = timed(lambda: studio.loras.activate_fused_or_not(list(both), True))
     for round_index in range(args.lora_repeats):  # alternately, and only the generation timed
         for kind in ("fused", "unfused") if round_index % 2 == 0 else ("unfused", "fused"):
-            fusing(studio, both, kind == "fused")
+            studio.loras.activate_fused_or_not(list(both), kind == "fused")
             times[kind].append(timed(lambda kind=kind: images.update({kind: studio.generate(request).images[0]})))
-    fusing(studio, (), configured)
+    studio.loras.activate_fused_or_not([], configured)
     fused, unfused = statistics.median(times["fused"]), statistics.median(times["unfused"])
     difference = np.abs(np.asarray(images["fused"], dtype=int) - np.asarray(images["unfused"], dtype=int)).max()
     after = np.asarray(studio.generate(request_for("text", args)).images[0])
     print(f"fused LoRA set: {fused:.2f} s against {unfused:.2f} s unfused: {fused / unfused:.3f}x (fusing took "
           f"{fuse * 1000:.0f} ms; largest pixel difference from unfused {difference}); base image after "
           f"unfusing pixel-identical: {'yes' if np.array_equal(after, base_image) else 'NO'}", flush=True)
-
-
-def fusing(studio, choices: tuple[LoraChoice, ...], on: bool) -> None:
-    """Make `choices` active, fused into the weights or not, before a timed run (which then finds them so)."""
-    studio.loras.fuse = on
-    studio.loras.unfuse()
-    studio.loras.activate(list(choices))
 
 
 def main() -> None:

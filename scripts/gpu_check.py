@@ -51,7 +51,7 @@ import statistics
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from unittest import mock
@@ -480,20 +480,16 @@ def loras_eager(check: Check, studio, names: list[str]) -> None:
           f"time; base back pixel-identical: {back}", flush=True)
     request = request_for(check, studio, "text", loras=both)
     configured = studio.loras.fuse
-    unfused, fused = alternate(check, lambda: (fusing(studio, both, False), studio_run(check, studio, request))[1],
-                               lambda: (fusing(studio, both, True), studio_run(check, studio, request))[1])
+    def fused_or_not(fuse: bool):
+        studio.loras.activate_fused_or_not(list(both), fuse)  # before the timed run, which then finds it so
+        return studio_run(check, studio, request)
+
+    unfused, fused = alternate(check, lambda: fused_or_not(False), lambda: fused_or_not(True))
     check.sound(fused.image, "fused LoRA set: the image")
-    fusing(studio, (), configured)
+    studio.loras.activate_fused_or_not([], configured)
     back = check.identical(base, studio.generate(plain_request).images[0], "LoRAs unfused: the base image")
     print(f"fused LoRA set: {fused.rate:.2f} it/s against {unfused.rate:.2f} unfused: {fused.rate / unfused.rate:.3f}x "
           f"the rate; base back pixel-identical after unfusing: {back}", flush=True)
-
-
-def fusing(studio, choices: Sequence[LoraChoice], on: bool) -> None:
-    """Make `choices` active, fused into the weights or not, before a timed run (which then finds them so)."""
-    studio.loras.fuse = on
-    studio.loras.unfuse()
-    studio.loras.activate(list(choices))
 
 
 def decode_peak(check: Check, pipe: DiffusionPipeline, latents: torch.Tensor, tiled: bool) -> float:

@@ -287,6 +287,14 @@ class LoraManager:
                          f"{', '.join(outside[:3])}): diffusers' per-block scales do not reach them.")
         return notes
 
+    def activate_fused_or_not(self, choices: Sequence[LoraChoice], fuse: bool) -> list[str]:
+        """`activate` with fusing switched on or off from now on, the set made again either way: what a benchmark
+        compares (fused against unfused, with the fusing itself timed or kept out of the timing)."""
+        with self._lock:
+            self.fuse = fuse
+            self.unfuse()
+            return self.activate(choices)
+
     def _fuse(self, wanted: tuple) -> None:
         """Fuse the active set (`wanted`, as `activate` keys it) into the weights, keeping the base weights of the
         layers it touches."""
